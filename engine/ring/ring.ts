@@ -112,9 +112,10 @@ export class RingWriter extends RingEnd {
    * that is never committed is simply forgotten by the next `reserve`.
    */
   reserve(len: number): number {
-    if (!(len >= 0 && len <= this.maxRecordBytes) || !Number.isInteger(len)) {
-      throw new RangeError(`ring record of ${len} bytes exceeds maxRecordBytes ${this.maxRecordBytes} (capacity ${this.capacity} / 2 - 4)`);
-    }
+    // Any reserve, even a refused one, forgets the open reservation: a commit() after a failed
+    // reserve must throw, not silently commit the older reservation.
+    this.resOffset = -1;
+    this.checkLen(len);
     const span = recordSpan(len);
     const pos = this.w & this.mask;
     const tail = this.capacity - pos;
@@ -175,8 +176,18 @@ export class RingWriter extends RingEnd {
     return true;
   }
 
-  /** True when a payload of `len` bytes would fit right now. */
+  private checkLen(len: number): void {
+    if (!(len >= 0 && len <= this.maxRecordBytes) || !Number.isInteger(len)) {
+      throw new RangeError(`ring record of ${len} bytes exceeds maxRecordBytes ${this.maxRecordBytes} (capacity ${this.capacity} / 2 - 4)`);
+    }
+  }
+
+  /**
+   * True when a payload of `len` bytes would fit right now. A length above maxRecordBytes is a
+   * RangeError (it would never fit: `waitForSpace` would wait forever).
+   */
   canFit(len: number): boolean {
+    this.checkLen(len);
     const span = recordSpan(len);
     const tail = this.capacity - (this.w & this.mask);
     const need = (span <= tail ? 0 : tail) + span;
@@ -201,6 +212,36 @@ export class RingWriter extends RingEnd {
         if (left <= 0) {
           Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
           return this.canFit(len);
+        }
+        const r = Atomics.waitAsync(this.header, SLOT_READ, seen, left);
+        if (r.async) await r.value;
+      }
+      Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
+    }
+  }
+  /** Bytes not yet holding unreleased records, as of a fresh load of the read counter. */
+  freeBytes(): number {
+    this.readCache = Atomics.load(this.header, SLOT_READ) >>> 0;
+    return this.capacity - ((this.w - this.readCache) >>> 0);
+  }
+
+  /**
+   * Resolves true once `freeBytes() >= bytes` (or false after `timeoutMs`). For a producer about
+   * to write several records totalling less than `bytes`, counting one wrap's padding in `bytes`.
+   */
+  async waitForFree(bytes: number, timeoutMs = Infinity): Promise<boolean> {
+    if (bytes > this.capacity) throw new RangeError(`waitForFree(${bytes}) exceeds the ring capacity ${this.capacity}`);
+    this.publish();
+    const deadline = timeoutMs === Infinity ? Infinity : Date.now() + timeoutMs;
+    for (;;) {
+      if (this.freeBytes() >= bytes) return true;
+      const seen = this.readCache | 0;
+      Atomics.store(this.header, SLOT_PRODUCER_WAITING, 1);
+      if ((Atomics.load(this.header, SLOT_READ) | 0) === seen) {
+        const left = deadline === Infinity ? Infinity : deadline - Date.now();
+        if (left <= 0) {
+          Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
+          return this.freeBytes() >= bytes;
         }
         const r = Atomics.waitAsync(this.header, SLOT_READ, seen, left);
         if (r.async) await r.value;
@@ -314,6 +355,11 @@ export class RingReader extends RingEnd {
       if (n > 0) this.syncRead();
     }
     return n;
+  }
+
+  /** Wakes this reader's own pending waitForData (used when shutting down the consumer side). */
+  wake(): void {
+    Atomics.notify(this.header, SLOT_WRITE);
   }
 
   /** Copies the next record out and releases it, or returns null. */

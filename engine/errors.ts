@@ -1,0 +1,36 @@
+/**
+ * Errors of the library API, each with a stable `code` a program can match, and the WebSocket
+ * close codes the engine uses, in one place.
+ */
+
+export type EngineErrorCode =
+  | 'SHARDCHAT_INVALID_OPTION'
+  | 'SHARDCHAT_UWS_UNAVAILABLE'
+  | 'SHARDCHAT_NOT_LISTENING'
+  | 'SHARDCHAT_LISTEN_FAILED'
+  | 'SHARDCHAT_SHUTTING_DOWN'
+  | 'SHARDCHAT_OVERLOADED'
+  | 'SHARDCHAT_BAD_ROOM'
+  | 'SHARDCHAT_BAD_BODY'
+  | 'SHARDCHAT_SHARD_RESTARTED';
+
+export class EngineError extends Error {
+  constructor(readonly code: EngineErrorCode, message: string) {
+    super(message);
+    this.name = 'EngineError';
+  }
+}
+
+/** An option that fails validation: a TypeError or RangeError whose message names the option. */
+export class OptionError extends TypeError {
+  readonly code = 'SHARDCHAT_INVALID_OPTION';
+  constructor(readonly option: string, message: string) {
+    super(`options.${option} ${message}`);
+    this.name = 'OptionError';
+  }
+}
+
+/** WebSocket close codes sent by the engine. */
+export const CLOSE_GOING_AWAY = 1001;
+export const CLOSE_TOO_BIG = 1009;
+export const CLOSE_SLOW_CONSUMER = 4008;

@@ -1,0 +1,32 @@
+/**
+ * Per-shard numbers a shard writes into a small SharedArrayBuffer and the main thread reads at
+ * `stats()` / scrape time: no message between threads. Plain Float64 stores: each slot has one
+ * writer (the shard), 8-byte aligned stores are not torn on the platforms Node supports, and a
+ * reader only needs a recent value, not a consistent snapshot across slots.
+ */
+export const S_UP = 0;
+export const S_ROOMS = 1;
+export const S_MEMBERS = 2;
+export const S_PRESENT_USERS = 3;
+export const S_CONNS = 4;
+export const S_CURSORS = 5;
+export const S_HISTORY_MSGS = 6;
+export const S_PUBLISHED = 7;
+export const S_RECORDS_IN = 8;
+export const S_POOL_IN_USE = 9;
+export const S_HEAP_USED = 10;
+export const S_LOOP_LAG_MS = 11;
+export const S_PARKS = 12;
+export const S_OUT_WAITS = 13;
+export const SHARD_STAT_SLOTS = 16;
+
+export const SHARD_STAT_NAMES: Record<number, string> = {
+  [S_ROOMS]: 'rooms', [S_MEMBERS]: 'members', [S_PRESENT_USERS]: 'presentUsers', [S_CONNS]: 'conns',
+  [S_CURSORS]: 'cursors', [S_HISTORY_MSGS]: 'historyMessages', [S_PUBLISHED]: 'published',
+  [S_RECORDS_IN]: 'recordsIn', [S_POOL_IN_USE]: 'poolInUse', [S_HEAP_USED]: 'heapUsed',
+  [S_LOOP_LAG_MS]: 'loopLagMs', [S_PARKS]: 'parks', [S_OUT_WAITS]: 'outboundWaits',
+};
+
+export function createShardStats(): SharedArrayBuffer {
+  return new SharedArrayBuffer(SHARD_STAT_SLOTS * 8);
+}

@@ -1,0 +1,157 @@
+/**
+ * Engine options: defaults, validation (at once, naming the option), and the CLI/environment
+ * mapping. Every option a user can set is in OPTION_SPECS, so `--help`, the environment
+ * variables and the README table come from one list.
+ */
+import { availableParallelism } from 'node:os';
+import { OptionError } from './errors.js';
+
+export interface AuthRequest {
+  url: string;
+  query: string;
+  headers: Record<string, string>;
+}
+export interface AuthResult { user: string }
+/** Returns the user, or null to refuse the upgrade with HTTP 401. */
+export type Authenticate = (req: AuthRequest) => AuthResult | null | Promise<AuthResult | null>;
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface EngineOptions {
+  port?: number;
+  host?: string;
+  shards?: number;
+  historyLimit?: number;
+  maxHistBytes?: number;
+  roomTtlMs?: number;
+  maxFrameBytes?: number;
+  maxRoomsPerConn?: number;
+  ratePerSec?: number;
+  rateBurst?: number;
+  maxBufferBytes?: number;
+  maxConnections?: number;
+  maxBodyDepth?: number;
+  idleTimeoutSec?: number;
+  drainTimeoutMs?: number;
+  ringBytes?: number;
+  logLevel?: LogLevel;
+  authenticate?: Authenticate;
+}
+
+export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate'>> & { authenticate: Authenticate | null };
+
+interface Spec {
+  key: keyof EngineOptions;
+  flag: string;
+  env: string;
+  kind: 'int' | 'string' | 'level';
+  min?: number;
+  max?: number;
+  pow2?: boolean;
+  help: string;
+  def: () => number | string;
+}
+
+export const OPTION_SPECS: readonly Spec[] = [
+  { key: 'port', flag: 'port', env: 'SHARDCHAT_PORT', kind: 'int', min: 0, max: 65535, help: 'TCP port (0 = any free port)', def: () => 9001 },
+  { key: 'host', flag: 'host', env: 'SHARDCHAT_HOST', kind: 'string', help: 'address to listen on', def: () => '0.0.0.0' },
+  { key: 'shards', flag: 'shards', env: 'SHARDCHAT_SHARDS', kind: 'int', min: 1, max: 256, help: 'shard worker threads (default: cores - 1, at least 1)', def: () => Math.max(1, availableParallelism() - 1) },
+  { key: 'historyLimit', flag: 'history-limit', env: 'SHARDCHAT_HISTORY_LIMIT', kind: 'int', min: 0, max: 1_000_000, help: 'messages of history kept per room', def: () => 1000 },
+  { key: 'maxHistBytes', flag: 'max-hist-bytes', env: 'SHARDCHAT_MAX_HIST_BYTES', kind: 'int', min: 4096, max: 64 << 20, help: 'largest hist reply or joined.missed in bytes (fewer messages come back past it)', def: () => 1 << 20 },
+  { key: 'roomTtlMs', flag: 'room-ttl-ms', env: 'SHARDCHAT_ROOM_TTL_MS', kind: 'int', min: 0, max: 2 ** 31 - 1, help: 'how long an empty room keeps its history and cursors', def: () => 300_000 },
+  { key: 'maxFrameBytes', flag: 'max-frame-bytes', env: 'SHARDCHAT_MAX_FRAME_BYTES', kind: 'int', min: 256, max: 1 << 20, help: 'largest client WebSocket message (close 1009 above)', def: () => 65536 },
+  { key: 'maxRoomsPerConn', flag: 'max-rooms', env: 'SHARDCHAT_MAX_ROOMS', kind: 'int', min: 1, max: 100_000, help: 'rooms one connection may join (too_many_rooms above)', def: () => 100 },
+  { key: 'ratePerSec', flag: 'rate-per-sec', env: 'SHARDCHAT_RATE_PER_SEC', kind: 'int', min: 1, max: 1e9, help: 'token bucket refill per connection (frames/s)', def: () => 10 },
+  { key: 'rateBurst', flag: 'rate-burst', env: 'SHARDCHAT_RATE_BURST', kind: 'int', min: 1, max: 1e9, help: 'token bucket size per connection', def: () => 50 },
+  { key: 'maxBufferBytes', flag: 'max-buffer-bytes', env: 'SHARDCHAT_MAX_BUFFER_BYTES', kind: 'int', min: 1024, max: 1 << 30, help: 'unsent bytes per connection before close 4008', def: () => 1 << 20 },
+  { key: 'maxConnections', flag: 'max-connections', env: 'SHARDCHAT_MAX_CONNECTIONS', kind: 'int', min: 1, max: 10_000_000, help: 'open connections (HTTP 503 at upgrade above)', def: () => 50_000 },
+  { key: 'maxBodyDepth', flag: 'max-body-depth', env: 'SHARDCHAT_MAX_BODY_DEPTH', kind: 'int', min: 32, max: 1000, help: 'nesting levels allowed in a body (the body is level 1)', def: () => 32 },
+  { key: 'idleTimeoutSec', flag: 'idle-timeout-sec', env: 'SHARDCHAT_IDLE_TIMEOUT_SEC', kind: 'int', min: 0, max: 960, help: 'close a silent connection after this (pings are sent automatically; 0 = never)', def: () => 60 },
+  { key: 'drainTimeoutMs', flag: 'drain-timeout-ms', env: 'SHARDCHAT_DRAIN_TIMEOUT_MS', kind: 'int', min: 0, max: 3_600_000, help: 'drain deadline on shutdown', def: () => 10_000 },
+  { key: 'ringBytes', flag: 'ring-bytes', env: 'SHARDCHAT_RING_BYTES', kind: 'int', min: 1 << 16, max: 1 << 30, pow2: true, help: 'bytes of each ring (power of two)', def: () => 8 << 20 },
+  { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', help: 'fatal|error|warn|info|debug|trace|silent', def: () => 'info' },
+];
+
+const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), 'authenticate']);
+
+export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
+  if (opts === null || typeof opts !== 'object') throw new OptionError('(options)', 'must be an object');
+  for (const k of Object.keys(opts)) {
+    if (!KNOWN.has(k)) throw new OptionError(k, 'is not an option of shardchat');
+  }
+  const out: Record<string, unknown> = {};
+  for (const s of OPTION_SPECS) {
+    const v = (opts as Record<string, unknown>)[s.key];
+    out[s.key] = v === undefined ? s.def() : check(s, v);
+  }
+  const auth = opts.authenticate;
+  if (auth !== undefined && typeof auth !== 'function') throw new OptionError('authenticate', 'must be a function');
+  out.authenticate = auth ?? null;
+  const r = out as ResolvedOptions;
+  if (r.maxHistBytes * 4 > r.ringBytes) {
+    throw new OptionError('maxHistBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxHistBytes}`);
+  }
+  if (r.maxFrameBytes * 4 > r.ringBytes) {
+    throw new OptionError('maxFrameBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxFrameBytes}`);
+  }
+  return r;
+}
+
+function check(s: Spec, v: unknown): unknown {
+  switch (s.kind) {
+    case 'string':
+      if (typeof v !== 'string' || v.length === 0) throw new OptionError(s.key, `must be a non-empty string, got ${JSON.stringify(v)}`);
+      return v;
+    case 'level':
+      if (typeof v !== 'string' || !LEVELS.has(v)) throw new OptionError(s.key, `must be one of ${[...LEVELS].join(', ')}, got ${JSON.stringify(v)}`);
+      return v;
+    case 'int':
+      if (typeof v !== 'number' || !Number.isInteger(v)) throw new OptionError(s.key, `must be an integer, got ${JSON.stringify(v)}`);
+      if (v < s.min! || v > s.max!) {
+        const e = new RangeError(`options.${s.key} must be between ${s.min} and ${s.max}, got ${v}`);
+        throw Object.assign(e, { code: 'SHARDCHAT_INVALID_OPTION', option: s.key });
+      }
+      if (s.pow2 && (v & (v - 1)) !== 0) throw new OptionError(s.key, `must be a power of two, got ${v}`);
+      return v;
+  }
+}
+
+/** Options from `--flag value` / `--flag=value` arguments and environment variables (flags win). */
+export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv): { options: EngineOptions; help: boolean } {
+  const options: Record<string, unknown> = {};
+  for (const s of OPTION_SPECS) {
+    const e = env[s.env];
+    if (e !== undefined && e !== '') options[s.key] = parse(s, e, s.env);
+  }
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--help' || a === '-h') { help = true; continue; }
+    if (!a.startsWith('--')) throw new OptionError(a, 'is not a recognised argument (see --help)');
+    const eqAt = a.indexOf('=');
+    const name = eqAt >= 0 ? a.slice(2, eqAt) : a.slice(2);
+    const spec = OPTION_SPECS.find((s) => s.flag === name);
+    if (!spec) throw new OptionError(`--${name}`, 'is not an option (see --help)');
+    const value = eqAt >= 0 ? a.slice(eqAt + 1) : argv[++i];
+    if (value === undefined) throw new OptionError(spec.key, `needs a value (--${spec.flag} VALUE)`);
+    options[spec.key] = parse(spec, value, `--${spec.flag}`);
+  }
+  return { options: options as EngineOptions, help };
+}
+
+function parse(s: Spec, raw: string, where: string): unknown {
+  if (s.kind !== 'int') return raw;
+  const n = Number(raw);
+  if (raw.trim() === '' || !Number.isInteger(n)) throw new OptionError(s.key, `(${where}) must be an integer, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+export function helpText(): string {
+  const lines = ['Usage: shardchat [options]', '', 'Every option can also be set by its environment variable; flags win.', ''];
+  for (const s of OPTION_SPECS) {
+    lines.push(`  --${s.flag.padEnd(18)} ${s.env.padEnd(28)} ${s.help} (default: ${s.def()})`);
+  }
+  lines.push('', '  --help, -h           print this and exit');
+  return lines.join('\n');
+}

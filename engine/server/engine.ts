@@ -1,0 +1,532 @@
+/**
+ * The main thread: uWebSockets.js accepts every connection and does all socket I/O; each client
+ * frame is validated, rate-limited and copied into its room's shard inbound ring inside the uWS
+ * callback; shard output comes back through the outbound rings and becomes `send`/`publish`
+ * calls on views of the ring (no copy). Owns connections, uWS topics, the shard supervisor and
+ * shutdown. The only other module that touches uWS is ./uws.ts (loading it).
+ */
+import { Piscina } from 'piscina';
+import { pino, type Logger } from 'pino';
+import { pack as packBody } from 'msgpackr';
+import { EngineError, CLOSE_GOING_AWAY, CLOSE_TOO_BIG } from '../errors.js';
+import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
+import {
+  ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
+  E_TOO_MANY_ROOMS, T_JOIN, T_LEAVE, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
+  type Limits,
+} from '../protocol/frames.js';
+import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
+import {
+  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
+  OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32,
+} from '../protocol/records.js';
+import { RingReader } from '../ring/index.js';
+import { SHARD_STAT_NAMES, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
+import { ShardLink } from './link.js';
+import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
+
+/** Per-socket state, held by uWS as the socket's user data. */
+interface Conn {
+  id: number;
+  connStr: string;
+  user: string;
+  /** Rooms this connection joined (and has not left), as the main thread routed them. */
+  rooms: Set<string>;
+  tokens: number;
+  lastRefill: number;
+  closed: boolean;
+}
+
+export interface ShardStats {
+  index: number;
+  up: boolean;
+  restarts: number;
+  rooms: number;
+  members: number;
+  inboundDepth: number;
+  outboundDepth: number;
+  inboundHighWater: number;
+  outboundHighWater: number;
+  overloaded: number;
+  backlog: number;
+  [k: string]: number | boolean;
+}
+
+export interface EngineStats {
+  connections: number;
+  /** Sum of the connections' room sets as the main thread knows them. */
+  connRooms: number;
+  rooms: number;
+  members: number;
+  rateBuckets: number;
+  pendingPublishes: number;
+  draining: boolean;
+  shards: ShardStats[];
+}
+
+export interface PublishResult { seq: number; epoch: string }
+
+const HARD_PAYLOAD_CAP = 16 << 20;
+const OUT_BATCH = 2048;
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+export class Engine {
+  readonly options: ResolvedOptions;
+  readonly log: Logger;
+  private readonly uws = loadUws();
+  private app: TemplatedApp | null = null;
+  private listenSocket: us_listen_socket | null = null;
+  private boundPort = -1;
+  private readonly links: ShardLink[];
+  private readonly pool: Piscina;
+  private readonly conns = new Map<number, WebSocket<Conn>>();
+  private nextConn = 1;
+  private readonly frame = new ClientFrame();
+  private readonly scratch = new Uint8Array(64 * 1024);
+  private readonly sw = new MsgWriter();
+  private readonly limits: Limits;
+  private readonly pending = new Map<number, { resolve: (r: PublishResult) => void; reject: (e: Error) => void; shard: number }>();
+  private nextReq = 1;
+  private draining = false;
+  private stopped = false;
+  private closing: Promise<void> | null = null;
+  private readonly started: Promise<void>;
+  private readonly tasks: Promise<unknown>[] = [];
+
+  constructor(opts: EngineOptions = {}, logger?: Logger) {
+    this.options = resolveOptions(opts);
+    this.log = logger ?? pino({ level: this.options.logLevel, base: { name: 'shardchat' } });
+    const o = this.options;
+    this.limits = { maxFrame: o.maxFrameBytes, maxRooms: o.maxRoomsPerConn, ratePerSec: o.ratePerSec, burst: o.rateBurst, maxBuffer: o.maxBufferBytes };
+    this.links = Array.from({ length: o.shards }, (_, i) => new ShardLink(i, o.ringBytes));
+    this.pool = new Piscina({
+      filename: new URL('../../workers/shard.js', import.meta.url).href,
+      minThreads: o.shards,
+      maxThreads: o.shards,
+      concurrentTasksPerWorker: 1,
+      idleTimeout: Infinity,
+      atomics: 'disabled',
+    });
+    this.pool.on('error', (err: Error) => this.log.error({ event: 'pool_error', err: err.message }, 'worker pool error'));
+    for (const link of this.links) this.startShard(link);
+    this.started = this.waitShardsUp();
+  }
+
+  /** The shard a room lives on: FNV-1a of its bytes modulo the shard count (stable). */
+  shardOf(room: string): number {
+    return fnv1aString(room) % this.links.length;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  /** Resolves once every shard runs. */
+  ready(): Promise<void> {
+    return this.started;
+  }
+
+  private async waitShardsUp(): Promise<void> {
+    for (let i = 0; i < 2000; i++) {
+      if (this.links.every((l) => l.stats[S_UP] === 1)) return;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    throw new EngineError('SHARDCHAT_LISTEN_FAILED', 'shards did not start within 10 s');
+  }
+
+  // ---- shards -------------------------------------------------------------------------------
+
+  private startShard(link: ShardLink): void {
+    const o = this.options;
+    const gen = link.generation;
+    link.up = true;
+    const task = this.pool.run({
+      index: link.index, inbound: link.inbound, outbound: link.outbound, stats: link.statsSab,
+      historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
+    });
+    this.tasks.push(task);
+    task.then(
+      () => { if (link.generation === gen) link.up = false; },
+      (err: Error) => this.onShardCrash(link, gen, err),
+    );
+    void this.pump(link, gen);
+  }
+
+  private onShardCrash(link: ShardLink, gen: number, err: Error): void {
+    if (link.generation !== gen) return;
+    link.up = false;
+    if (this.stopped) return;
+    this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
+    // Deliver everything the dead shard published, then answer what it never handled.
+    link.reader.drain(this.onOut);
+    const oldInbound = link.inbound;
+    link.fresh();
+    link.restarts++;
+    this.failUnhandled(oldInbound, link.index);
+    this.startShard(link);
+    // Replay memberships so rooms come back (with a new epoch, told by a `joined`).
+    for (const ws of this.conns.values()) {
+      const c = ws.getUserData();
+      for (const room of c.rooms) if (this.shardOf(room) === link.index) link.replay(c.id, c.user, room);
+    }
+    if (this.draining) link.control(Uint8Array.of(IN_DRAIN));
+    this.log.warn({ event: 'shard_restarted', shard: link.index, restarts: link.restarts }, 'shard restarted');
+  }
+
+  /** Answers every request left unhandled in a dead shard's inbound ring with `internal`. */
+  private failUnhandled(inbound: SharedArrayBuffer, shard: number): void {
+    const r = new RingReader(inbound);
+    while (r.next() >= 0) {
+      const b = r.bytes; const off = r.offset;
+      if (b[off] === IN_FRAME) {
+        const conn = getU32(b, off + 1);
+        const ws = this.conns.get(conn);
+        if (ws !== undefined) {
+          const f = this.frame;
+          f.scan(b, off + 6 + b[off + 5]!, off + r.length, this.options.maxBodyDepth);
+          this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
+        }
+      } else if (b[off] === IN_SERVER_PUB) {
+        const req = getU32(b, off + 1);
+        const p = this.pending.get(req);
+        if (p) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHARD_RESTARTED', `shard ${shard} restarted before handling this publish; retry`)); }
+      }
+      r.release();
+    }
+  }
+
+  /** Moves shard output to sockets until the link's generation changes or the engine stops. */
+  private async pump(link: ShardLink, gen: number): Promise<void> {
+    const reader = link.reader;
+    while (!this.stopped && link.generation === gen) {
+      const depth = reader.depth();
+      if (depth > link.outboundHighWater) link.outboundHighWater = depth;
+      const n = reader.drain(this.onOut, OUT_BATCH);
+      if (n === OUT_BATCH) { await yieldToLoop(); continue; }
+      if (!reader.hasNext()) await reader.waitForData();
+    }
+  }
+
+  private readonly onOut = (b: Uint8Array, off: number, len: number): void => {
+    const end = off + len;
+    switch (b[off]) {
+      case OUT_PUBLISH: {
+        const rl = b[off + 1]!;
+        const topic = b.subarray(off + 2, off + 2 + rl);
+        this.app?.publish(topic, b.subarray(off + 2 + rl, end), true);
+        return;
+      }
+      case OUT_SEND: {
+        const ws = this.conns.get(getU32(b, off + 1));
+        if (ws !== undefined) ws.send(b.subarray(off + 5, end), true);
+        return;
+      }
+      case OUT_JOINED: {
+        const ws = this.conns.get(getU32(b, off + 1));
+        if (ws === undefined) return;
+        const rl = b[off + 5]!;
+        ws.send(b.subarray(off + 6 + rl, end), true);
+        ws.subscribe(b.subarray(off + 6, off + 6 + rl));
+        return;
+      }
+      case OUT_LEFT: {
+        const ws = this.conns.get(getU32(b, off + 1));
+        if (ws === undefined) return;
+        const rl = b[off + 5]!;
+        ws.unsubscribe(b.subarray(off + 6, off + 6 + rl));
+        ws.send(b.subarray(off + 6 + rl, end), true);
+        return;
+      }
+      case OUT_SERVER_ACK: {
+        const req = getU32(b, off + 1);
+        const seq = getU32(b, off + 5) * 0x100000000 + getU32(b, off + 9);
+        const epoch = asciiString(b, off + 14, off + 14 + b[off + 13]!);
+        const p = this.pending.get(req);
+        if (p) { this.pending.delete(req); p.resolve({ seq, epoch }); }
+        return;
+      }
+      case OUT_DRAINED:
+        for (const l of this.links) if (l.reader.bytes === b) l.drained = true;
+        return;
+      default:
+        this.log.error({ event: 'bad_outbound_record', kind: b[off] }, 'unknown outbound record');
+    }
+  };
+
+  // ---- sockets ------------------------------------------------------------------------------
+
+  /** Starts listening; resolves when bound (`port` tells the port). */
+  async listen(): Promise<number> {
+    if (this.listenSocket) return this.boundPort;
+    if (this.draining) throw new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing');
+    await this.started;
+    const o = this.options;
+    const app = this.uws.mod.App();
+    this.app = app;
+    app.ws<Conn>('/ws', {
+      maxPayloadLength: Math.max(HARD_PAYLOAD_CAP, o.maxFrameBytes * 2),
+      maxBackpressure: o.maxBufferBytes,
+      closeOnBackpressureLimit: 0,
+      idleTimeout: o.idleTimeoutSec === 0 ? 0 : Math.max(8, o.idleTimeoutSec),
+      sendPingsAutomatically: true,
+      upgrade: (res, req, ctx) => this.onUpgrade(res, req, ctx),
+      open: (ws) => this.onOpen(ws),
+      message: (ws, msg, isBinary) => this.onMessage(ws, msg, isBinary),
+      close: (ws) => this.onClose(ws),
+    });
+    app.get('/healthz', (res) => { res.writeStatus('200 OK').writeHeader('content-type', 'text/plain').end('ok'); });
+    app.get('/readyz', (res) => {
+      const ready = !this.draining && this.links.every((l) => l.up && l.stats[S_UP] === 1);
+      res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
+    });
+    app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
+    await new Promise<void>((resolve, reject) => {
+      app.listen(o.host, o.port, (ls) => {
+        if (!ls) { reject(new EngineError('SHARDCHAT_LISTEN_FAILED', `cannot listen on ${o.host}:${o.port}`)); return; }
+        this.listenSocket = ls;
+        this.boundPort = this.uws.mod.us_socket_local_port(ls);
+        resolve();
+      });
+    });
+    this.log.info({ event: 'listening', host: o.host, port: this.boundPort, shards: this.links.length, uws: this.uws.from }, 'listening');
+    return this.boundPort;
+  }
+
+  private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
+    if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
+    if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
+    const key = req.getHeader('sec-websocket-key');
+    const protocol = req.getHeader('sec-websocket-protocol');
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const query = req.getQuery() ?? '';
+    const auth = this.options.authenticate;
+    if (auth === null) {
+      const user = parseUserQuery(query);
+      if (user === false) { res.writeStatus('400 Bad Request').end('invalid user'); return; }
+      this.upgrade(res, user, key, protocol, extensions, ctx);
+      return;
+    }
+    const headers: Record<string, string> = {};
+    req.forEach((k, v) => { headers[k] = v; });
+    const url = req.getUrl();
+    let aborted = false;
+    res.onAborted(() => { aborted = true; });
+    void (async () => {
+      let result: { user: string } | null = null;
+      try {
+        result = await auth({ url, query, headers });
+      } catch (e) {
+        this.log.warn({ event: 'auth_error', err: (e as Error).message }, 'authenticate threw');
+      }
+      if (aborted) return;
+      res.cork(() => {
+        if (result === null || !isValidUser(result.user)) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
+        if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
+        this.upgrade(res, result.user, key, protocol, extensions, ctx);
+      });
+    })();
+  }
+
+  private upgrade(res: HttpResponse, user: string | null, key: string, protocol: string, extensions: string, ctx: unknown): void {
+    const id = this.nextConn++;
+    if (this.nextConn > 0xffffffff) this.nextConn = 1;
+    const connStr = `c${id.toString(36)}`;
+    const data: Conn = {
+      id, connStr, user: user ?? `anon-${connStr}`, rooms: new Set(), tokens: this.options.rateBurst,
+      lastRefill: Date.now(), closed: false,
+    };
+    res.upgrade(data, key, protocol, extensions, ctx as never);
+  }
+
+  private onOpen(ws: WebSocket<Conn>): void {
+    const c = ws.getUserData();
+    this.conns.set(c.id, ws);
+    const w = this.sw.reset(this.scratch);
+    writeHello(w, c.connStr, c.user, this.limits);
+    ws.send(this.scratch.subarray(0, w.pos), true);
+  }
+
+  private sendErr(ws: WebSocket<Conn>, code: number, msg: string, ref: number, retryAfterMs = -1): void {
+    const w = this.sw.reset(this.scratch);
+    writeErr(w, code, msg, ref, retryAfterMs);
+    ws.send(this.scratch.subarray(0, w.pos), true);
+  }
+
+  private onMessage(ws: WebSocket<Conn>, msg: ArrayBuffer, isBinary: boolean): void {
+    const c = ws.getUserData();
+    const o = this.options;
+    if (msg.byteLength > o.maxFrameBytes) { ws.end(CLOSE_TOO_BIG, 'frame too big'); return; }
+    const f = this.frame;
+    const u8 = new Uint8Array(msg);
+    const err = isBinary ? f.scan(u8, 0, u8.byteLength, o.maxBodyDepth) : E_BAD_FRAME;
+    // Every frame costs a token, valid or not.
+    const now = Date.now();
+    c.tokens = Math.min(o.rateBurst, c.tokens + ((now - c.lastRefill) * o.ratePerSec) / 1000);
+    c.lastRefill = now;
+    const ref = err === 0 || f.ref >= 0 ? f.ref : -1;
+    if (c.tokens < 1) {
+      this.sendErr(ws, E_RATE_LIMITED, 'rate limit exceeded', isBinary ? ref : -1, Math.ceil(((1 - c.tokens) * 1000) / o.ratePerSec));
+      return;
+    }
+    c.tokens -= 1;
+    if (!isBinary) { this.sendErr(ws, E_BAD_FRAME, 'frames must be binary MessagePack', -1); return; }
+    if (err !== 0) { this.sendErr(ws, err, f.message, f.ref); return; }
+    if (this.draining) { this.sendErr(ws, E_SHUTTING_DOWN, 'engine is shutting down', f.ref); return; }
+    const shard = fnv1a(u8, f.roomStart, f.roomEnd) % this.links.length;
+    const link = this.links[shard]!;
+    if (f.type === T_JOIN) {
+      const room = asciiString(u8, f.roomStart, f.roomEnd);
+      const added = !c.rooms.has(room);
+      if (added) {
+        if (c.rooms.size >= o.maxRoomsPerConn) { this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
+        c.rooms.add(room);
+      }
+      if (!link.writeFrame(c.id, c.user, u8)) {
+        if (added) c.rooms.delete(room);
+        this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
+      }
+      return;
+    }
+    if (f.type === T_LEAVE) {
+      const room = asciiString(u8, f.roomStart, f.roomEnd);
+      if (!c.rooms.has(room)) { this.sendErr(ws, E_NOT_JOINED, `not joined to room ${room}`, f.ref); return; }
+      if (link.writeFrame(c.id, null, u8)) c.rooms.delete(room);
+      else this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
+      return;
+    }
+    if (!link.writeFrame(c.id, null, u8)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
+  }
+
+  private onClose(ws: WebSocket<Conn>): void {
+    const c = ws.getUserData();
+    c.closed = true;
+    this.conns.delete(c.id);
+    if (this.stopped) { c.rooms.clear(); return; }
+    let told = 0n;
+    for (const room of c.rooms) {
+      const s = this.shardOf(room);
+      const bit = 1n << BigInt(s);
+      if ((told & bit) === 0n) { told |= bit; this.links[s]!.close(c.id); }
+    }
+    c.rooms.clear();
+  }
+
+  // ---- library API --------------------------------------------------------------------------
+
+  /**
+   * Publishes `body` to `room` from server code, as user `from` (default "server"). Resolves with
+   * the message's seq and the room's epoch once the shard has assigned them.
+   */
+  publish(room: string, body: unknown, opts: { from?: string } = {}): Promise<PublishResult> {
+    if (this.draining) return Promise.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing'));
+    if (!isValidRoom(room)) return Promise.reject(new EngineError('SHARDCHAT_BAD_ROOM', `room must be 1..128 bytes of [A-Za-z0-9_.:@-], got ${JSON.stringify(room)}`));
+    const from = opts.from ?? 'server';
+    if (!isValidUser(from)) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `from must be 1..64 bytes of [A-Za-z0-9_.@-], got ${JSON.stringify(from)}`));
+    let bytes: Uint8Array;
+    try {
+      bytes = packBody(body);
+    } catch (e) {
+      return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `body cannot be encoded: ${(e as Error).message}`));
+    }
+    const end = skipValue(bytes, 0, bytes.byteLength, 1, this.options.maxBodyDepth);
+    if (end !== bytes.byteLength) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `body must be plain MessagePack data nested at most ${this.options.maxBodyDepth} levels`));
+    if (bytes.byteLength > this.options.maxFrameBytes) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `body of ${bytes.byteLength} bytes exceeds maxFrameBytes ${this.options.maxFrameBytes}`));
+    const shard = this.shardOf(room);
+    const req = this.nextReq++;
+    if (this.nextReq > 0xffffffff) this.nextReq = 1;
+    return new Promise<PublishResult>((resolve, reject) => {
+      this.pending.set(req, { resolve, reject, shard });
+      if (!this.links[shard]!.writeServerPub(req, room, from, bytes)) {
+        this.pending.delete(req);
+        reject(new EngineError('SHARDCHAT_OVERLOADED', `shard ${shard} queue is full; retry`));
+      }
+    });
+  }
+
+  stats(): EngineStats {
+    let connRooms = 0;
+    for (const ws of this.conns.values()) connRooms += ws.getUserData().rooms.size;
+    const shards = this.links.map((l) => {
+      const s: ShardStats = {
+        index: l.index, up: l.up && l.stats[S_UP] === 1, restarts: l.restarts,
+        rooms: l.stats[S_ROOMS]!, members: l.stats[S_MEMBERS]!,
+        inboundDepth: l.writer.depth(), outboundDepth: l.reader.depth(),
+        inboundHighWater: l.inboundHighWater, outboundHighWater: l.outboundHighWater,
+        overloaded: l.overloaded, backlog: l.backlogLength(),
+      };
+      for (const [slot, name] of Object.entries(SHARD_STAT_NAMES)) if (!(name in s)) s[name] = l.stats[Number(slot)]!;
+      return s;
+    });
+    return {
+      connections: this.conns.size, connRooms,
+      rooms: shards.reduce((a, s) => a + s.rooms, 0), members: shards.reduce((a, s) => a + s.members, 0),
+      rateBuckets: this.conns.size, pendingPublishes: this.pending.size, draining: this.draining, shards,
+    };
+  }
+
+  /** Test hook: makes shard `index` throw from its task ('throw') or exit its worker ('exit'). */
+  _crashShard(index: number, mode: 'throw' | 'exit'): void {
+    const link = this.links[index];
+    if (!link) throw new RangeError(`no shard ${index}`);
+    link.control(Uint8Array.of(IN_CRASH, mode === 'exit' ? CRASH_EXIT : CRASH_THROW));
+  }
+
+  /**
+   * Drains and stops: refuses new upgrades (503) and requests (`shutting_down`), lets every
+   * shard handle what it has queued and deliver it, closes every socket with 1001, stops the
+   * workers. Resolves when nothing of the engine is left running. Safe to call twice.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.drain();
+    return this.closing;
+  }
+
+  private async drain(): Promise<void> {
+    const started = Date.now();
+    this.draining = true;
+    this.log.info({ event: 'drain_started', connections: this.conns.size }, 'drain started');
+    await this.started.catch(() => undefined);
+    for (const l of this.links) l.control(Uint8Array.of(IN_DRAIN));
+    const deadline = started + this.options.drainTimeoutMs;
+    while (!this.links.every((l) => l.drained || !l.up) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const forced = !this.links.every((l) => l.drained);
+    // The pumps may still hold records published just before OUT_DRAINED: deliver them.
+    for (const l of this.links) l.reader.drain(this.onOut);
+    this.stopped = true;
+    for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
+    if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
+    for (const l of this.links) l.reader.wake();
+    for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
+    await this.pool.destroy();
+    await Promise.allSettled(this.tasks);
+    this.app = null;
+    if (forced) this.log.warn({ event: 'drain_forced', ms: Date.now() - started }, 'drain deadline passed; stopped what was left');
+    this.log.info({ event: 'drain_finished', ms: Date.now() - started, forced }, 'drain finished');
+  }
+}
+
+/**
+ * The user from `?user=ID`: null when absent, false when invalid (empty, repeated, badly
+ * percent-encoded, or bytes outside [A-Za-z0-9_.@-], or longer than 64).
+ */
+export function parseUserQuery(query: string): string | null | false {
+  let user: string | null = null;
+  if (query === '') return null;
+  for (const part of query.split('&')) {
+    const eq = part.indexOf('=');
+    const k = eq < 0 ? part : part.slice(0, eq);
+    if (k !== 'user') continue;
+    if (user !== null) return false;
+    let v: string;
+    try {
+      v = decodeURIComponent(eq < 0 ? '' : part.slice(eq + 1));
+    } catch {
+      return false;
+    }
+    if (!isValidUser(v)) return false;
+    user = v;
+  }
+  return user;
+}

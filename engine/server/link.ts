@@ -1,0 +1,131 @@
+/**
+ * One main <-> shard channel: the inbound ring (main writes), the outbound ring (main reads), the
+ * shard's stats slots, and a backlog for control records that must not be lost when the inbound
+ * ring is momentarily full (connection closes, replays, drain). Client frames never wait in the
+ * backlog: a full ring is `overloaded` to the client, and while the backlog is non-empty client
+ * frames are refused too, so that per-connection order is kept.
+ */
+import { RingReader, RingWriter, createRing } from '../ring/index.js';
+import { createShardStats } from '../metrics/shard-stats.js';
+import { IN_CLOSE, IN_FRAME, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+
+export class ShardLink {
+  inbound!: SharedArrayBuffer;
+  outbound!: SharedArrayBuffer;
+  writer!: RingWriter;
+  reader!: RingReader;
+  readonly stats: Float64Array;
+  readonly statsSab: SharedArrayBuffer;
+  /** Bumped on every restart; a pump or flush of an older generation stops. */
+  generation = 0;
+  restarts = 0;
+  /** True while its shard task runs. */
+  up = false;
+  /** True once the shard answered IN_DRAIN. */
+  drained = false;
+  overloaded = 0;
+  inboundHighWater = 0;
+  outboundHighWater = 0;
+  private backlog: Uint8Array[] = [];
+  private flushing = false;
+  private readonly scratch = new Uint8Array(512);
+
+  constructor(readonly index: number, private readonly ringBytes: number) {
+    this.statsSab = createShardStats();
+    this.stats = new Float64Array(this.statsSab);
+    this.fresh();
+  }
+
+  /** New rings for a new shard incarnation. */
+  fresh(): void {
+    this.inbound = createRing(this.ringBytes);
+    this.outbound = createRing(this.ringBytes);
+    this.writer = new RingWriter(this.inbound);
+    this.reader = new RingReader(this.outbound);
+    this.generation++;
+    this.drained = false;
+  }
+
+  /** Writes a client frame record; false when it cannot be queued (the client gets `overloaded`). */
+  writeFrame(conn: number, user: string | null, frame: Uint8Array): boolean {
+    if (this.backlog.length > 0) { this.overloaded++; return false; }
+    const userLen = user === null ? 0 : user.length;
+    const w = this.writer;
+    const off = w.reserve(6 + userLen + frame.byteLength);
+    if (off < 0) { this.overloaded++; return false; }
+    const b = w.bytes;
+    b[off] = IN_FRAME;
+    putU32(b, off + 1, conn);
+    if (user === null) b[off + 5] = 0; else putShortAscii(b, off + 5, user);
+    b.set(frame, off + 6 + userLen);
+    w.commit();
+    w.publish();
+    this.noteInboundDepth();
+    return true;
+  }
+
+  /** Writes a server-side publish; false when the ring is full. */
+  writeServerPub(req: number, room: string, from: string, body: Uint8Array): boolean {
+    if (this.backlog.length > 0) { this.overloaded++; return false; }
+    const w = this.writer;
+    const off = w.reserve(7 + room.length + from.length + body.byteLength);
+    if (off < 0) { this.overloaded++; return false; }
+    const b = w.bytes;
+    b[off] = 3; // IN_SERVER_PUB
+    putU32(b, off + 1, req);
+    let p = putShortAscii(b, off + 5, room);
+    p = putShortAscii(b, p, from);
+    b.set(body, p);
+    w.commit();
+    w.publish();
+    this.noteInboundDepth();
+    return true;
+  }
+
+  close(conn: number): void {
+    const b = this.scratch;
+    b[0] = IN_CLOSE;
+    putU32(b, 1, conn);
+    this.control(b.subarray(0, 5));
+  }
+
+  replay(conn: number, user: string, room: string): void {
+    const b = this.scratch;
+    b[0] = IN_REPLAY;
+    putU32(b, 1, conn);
+    const p = putShortAscii(b, 5, user);
+    const e = putShortAscii(b, p, room);
+    this.control(b.subarray(0, e));
+  }
+
+  /** A control record: written now if possible, else kept (copied) and written in order once there is room. */
+  control(rec: Uint8Array): void {
+    if (this.backlog.length === 0 && this.writer.write(rec)) { this.noteInboundDepth(); return; }
+    this.backlog.push(rec.slice());
+    if (!this.flushing) void this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    this.flushing = true;
+    try {
+      while (this.backlog.length > 0) {
+        const rec = this.backlog[0]!;
+        if (this.writer.write(rec)) { this.backlog.shift(); continue; }
+        const gen = this.generation;
+        await this.writer.waitForSpace(rec.byteLength, 1000);
+        if (gen !== this.generation) continue; // restarted: go on with the new ring
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  backlogLength(): number {
+    return this.backlog.length;
+  }
+
+  private noteInboundDepth(): void {
+    const d = this.writer.depth();
+    if (d > this.inboundHighWater) this.inboundHighWater = d;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * Piscina entry: one long-lived task per shard worker. It runs the shard loop until the main
+ * thread sends IN_DRAIN (the task then resolves) or something throws (the task rejects and the
+ * main thread restarts the shard). It never touches a socket.
+ *
+ * The loop drains the inbound ring in batches, publishes outbound once per batch, yields to the
+ * event loop between full batches (timers, GC), spins briefly when the ring runs dry, then parks
+ * in Atomics.waitAsync. A ref'd interval keeps the thread alive while parked: on Node 20 a
+ * pending waitAsync alone does not (nodejs/node#44729).
+ */
+import { RingReader, RingWriter } from '../engine/ring/index.js';
+import {
+  S_CONNS, S_CURSORS, S_HEAP_USED, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
+  S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+} from '../engine/metrics/shard-stats.js';
+import { Handler, type HandlerOptions } from './handler.js';
+
+export interface ShardTask extends HandlerOptions {
+  index: number;
+  inbound: SharedArrayBuffer;
+  outbound: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
+}
+
+export interface ShardResult {
+  index: number;
+  records: number;
+}
+
+const BATCH = 1024;
+const SPINS = 200;
+const TICK_MS = 500;
+
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+export async function runShard(task: ShardTask): Promise<ShardResult> {
+  const inbound = new RingReader(task.inbound);
+  const out = new RingWriter(task.outbound);
+  const stats = new Float64Array(task.stats);
+  const h = new Handler(out, task);
+  let records = 0;
+  let outWaits = 0;
+  let lastTick = Date.now();
+  const publishStats = (): void => {
+    const rm = h.rooms;
+    stats[S_ROOMS] = rm.rooms.size;
+    stats[S_MEMBERS] = rm.memberships;
+    stats[S_PRESENT_USERS] = rm.presentUsers;
+    stats[S_CONNS] = rm.conns.size;
+    stats[S_CURSORS] = rm.cursorCount;
+    stats[S_HISTORY_MSGS] = rm.historyMessages;
+    stats[S_PUBLISHED] = h.published;
+    stats[S_RECORDS_IN] = records;
+    stats[S_POOL_IN_USE] = h.pool.stats().inUse;
+    stats[S_PARKS] = inbound.parks;
+    stats[S_OUT_WAITS] = outWaits;
+  };
+  // The tick measures event-loop lag, samples the heap and drops rooms past their TTL.
+  const tick = setInterval(() => {
+    const now = Date.now();
+    stats[S_LOOP_LAG_MS] = Math.max(0, now - lastTick - TICK_MS);
+    lastTick = now;
+    stats[S_HEAP_USED] = process.memoryUsage().heapUsed;
+    h.rooms.sweep(now);
+    publishStats();
+  }, TICK_MS);
+  stats[S_UP] = 1;
+  try {
+    for (;;) {
+      let n = 0;
+      while (n < BATCH && inbound.next() >= 0) {
+        let need: number;
+        while ((need = h.handle(inbound.bytes, inbound.offset, inbound.length)) > 0) {
+          // Outbound is short of room: hand back what we consumed, publish, wait for the main thread.
+          if (need > out.capacity) throw new Error(`a record needs ${need} outbound bytes, more than the ring's ${out.capacity}`);
+          inbound.syncRead();
+          outWaits++;
+          await out.waitForFree(need);
+        }
+        inbound.release();
+        n++;
+        if (h.drained) break;
+      }
+      records += n;
+      if (n > 0) {
+        inbound.syncRead();
+        out.publish();
+        publishStats();
+      }
+      if (h.drained) return { index: task.index, records };
+      if (n === BATCH) { await yieldToLoop(); continue; }
+      let spins = 0;
+      while (spins < SPINS && !inbound.hasNext()) spins++;
+      if (!inbound.hasNext()) await inbound.waitForData();
+    }
+  } finally {
+    clearInterval(tick);
+    stats[S_UP] = 0;
+    h.rooms.dispose();
+    publishStats();
+  }
+}
+
+export default runShard;
