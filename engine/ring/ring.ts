@@ -342,14 +342,20 @@ export class RingReader extends RingEnd {
   /**
    * Hands each published record to `fn(bytes, offset, length)`, releasing it after `fn` returns,
    * up to `max` records; then publishes the read counter once. Returns the number processed.
+   * A record whose `fn` throws is released too (dropped) before the error propagates: left
+   * handed out, it would stay held for good and every later release would free the record
+   * before the one just handled.
    */
   drain(fn: (bytes: Uint8Array, offset: number, length: number) => void, max = Infinity): number {
     let n = 0;
     try {
       while (n < max && this.next() >= 0) {
         n++;
-        fn(this.bytes, this.offset, this.length);
-        this.release();
+        try {
+          fn(this.bytes, this.offset, this.length);
+        } finally {
+          this.release();
+        }
       }
     } finally {
       if (n > 0) this.syncRead();
