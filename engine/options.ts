@@ -34,6 +34,8 @@ export interface EngineOptions {
   idleTimeoutSec?: number;
   drainTimeoutMs?: number;
   ringBytes?: number;
+  metricsPort?: number;
+  metricsHost?: string;
   logLevel?: LogLevel;
   authenticate?: Authenticate;
 }
@@ -69,6 +71,8 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'idleTimeoutSec', flag: 'idle-timeout-sec', env: 'SHARDCHAT_IDLE_TIMEOUT_SEC', kind: 'int', min: 0, max: 960, help: 'close a silent connection after this (pings are sent automatically; 0 = never)', def: () => 60 },
   { key: 'drainTimeoutMs', flag: 'drain-timeout-ms', env: 'SHARDCHAT_DRAIN_TIMEOUT_MS', kind: 'int', min: 0, max: 3_600_000, help: 'drain deadline on shutdown', def: () => 10_000 },
   { key: 'ringBytes', flag: 'ring-bytes', env: 'SHARDCHAT_RING_BYTES', kind: 'int', min: 1 << 16, max: 1 << 30, pow2: true, help: 'bytes of each ring (power of two)', def: () => 8 << 20 },
+  { key: 'metricsPort', flag: 'metrics-port', env: 'SHARDCHAT_METRICS_PORT', kind: 'int', min: -1, max: 65535, help: 'serve /metrics on its own port (-1 = on the main port; 0 = any free port)', def: () => -1 },
+  { key: 'metricsHost', flag: 'metrics-host', env: 'SHARDCHAT_METRICS_HOST', kind: 'string', help: 'address of the separate /metrics listener', def: () => '127.0.0.1' },
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', help: 'fatal|error|warn|info|debug|trace|silent', def: () => 'info' },
 ];
 

@@ -13,7 +13,7 @@ import {
 } from '../engine/protocol/frames.js';
 import {
   CRASH_EXIT, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_REPLAY, IN_SERVER_PUB,
-  OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
+  IN_FRAME_USER, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
@@ -34,6 +34,8 @@ export class Handler {
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
+  /** Deliveries the fan-out makes: the room's member connections at each publish. */
+  delivered = 0;
   private readonly frame = new ClientFrame();
   private readonly w = new MsgWriter();
   /** Writes history entries (pooled buffers). */
@@ -103,8 +105,9 @@ export class Handler {
 
   private onFrame(b: Uint8Array, off: number, end: number): number {
     const conn = getU32(b, off + 1);
-    const userLen = b[off + 5]!;
-    const fs = off + 6 + userLen;
+    const stamp = getU32(b, off + 5);
+    const userLen = b[off + IN_FRAME_USER]!;
+    const fs = off + IN_FRAME_USER + 1 + userLen;
     const f = this.frame;
     if (f.scan(b, fs, end, this.opts.maxBodyDepth) !== 0) {
       // The main thread validated the frame already; a failure here is still answered, never dropped.
@@ -113,7 +116,7 @@ export class Handler {
       return 0;
     }
     const name = asciiString(b, f.roomStart, f.roomEnd);
-    if (f.type === T_JOIN) return this.join(conn, asciiString(b, off + 6, fs), name, f, b, false);
+    if (f.type === T_JOIN) return this.join(conn, asciiString(b, off + IN_FRAME_USER + 1, fs), name, f, b, false);
     const r = this.rooms.get(name);
     const user = r?.members.get(conn);
     if (r === undefined || user === undefined) {
@@ -122,7 +125,7 @@ export class Handler {
       return 0;
     }
     switch (f.type) {
-      case T_PUB: return this.pub(r, user, b, f.bodyStart, f.bodyEnd, conn, f.ref, -1);
+      case T_PUB: return this.pub(r, user, b, f.bodyStart, f.bodyEnd, conn, f.ref, -1, stamp);
       case T_LEAVE: return this.leave(r, conn, f.ref);
       case T_HIST: return this.hist(r, conn, f);
       case T_READ: return this.read(r, user, conn, f);
@@ -179,7 +182,7 @@ export class Handler {
   }
 
   private presence(r: Room, user: string, state: 'join' | 'leave'): void {
-    const w = this.begin(OUT_PUBLISH, -1, r.nameBytes, 96 + r.name.length + 3 * user.length);
+    const w = this.begin(OUT_PUBLISH, 0, r.nameBytes, 96 + r.name.length + 3 * user.length);
     writeHead(w, 'presence', r.nameBytes, 0, r.nameBytes.byteLength, -1, 2);
     w.str('user').str(user).str('state').str(state);
     this.end();
@@ -198,7 +201,7 @@ export class Handler {
   }
 
   /** Assigns the next seq, keeps the encoded msg in history, fans it out, acks the sender. */
-  private pub(r: Room, from: string, b: Uint8Array, bs: number, be: number, conn: number, ref: number, req: number): number {
+  private pub(r: Room, from: string, b: Uint8Array, bs: number, be: number, conn: number, ref: number, req: number, stamp: number): number {
     const bound = msgBound(r.name.length, from.length, be - bs);
     // Two records (msg, ack) plus one record's worth of padding should the ring wrap.
     const need = 2 * bound + 3 * REC_SLACK;
@@ -208,12 +211,13 @@ export class Handler {
     const hw = this.hw.reset(buf);
     writeMsg(hw, r.nameBytes, 0, r.nameBytes.byteLength, seq, from, b, bs, be, Date.now());
     const len = hw.pos;
-    const w = this.begin(OUT_PUBLISH, -1, r.nameBytes, len);
+    const w = this.begin(OUT_PUBLISH, stamp, r.nameBytes, len);
     w.raw(buf, 0, len);
     this.end();
     if (r.cursors.has(from)) r.cursors.set(from, seq);
     this.rooms.pushHistory(r, buf, len);
     this.published++;
+    this.delivered += r.members.size;
     if (req >= 0) {
       const aw = this.begin(OUT_SERVER_ACK, req, null, 16 + r.epoch.length);
       putU32(aw.buf, aw.pos, Math.floor(seq / 0x100000000)); putU32(aw.buf, aw.pos + 4, seq >>> 0);
@@ -334,7 +338,7 @@ export class Handler {
     const fromLen = b[p++]!;
     const from = asciiString(b, p, p + fromLen);
     p += fromLen;
-    return this.pub(this.rooms.room(name), from, b, p, end, -1, -1, req);
+    return this.pub(this.rooms.room(name), from, b, p, end, -1, -1, req, 0);
   }
 
   private onReplay(b: Uint8Array, off: number): number {

@@ -18,13 +18,14 @@ export const S_HEAP_USED = 10;
 export const S_LOOP_LAG_MS = 11;
 export const S_PARKS = 12;
 export const S_OUT_WAITS = 13;
+export const S_DELIVERED = 14;
 export const SHARD_STAT_SLOTS = 16;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_ROOMS]: 'rooms', [S_MEMBERS]: 'members', [S_PRESENT_USERS]: 'presentUsers', [S_CONNS]: 'conns',
   [S_CURSORS]: 'cursors', [S_HISTORY_MSGS]: 'historyMessages', [S_PUBLISHED]: 'published',
   [S_RECORDS_IN]: 'recordsIn', [S_POOL_IN_USE]: 'poolInUse', [S_HEAP_USED]: 'heapUsed',
-  [S_LOOP_LAG_MS]: 'loopLagMs', [S_PARKS]: 'parks', [S_OUT_WAITS]: 'outboundWaits',
+  [S_LOOP_LAG_MS]: 'loopLagMs', [S_PARKS]: 'parks', [S_OUT_WAITS]: 'outboundWaits', [S_DELIVERED]: 'delivered',
 };
 
 export function createShardStats(): SharedArrayBuffer {

@@ -8,21 +8,24 @@
 import { Piscina } from 'piscina';
 import { pino, type Logger } from 'pino';
 import { pack as packBody } from 'msgpackr';
-import { EngineError, CLOSE_GOING_AWAY, CLOSE_TOO_BIG } from '../errors.js';
+import { EngineError, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG } from '../errors.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
-  E_TOO_MANY_ROOMS, T_JOIN, T_LEAVE, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
+  E_TOO_MANY_ROOMS, ERR_NAMES, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
   type Limits,
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
-  OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32,
+  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_USER, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
+  OUT_PUBLISH, OUT_PUBLISH_ROOM, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { SHARD_STAT_NAMES, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import type { Histogram } from 'prom-client';
+import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
 
 /** Per-socket state, held by uWS as the socket's user data. */
@@ -67,7 +70,13 @@ export interface EngineStats {
 export interface PublishResult { seq: number; epoch: string }
 
 const HARD_PAYLOAD_CAP = 16 << 20;
+/** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
+const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
+/** One pub in FANOUT_SAMPLE (a power of two) feeds the receipt-to-fan-out histogram. */
+const FANOUT_SAMPLE = 16;
+/** Main-thread microseconds mod 2^32 (both ends of the measurement are on the main thread). */
+const nowMicros = (): number => (performance.now() * 1000) >>> 0;
 const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 export class Engine {
@@ -92,6 +101,18 @@ export class Engine {
   private closing: Promise<void> | null = null;
   private readonly started: Promise<void>;
   private readonly tasks: Promise<unknown>[] = [];
+  private sweeper: NodeJS.Timeout | null = null;
+  private fanoutCount = 0;
+  private readonly fanoutLatency: Histogram;
+  private readonly metrics: EngineMetrics;
+  private metricsApp: TemplatedApp | null = null;
+  private metricsSocket: us_listen_socket | null = null;
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  /** Counters the metrics module reads: closes by code, `err` replies by code, slow consumers closed. */
+  readonly counters = {
+    opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0,
+    framesIn: 0, bytesIn: 0, published: 0,
+  };
 
   constructor(opts: EngineOptions = {}, logger?: Logger) {
     this.options = resolveOptions(opts);
@@ -108,6 +129,8 @@ export class Engine {
       atomics: 'disabled',
     });
     this.pool.on('error', (err: Error) => this.log.error({ event: 'pool_error', err: err.message }, 'worker pool error'));
+    this.metrics = new EngineMetrics(() => this.metricsSnapshot());
+    this.fanoutLatency = this.metrics.fanoutLatency;
     for (const link of this.links) this.startShard(link);
     this.started = this.waitShardsUp();
   }
@@ -183,7 +206,7 @@ export class Engine {
         const ws = this.conns.get(conn);
         if (ws !== undefined) {
           const f = this.frame;
-          f.scan(b, off + 6 + b[off + 5]!, off + r.length, this.options.maxBodyDepth);
+          f.scan(b, off + IN_FRAME_USER + 1 + b[off + IN_FRAME_USER]!, off + r.length, this.options.maxBodyDepth);
           this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
         }
       } else if (b[off] === IN_SERVER_PUB) {
@@ -211,22 +234,26 @@ export class Engine {
     const end = off + len;
     switch (b[off]) {
       case OUT_PUBLISH: {
-        const rl = b[off + 1]!;
-        const topic = b.subarray(off + 2, off + 2 + rl);
-        this.app?.publish(topic, b.subarray(off + 2 + rl, end), true);
+        const rl = b[off + OUT_PUBLISH_ROOM]!;
+        const rs = off + OUT_PUBLISH_ROOM + 1;
+        this.app?.publish(b.subarray(rs, rs + rl), b.subarray(rs + rl, end), true);
+        const stamp = getU32(b, off + 1);
+        // Receipt-to-fan-out latency, sampled: one pub in FANOUT_SAMPLE.
+        if (stamp !== 0 && (++this.fanoutCount & (FANOUT_SAMPLE - 1)) === 0) {
+          this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
+        }
         return;
       }
       case OUT_SEND: {
         const ws = this.conns.get(getU32(b, off + 1));
-        if (ws !== undefined) ws.send(b.subarray(off + 5, end), true);
+        if (ws !== undefined) this.send(ws, b.subarray(off + 5, end));
         return;
       }
       case OUT_JOINED: {
         const ws = this.conns.get(getU32(b, off + 1));
         if (ws === undefined) return;
         const rl = b[off + 5]!;
-        ws.send(b.subarray(off + 6 + rl, end), true);
-        ws.subscribe(b.subarray(off + 6, off + 6 + rl));
+        if (this.send(ws, b.subarray(off + 6 + rl, end))) ws.subscribe(b.subarray(off + 6, off + 6 + rl));
         return;
       }
       case OUT_LEFT: {
@@ -234,7 +261,7 @@ export class Engine {
         if (ws === undefined) return;
         const rl = b[off + 5]!;
         ws.unsubscribe(b.subarray(off + 6, off + 6 + rl));
-        ws.send(b.subarray(off + 6 + rl, end), true);
+        this.send(ws, b.subarray(off + 6 + rl, end));
         return;
       }
       case OUT_SERVER_ACK: {
@@ -265,20 +292,24 @@ export class Engine {
     this.app = app;
     app.ws<Conn>('/ws', {
       maxPayloadLength: Math.max(HARD_PAYLOAD_CAP, o.maxFrameBytes * 2),
-      maxBackpressure: o.maxBufferBytes,
-      closeOnBackpressureLimit: 0,
+      // uWS drops what exceeds maxBackpressure; shardchat closes with 4008 at maxBufferBytes
+      // first (slowConsumerSweep). The higher uWS limit, closing without a close frame, is only
+      // a backstop for a buffer that grows by more than the headroom between two sweeps.
+      maxBackpressure: o.maxBufferBytes * 2 + (16 << 20),
+      closeOnBackpressureLimit: 1,
       idleTimeout: o.idleTimeoutSec === 0 ? 0 : Math.max(8, o.idleTimeoutSec),
       sendPingsAutomatically: true,
       upgrade: (res, req, ctx) => this.onUpgrade(res, req, ctx),
       open: (ws) => this.onOpen(ws),
       message: (ws, msg, isBinary) => this.onMessage(ws, msg, isBinary),
-      close: (ws) => this.onClose(ws),
+      close: (ws, code) => this.onClose(ws, code),
     });
     app.get('/healthz', (res) => { res.writeStatus('200 OK').writeHeader('content-type', 'text/plain').end('ok'); });
     app.get('/readyz', (res) => {
       const ready = !this.draining && this.links.every((l) => l.up && l.stats[S_UP] === 1);
       res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
     });
+    if (o.metricsPort === -1) this.routeMetrics(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
     await new Promise<void>((resolve, reject) => {
       app.listen(o.host, o.port, (ls) => {
@@ -288,8 +319,66 @@ export class Engine {
         resolve();
       });
     });
+    if (o.metricsPort >= 0) await this.listenMetrics();
+    this.loopDelay.enable();
+    this.sweeper = setInterval(() => this.slowConsumerSweep(), SLOW_SWEEP_MS);
     this.log.info({ event: 'listening', host: o.host, port: this.boundPort, shards: this.links.length, uws: this.uws.from }, 'listening');
     return this.boundPort;
+  }
+
+  /** Port of the separate /metrics listener, or -1 when /metrics is on the main port. */
+  get metricsPort(): number {
+    return this.metricsSocket ? this.uws.mod.us_socket_local_port(this.metricsSocket) : -1;
+  }
+
+  private routeMetrics(app: TemplatedApp): void {
+    app.get('/metrics', (res) => {
+      let aborted = false;
+      res.onAborted(() => { aborted = true; });
+      this.metrics.text().then(
+        (text) => { if (!aborted) res.cork(() => { res.writeHeader('content-type', this.metrics.contentType).end(text); }); },
+        (e: Error) => { if (!aborted) res.cork(() => { res.writeStatus('500 Internal Server Error').end(e.message); }); },
+      );
+    });
+  }
+
+  private async listenMetrics(): Promise<void> {
+    const o = this.options;
+    const app = this.uws.mod.App();
+    this.routeMetrics(app);
+    app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
+    await new Promise<void>((resolve, reject) => {
+      app.listen(o.metricsHost, o.metricsPort, (ls) => {
+        if (!ls) { reject(new EngineError('SHARDCHAT_LISTEN_FAILED', `cannot listen for metrics on ${o.metricsHost}:${o.metricsPort}`)); return; }
+        this.metricsSocket = ls;
+        resolve();
+      });
+    });
+    this.metricsApp = app;
+  }
+
+  /** The numbers /metrics shows, read from the same places as stats(). */
+  metricsSnapshot(): MetricsSnapshot {
+    const st = this.stats();
+    const errors = new Map<string, number>();
+    for (let code = 1; code < ERR_NAMES.length; code++) {
+      const n = this.counters.errors[code]!;
+      if (n > 0) errors.set(ERR_NAMES[code]!, n);
+    }
+    const lag = this.loopDelay.percentile(99) / 1e9;
+    this.loopDelay.reset();
+    return {
+      connections: st.connections, opened: this.counters.opened, closedByCode: this.counters.closedByCode,
+      framesIn: this.counters.framesIn, errors, slowConsumers: this.counters.slowConsumers,
+      mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
+      shards: st.shards.map((s) => ({
+        index: s.index, up: s.up, restarts: s.restarts, rooms: s.rooms, members: s.members,
+        presentUsers: Number(s.presentUsers), published: Number(s.published), delivered: Number(s.delivered),
+        inboundDepth: s.inboundDepth, outboundDepth: s.outboundDepth, inboundHighWater: s.inboundHighWater,
+        outboundHighWater: s.outboundHighWater, loopLagMs: Number(s.loopLagMs), heapUsed: Number(s.heapUsed),
+        overloaded: s.overloaded,
+      })),
+    };
   }
 
   private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
@@ -341,21 +430,33 @@ export class Engine {
   private onOpen(ws: WebSocket<Conn>): void {
     const c = ws.getUserData();
     this.conns.set(c.id, ws);
+    this.counters.opened++;
     const w = this.sw.reset(this.scratch);
     writeHello(w, c.connStr, c.user, this.limits);
     ws.send(this.scratch.subarray(0, w.pos), true);
   }
 
+  /** Sends one frame; a connection whose unsent data passes maxBufferBytes is closed with 4008. */
+  private send(ws: WebSocket<Conn>, frame: Uint8Array): boolean {
+    if (ws.send(frame, true) !== 1 && ws.getBufferedAmount() > this.options.maxBufferBytes) {
+      this.closeSlow(ws);
+      return false;
+    }
+    return true;
+  }
+
   private sendErr(ws: WebSocket<Conn>, code: number, msg: string, ref: number, retryAfterMs = -1): void {
     const w = this.sw.reset(this.scratch);
     writeErr(w, code, msg, ref, retryAfterMs);
-    ws.send(this.scratch.subarray(0, w.pos), true);
+    this.counters.errors[code]!++;
+    this.send(ws, this.scratch.subarray(0, w.pos));
   }
 
   private onMessage(ws: WebSocket<Conn>, msg: ArrayBuffer, isBinary: boolean): void {
     const c = ws.getUserData();
     const o = this.options;
     if (msg.byteLength > o.maxFrameBytes) { ws.end(CLOSE_TOO_BIG, 'frame too big'); return; }
+    this.counters.framesIn++;
     const f = this.frame;
     const u8 = new Uint8Array(msg);
     const err = isBinary ? f.scan(u8, 0, u8.byteLength, o.maxBodyDepth) : E_BAD_FRAME;
@@ -381,7 +482,7 @@ export class Engine {
         if (c.rooms.size >= o.maxRoomsPerConn) { this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
         c.rooms.add(room);
       }
-      if (!link.writeFrame(c.id, c.user, u8)) {
+      if (!link.writeFrame(c.id, c.user, u8, 0)) {
         if (added) c.rooms.delete(room);
         this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       }
@@ -390,16 +491,38 @@ export class Engine {
     if (f.type === T_LEAVE) {
       const room = asciiString(u8, f.roomStart, f.roomEnd);
       if (!c.rooms.has(room)) { this.sendErr(ws, E_NOT_JOINED, `not joined to room ${room}`, f.ref); return; }
-      if (link.writeFrame(c.id, null, u8)) c.rooms.delete(room);
+      if (link.writeFrame(c.id, null, u8, 0)) c.rooms.delete(room);
       else this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       return;
     }
-    if (!link.writeFrame(c.id, null, u8)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
+    const stamp = f.type === T_PUB ? (nowMicros() || 1) : 0;
+    if (!link.writeFrame(c.id, null, u8, stamp)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
   }
 
-  private onClose(ws: WebSocket<Conn>): void {
+  /**
+   * Closes, with 4008, every connection whose unsent data held by uWS passes maxBufferBytes.
+   * Publishes fan out in C++ without telling JavaScript which subscriber fell behind, so the
+   * check is a sweep: O(connections) every SLOW_SWEEP_MS, about 30 ns a connection.
+   */
+  private slowConsumerSweep(): void {
+    const max = this.options.maxBufferBytes;
+    for (const ws of this.conns.values()) {
+      if (ws.getBufferedAmount() > max) this.closeSlow(ws);
+    }
+  }
+
+  private closeSlow(ws: WebSocket<Conn>): void {
+    const c = ws.getUserData();
+    if (c.closed) return;
+    this.counters.slowConsumers++;
+    this.log.warn({ event: 'slow_consumer', conn: c.connStr, user: c.user, buffered: ws.getBufferedAmount() }, 'closing slow consumer');
+    ws.end(CLOSE_SLOW_CONSUMER, 'slow consumer');
+  }
+
+  private onClose(ws: WebSocket<Conn>, code: number): void {
     const c = ws.getUserData();
     c.closed = true;
+    this.counters.closedByCode.set(code, (this.counters.closedByCode.get(code) ?? 0) + 1);
     this.conns.delete(c.id);
     if (this.stopped) { c.rooms.clear(); return; }
     let told = 0n;
@@ -495,8 +618,11 @@ export class Engine {
     // The pumps may still hold records published just before OUT_DRAINED: deliver them.
     for (const l of this.links) l.reader.drain(this.onOut);
     this.stopped = true;
+    if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
     for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
+    if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; this.metricsApp = null; }
+    this.loopDelay.disable();
     for (const l of this.links) l.reader.wake();
     for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
     await this.pool.destroy();

@@ -7,7 +7,7 @@
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
 import { createShardStats } from '../metrics/shard-stats.js';
-import { IN_CLOSE, IN_FRAME, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+import { IN_CLOSE, IN_FRAME, IN_FRAME_USER, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
   inbound!: SharedArrayBuffer;
@@ -47,17 +47,18 @@ export class ShardLink {
   }
 
   /** Writes a client frame record; false when it cannot be queued (the client gets `overloaded`). */
-  writeFrame(conn: number, user: string | null, frame: Uint8Array): boolean {
+  writeFrame(conn: number, user: string | null, frame: Uint8Array, stamp: number): boolean {
     if (this.backlog.length > 0) { this.overloaded++; return false; }
     const userLen = user === null ? 0 : user.length;
     const w = this.writer;
-    const off = w.reserve(6 + userLen + frame.byteLength);
+    const off = w.reserve(IN_FRAME_USER + 1 + userLen + frame.byteLength);
     if (off < 0) { this.overloaded++; return false; }
     const b = w.bytes;
     b[off] = IN_FRAME;
     putU32(b, off + 1, conn);
-    if (user === null) b[off + 5] = 0; else putShortAscii(b, off + 5, user);
-    b.set(frame, off + 6 + userLen);
+    putU32(b, off + 5, stamp);
+    if (user === null) b[off + IN_FRAME_USER] = 0; else putShortAscii(b, off + IN_FRAME_USER, user);
+    b.set(frame, off + IN_FRAME_USER + 1 + userLen);
     w.commit();
     w.publish();
     this.noteInboundDepth();
