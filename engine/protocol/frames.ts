@@ -4,7 +4,7 @@
  * Pure: no I/O.
  */
 import {
-  MsgWriter, SKIP_EXTENSION, SKIP_TOO_DEEP, readNumber, skipValue, strSpan,
+  MsgWriter, SKIP_EXTENSION, SKIP_TOO_DEEP, readNumber, skipValue, skipValueFlat, strSpan,
 } from './msgpack.js';
 
 /** Client frame types. 0 = missing or unknown (`unknown_type`). */
@@ -202,6 +202,7 @@ export class ClientFrame {
     let tSeen = false;
     let roomBadType = false;
     let badField = '';
+    let tooDeep = '';
     for (let i = 0; i < pairs; i++) {
       const keyEnd = strSpan(buf, p, this.str);
       let key = 0;
@@ -214,11 +215,13 @@ export class ClientFrame {
         valueAt = skipValue(buf, p, end, 1, maxDepth);
         if (valueAt < 0) return this.skipFail(valueAt);
       }
-      const next = skipValue(buf, valueAt, end, 1, maxDepth);
-      if (next < 0) {
-        if (next === SKIP_TOO_DEEP && key === KEY_BODY) return this.fail(E_BAD_REQUEST, `body nested deeper than ${maxDepth} levels`);
-        return this.skipFail(next);
+      let next = skipValue(buf, valueAt, end, 1, maxDepth);
+      if (next === SKIP_TOO_DEEP) {
+        // Walk past it to find the rest of the frame (a `ref` after the body, trailing bytes).
+        if (tooDeep === '') tooDeep = key === KEY_BODY ? 'body' : 'a value';
+        next = skipValueFlat(buf, valueAt, end);
       }
+      if (next < 0) return this.skipFail(next);
       if (key !== 0) {
         const bit = 1 << key;
         if ((seen & bit) !== 0 && badField === '') badField = 'duplicate key';
@@ -260,6 +263,7 @@ export class ClientFrame {
     if (p !== end) return this.fail(E_BAD_FRAME, 'trailing bytes after the MessagePack map');
     if (this.type === 0) return this.fail(E_UNKNOWN_TYPE, tSeen ? 'unknown frame type t' : 'missing frame type t');
     if (this.refInvalid) return this.fail(E_BAD_REQUEST, 'ref must be an integer 0..2^32-1');
+    if (tooDeep !== '') return this.fail(E_BAD_REQUEST, `${tooDeep} nested deeper than ${maxDepth} levels`);
     if (badField !== '') return this.fail(E_BAD_REQUEST, `bad field: ${badField}`);
     // Every client frame names a room.
     if (roomBadType) return this.fail(E_BAD_ROOM, 'room must be a string of 1..128 [A-Za-z0-9_.:@-]');

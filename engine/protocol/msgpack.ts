@@ -56,6 +56,38 @@ export function skipValue(b: Uint8Array, p: number, end: number, depth: number, 
   return p;
 }
 
+/**
+ * Like skipValue but without a depth limit and without recursion (an explicit count of values
+ * still to skip), so that a frame can be walked past a body that is too deep: the error can then
+ * still carry a `ref` that comes after the body.
+ */
+export function skipValueFlat(b: Uint8Array, p: number, end: number): number {
+  let pending = 1;
+  while (pending > 0) {
+    if (p >= end) return SKIP_TRUNCATED;
+    const c = b[p]!;
+    let items = -1;
+    if (c >= 0x80 && c <= 0x8f) { items = (c & 0x0f) * 2; p += 1; }
+    else if (c >= 0x90 && c <= 0x9f) { items = c & 0x0f; p += 1; }
+    else if (c === 0xdc || c === 0xde) {
+      if (p + 3 > end) return SKIP_TRUNCATED;
+      items = be16(b, p + 1) * (c === 0xde ? 2 : 1); p += 3;
+    } else if (c === 0xdd || c === 0xdf) {
+      if (p + 5 > end) return SKIP_TRUNCATED;
+      items = be32(b, p + 1) * (c === 0xdf ? 2 : 1); p += 5;
+    }
+    pending--;
+    if (items >= 0) {
+      if (items > end - p) return SKIP_TRUNCATED;
+      pending += items;
+    } else {
+      p = skipValue(b, p, end, 1, 1);
+      if (p < 0) return p;
+    }
+  }
+  return p;
+}
+
 export function be16(b: Uint8Array, p: number): number {
   return (b[p]! << 8) | b[p + 1]!;
 }

@@ -1,0 +1,149 @@
+/**
+ * Integration: the command-line server (dist/engine/cli.js) as a real child process: it logs a
+ * JSON "listening" line with its port, serves real clients, drains on SIGTERM (clients get 1001)
+ * and exits 0 by itself within its drain deadline; --help lists every option; a bad option exits
+ * non-zero naming it.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { OPTION_SPECS } from '../engine/index.js';
+import { guardHandles } from './helpers/leaks.js';
+import { TestClient, httpGet, type Frame } from './helpers/client.js';
+
+guardHandles();
+
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../engine/cli.js');
+const DRAIN_DEADLINE_MS = 10_000; // PROTOCOL.md guarantee 4: 10 s by default
+
+interface Run {
+  child: ChildProcess;
+  out: () => string;
+  err: () => string;
+  /** Resolves when the process has exited and its pipes are closed. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function run(t: TestContext, args: string[]): Run {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d; });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('close', (code, signal) => resolve({ code, signal }));
+  });
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      process.kill(child.pid, 'SIGKILL'); // only the PID this test started
+    }
+    await exited;
+  });
+  return { child, out: () => out, err: () => err, exited };
+}
+
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_r, rej) => { timer = setTimeout(() => rej(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms); })]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function findPort(v: unknown): number | undefined {
+  if (v === null || typeof v !== 'object') return undefined;
+  for (const [k, x] of Object.entries(v)) {
+    if (k === 'port' && typeof x === 'number' && x > 0) return x;
+    const inner = findPort(x);
+    if (inner !== undefined) return inner;
+  }
+  return undefined;
+}
+
+/** The port from the JSON log line that says "listening". */
+async function listeningPort(r: Run, ms = 8000): Promise<number> {
+  const end = Date.now() + ms;
+  for (;;) {
+    for (const line of r.out().split('\n')) {
+      if (!line.includes('listening')) continue;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(line);
+      } catch {
+        assert.fail(`the "listening" log line is not JSON: ${line}`);
+      }
+      const port = findPort(parsed);
+      assert.ok(port !== undefined, `the "listening" log line names the port: ${line}`);
+      return port;
+    }
+    if (r.child.exitCode !== null || r.child.signalCode !== null) {
+      assert.fail(`cli exited (${r.child.exitCode ?? r.child.signalCode}) before listening; stdout: ${r.out()} stderr: ${r.err()}`);
+    }
+    if (Date.now() > end) assert.fail(`no "listening" JSON line on stdout within ${ms} ms; stdout: ${r.out()} stderr: ${r.err()}`);
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
+test('cli serves clients, and on SIGTERM drains (clients get 1001) and exits 0 by itself within the drain deadline', async (t) => {
+  const r = run(t, ['--port', '0', '--host', '127.0.0.1']);
+  const port = await listeningPort(r);
+  assert.equal((await httpGet(port, '/healthz')).status, 200);
+  const c = await TestClient.connect(port, { user: 'cli-user' });
+  t.after(() => c.close());
+  const o = await TestClient.connect(port, { user: 'cli-obs' });
+  t.after(() => o.close());
+  assert.equal(c.hello.user, 'cli-user');
+  for (const x of [c, o]) {
+    const j = await x.request({ t: 'join', room: 'cli' });
+    assert.equal(j.t, 'joined', JSON.stringify(j));
+  }
+  const ack = await c.request({ t: 'pub', room: 'cli', body: 'via the cli' });
+  assert.equal(ack.t, 'ack', JSON.stringify(ack));
+  const m: Frame = await o.next((f) => f.t === 'msg' && f.seq === ack.seq);
+  assert.equal(m.body, 'via the cli');
+
+  const t0 = Date.now();
+  process.kill(r.child.pid!, 'SIGTERM');
+  const [cc, co] = await Promise.all([c.waitClosed(DRAIN_DEADLINE_MS + 1000), o.waitClosed(DRAIN_DEADLINE_MS + 1000)]);
+  assert.equal(cc.code, 1001, `close code on SIGTERM: ${cc.code} "${cc.reason}"`);
+  assert.equal(co.code, 1001);
+  const exit = await within(r.exited, DRAIN_DEADLINE_MS + 1000, 'the cli to exit after SIGTERM');
+  const took = Date.now() - t0;
+  assert.deepEqual(exit, { code: 0, signal: null }, `exit after SIGTERM; stderr: ${r.err()}`);
+  assert.ok(took <= DRAIN_DEADLINE_MS, `exited within the drain deadline (${took} ms)`);
+  assert.deepEqual([...c.violations, ...o.violations], []);
+});
+
+test('cli --help prints every option and exits 0', async (t) => {
+  const r = run(t, ['--help']);
+  const exit = await within(r.exited, 8000, 'cli --help to exit');
+  assert.deepEqual(exit, { code: 0, signal: null }, `--help exit; stderr: ${r.err()}`);
+  const text = r.out() + r.err();
+  for (const re of [/--port\b/, /--host\b/, /--shards\b/, /history/i, /frame/i, /rooms/i, /rate/i, /burst/i, /buffer/i, /connections/i, /drain/i, /--help\b/]) {
+    assert.match(text, re, `--help mentions ${String(re)}`);
+  }
+  assert.ok(!text.includes('listening'), '--help does not start a server');
+  // Every option the library exports a spec for has its flag in the help text.
+  for (const spec of OPTION_SPECS) assert.ok(text.includes(`--${spec.flag}`), `--help lists --${spec.flag}`);
+});
+
+for (const [args, re] of [
+  [['--shards', '-1'], /shards/],
+  [['--shards', 'many'], /shards/],
+  [['--port', 'abc'], /port/],
+  [['--port', '70000'], /port/],
+  [['--no-such-option', '1'], /no-such-option/],
+] as [string[], RegExp][]) {
+  test(`cli ${args.join(' ')} exits non-zero naming the option`, async (t) => {
+    const r = run(t, ['--host', '127.0.0.1', ...args]);
+    const exit = await within(r.exited, 8000, `cli ${args.join(' ')} to exit`);
+    assert.notEqual(exit.code, 0, `exit code for ${args.join(' ')}`);
+    assert.equal(exit.signal, null, 'exits by itself');
+    const text = r.out() + r.err();
+    assert.match(text, re, `the message names the option: ${text}`);
+    assert.ok(!r.out().includes('"listening"') && !/listening/.test(r.out()), 'a bad option does not start a server');
+  });
+}
