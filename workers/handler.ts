@@ -95,7 +95,11 @@ export class Handler {
     this.out.commit(this.w.pos - this.recStart);
   }
 
+  /** err replies sent, by error number. */
+  readonly errors = new Float64Array(16);
+
   private sendErr(conn: number, code: number, msg: string, ref: number): void {
+    this.errors[code]!++;
     const w = this.begin(OUT_SEND, conn, null, 96 + 3 * msg.length);
     writeErr(w, code, msg, ref);
     this.end();

@@ -11,7 +11,7 @@
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
   S_CONNS, S_CURSORS, S_HEAP_USED, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_DELIVERED, S_ERR_BASE, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 
@@ -55,6 +55,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     stats[S_POOL_IN_USE] = h.pool.stats().inUse;
     stats[S_PARKS] = inbound.parks;
     stats[S_OUT_WAITS] = outWaits;
+    stats.set(h.errors, S_ERR_BASE);
   };
   // The tick measures event-loop lag, samples the heap and drops rooms past their TTL.
   const tick = setInterval(() => {

@@ -19,7 +19,9 @@ export const S_LOOP_LAG_MS = 11;
 export const S_PARKS = 12;
 export const S_OUT_WAITS = 13;
 export const S_DELIVERED = 14;
-export const SHARD_STAT_SLOTS = 16;
+/** err replies sent by the shard: slot S_ERR_BASE + error number (frames.ts E_*). */
+export const S_ERR_BASE = 16;
+export const SHARD_STAT_SLOTS = 32;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_ROOMS]: 'rooms', [S_MEMBERS]: 'members', [S_PRESENT_USERS]: 'presentUsers', [S_CONNS]: 'conns',

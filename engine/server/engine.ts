@@ -21,7 +21,7 @@ import {
   OUT_PUBLISH, OUT_PUBLISH_ROOM, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
-import { SHARD_STAT_NAMES, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
+import { SHARD_STAT_NAMES, S_ERR_BASE, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Histogram } from 'prom-client';
@@ -38,6 +38,8 @@ interface Conn {
   tokens: number;
   lastRefill: number;
   closed: boolean;
+  /** When this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
+  lastLimitLog: number;
 }
 
 export interface ShardStats {
@@ -73,6 +75,8 @@ const HARD_PAYLOAD_CAP = 16 << 20;
 /** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
 const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
+/** A connection that keeps hitting a limit is logged at most once per this interval. */
+const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) feeds the receipt-to-fan-out histogram. */
 const FANOUT_SAMPLE = 16;
 /** Main-thread microseconds mod 2^32 (both ends of the measurement are on the main thread). */
@@ -151,7 +155,10 @@ export class Engine {
 
   private async waitShardsUp(): Promise<void> {
     for (let i = 0; i < 2000; i++) {
-      if (this.links.every((l) => l.stats[S_UP] === 1)) return;
+      if (this.links.every((l) => l.stats[S_UP] === 1)) {
+        for (const l of this.links) this.log.info({ event: 'shard_started', shard: l.index }, 'shard started');
+        return;
+      }
       await new Promise((r) => setTimeout(r, 5));
     }
     throw new EngineError('SHARDCHAT_LISTEN_FAILED', 'shards did not start within 10 s');
@@ -362,7 +369,8 @@ export class Engine {
     const st = this.stats();
     const errors = new Map<string, number>();
     for (let code = 1; code < ERR_NAMES.length; code++) {
-      const n = this.counters.errors[code]!;
+      let n = this.counters.errors[code]!;
+      for (const l of this.links) n += l.stats[S_ERR_BASE + code]! + l.deadErrors[code]!;
       if (n > 0) errors.set(ERR_NAMES[code]!, n);
     }
     const lag = this.loopDelay.percentile(99) / 1e9;
@@ -422,7 +430,7 @@ export class Engine {
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
       id, connStr, user: user ?? `anon-${connStr}`, rooms: new Set(), tokens: this.options.rateBurst,
-      lastRefill: Date.now(), closed: false,
+      lastRefill: Date.now(), closed: false, lastLimitLog: 0,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);
   }
@@ -466,6 +474,7 @@ export class Engine {
     c.lastRefill = now;
     const ref = err === 0 || f.ref >= 0 ? f.ref : -1;
     if (c.tokens < 1) {
+      this.limitHit(c, 'rate_limited', now);
       this.sendErr(ws, E_RATE_LIMITED, 'rate limit exceeded', isBinary ? ref : -1, Math.ceil(((1 - c.tokens) * 1000) / o.ratePerSec));
       return;
     }
@@ -479,7 +488,7 @@ export class Engine {
       const room = asciiString(u8, f.roomStart, f.roomEnd);
       const added = !c.rooms.has(room);
       if (added) {
-        if (c.rooms.size >= o.maxRoomsPerConn) { this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
+        if (c.rooms.size >= o.maxRoomsPerConn) { this.limitHit(c, 'too_many_rooms', now); this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
         c.rooms.add(room);
       }
       if (!link.writeFrame(c.id, c.user, u8, 0)) {
@@ -517,6 +526,12 @@ export class Engine {
     this.counters.slowConsumers++;
     this.log.warn({ event: 'slow_consumer', conn: c.connStr, user: c.user, buffered: ws.getBufferedAmount() }, 'closing slow consumer');
     ws.end(CLOSE_SLOW_CONSUMER, 'slow consumer');
+  }
+
+  private limitHit(c: Conn, limit: string, now: number): void {
+    if (now - c.lastLimitLog < LIMIT_LOG_MS) return;
+    c.lastLimitLog = now;
+    this.log.warn({ event: 'limit_hit', limit, conn: c.connStr, user: c.user }, 'connection hit a limit');
   }
 
   private onClose(ws: WebSocket<Conn>, code: number): void {

@@ -6,7 +6,7 @@
  * frames are refused too, so that per-connection order is kept.
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
-import { createShardStats } from '../metrics/shard-stats.js';
+import { S_ERR_BASE, createShardStats } from '../metrics/shard-stats.js';
 import { IN_CLOSE, IN_FRAME, IN_FRAME_USER, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
@@ -24,6 +24,8 @@ export class ShardLink {
   /** True once the shard answered IN_DRAIN. */
   drained = false;
   overloaded = 0;
+  /** err counts of earlier (crashed) incarnations, so the counters never go backwards. */
+  readonly deadErrors = new Float64Array(16);
   inboundHighWater = 0;
   outboundHighWater = 0;
   private backlog: Uint8Array[] = [];
@@ -38,6 +40,10 @@ export class ShardLink {
 
   /** New rings for a new shard incarnation. */
   fresh(): void {
+    for (let code = 0; code < this.deadErrors.length; code++) {
+      this.deadErrors[code]! += this.stats[S_ERR_BASE + code]!;
+      this.stats[S_ERR_BASE + code] = 0;
+    }
     this.inbound = createRing(this.ringBytes);
     this.outbound = createRing(this.ringBytes);
     this.writer = new RingWriter(this.inbound);
