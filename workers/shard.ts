@@ -75,6 +75,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
         while ((need = h.handle(inbound.bytes, inbound.offset, inbound.length)) > 0) {
           // Outbound is short of room: hand back what we consumed, publish, wait for the main thread.
           if (need > out.capacity) throw new Error(`a record needs ${need} outbound bytes, more than the ring's ${out.capacity}`);
+          out.publish();
           inbound.syncRead();
           outWaits++;
           await out.waitForFree(need);
@@ -85,8 +86,10 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
       }
       records += n;
       if (n > 0) {
-        inbound.syncRead();
+        // Output first, then mark the input consumed: should the shard die in between, the
+        // main thread answers the records it still sees as unhandled, rather than losing them.
         out.publish();
+        inbound.syncRead();
         publishStats();
       }
       if (h.drained) return { index: task.index, records };

@@ -190,7 +190,9 @@ export class Engine {
     // Deliver everything the dead shard published, then answer what it never handled.
     link.reader.drain(this.onOut);
     const oldInbound = link.inbound;
+    const oldReader = link.reader;
     link.fresh();
+    oldReader.wake(); // ends the old generation's pump
     link.restarts++;
     this.failUnhandled(oldInbound, link.index);
     this.startShard(link);
