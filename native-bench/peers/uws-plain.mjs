@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+/**
+ * The baseline peer of the load benchmarks: plain uWebSockets.js pub/sub on one thread, no
+ * protocol. On open a socket subscribes to the topic named by `?room=` in its upgrade URL; every
+ * message it sends is published, as received (binary), to that topic, the sender included.
+ * Same native uWS package as the engine (the root node_modules).
+ *
+ *   node native-bench/peers/uws-plain.mjs --port 9101 [--host 127.0.0.1]
+ *
+ * Prints "listening <port>" on stdout once bound; SIGTERM/SIGINT close the listener and exit 0.
+ */
+import { createRequire } from 'node:module';
+import { URLSearchParams } from 'node:url';
+
+const require = createRequire(import.meta.url);
+const uws = require('@trufflesuite/uws-js-unofficial');
+
+function arg(name, def) {
+  const i = process.argv.indexOf(name);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
+}
+const port = Number(arg('--port', '9101'));
+const host = arg('--host', '127.0.0.1');
+if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  process.stderr.write('uws-plain: --port must be 1..65535 (port 0 is not supported)\n');
+  process.exit(2);
+}
+
+const app = uws.App();
+app.ws('/*', {
+  compression: uws.DISABLED,
+  maxPayloadLength: 64 * 1024,
+  maxBackpressure: 16 << 20,
+  idleTimeout: 60,
+  upgrade: (res, req, ctx) => {
+    const q = new URLSearchParams(req.getQuery() ?? '');
+    const room = q.get('room') ?? 'lobby';
+    res.upgrade({ room }, req.getHeader('sec-websocket-key'), req.getHeader('sec-websocket-protocol'),
+      req.getHeader('sec-websocket-extensions'), ctx);
+  },
+  open: (ws) => { ws.subscribe(ws.getUserData().room); },
+  message: (ws, msg, isBinary) => { app.publish(ws.getUserData().room, msg, isBinary); },
+});
+app.get('/healthz', (res) => { res.end('ok'); });
+
+let listenSocket = null;
+app.listen(host, port, (ls) => {
+  if (!ls) { process.stderr.write(`uws-plain: cannot listen on ${host}:${port}\n`); process.exit(1); }
+  listenSocket = ls;
+  process.stdout.write(`listening ${port}\n`);
+});
+
+const stop = () => {
+  if (listenSocket) { uws.us_listen_socket_close(listenSocket); listenSocket = null; }
+  process.exit(0);
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
