@@ -148,8 +148,11 @@ const INVALID = -1;
 function asCount(b: Uint8Array, p: number, nilIsAbsent: boolean): number {
   if (b[p] === 0xc0) return nilIsAbsent ? ABSENT : INVALID;
   const v = readNumber(b, p);
-  if (!(v >= 0) || v > Number.MAX_SAFE_INTEGER || Math.floor(v) !== v) return INVALID;
-  return v;
+  // A u64 beyond 2^53 reads as Infinity; any non-negative integer that large counts as 2^53 - 1
+  // (a limit above 500 counts as 500, a read beyond the latest as the latest).
+  if (v === Infinity && (b[p] === 0xcf || b[p] === 0xd3)) return Number.MAX_SAFE_INTEGER;
+  if (!(v >= 0) || !Number.isFinite(v) || Math.floor(v) !== v) return INVALID;
+  return v > Number.MAX_SAFE_INTEGER ? Number.MAX_SAFE_INTEGER : v;
 }
 
 /**
@@ -212,7 +215,8 @@ export class ClientFrame {
         key = keyId(buf, this.str.strStart, keyEnd);
         valueAt = keyEnd;
       } else {
-        valueAt = skipValue(buf, p, end, 1, maxDepth);
+        // A key that is not a string is ignored, however deep: walk past it without a limit.
+        valueAt = skipValueFlat(buf, p, end);
         if (valueAt < 0) return this.skipFail(valueAt);
       }
       let next = skipValue(buf, valueAt, end, 1, maxDepth);

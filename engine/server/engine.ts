@@ -23,7 +23,7 @@ import {
 import { RingReader } from '../ring/index.js';
 import { SHARD_STAT_NAMES, S_ERR_BASE, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Histogram } from 'prom-client';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
@@ -111,7 +111,10 @@ export class Engine {
   private readonly metrics: EngineMetrics;
   private metricsApp: TemplatedApp | null = null;
   private metricsSocket: us_listen_socket | null = null;
-  private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  /** Main-thread event-loop delay; made in listen(), so an engine that never listened holds none. */
+  private loopDelay: IntervalHistogram | null = null;
+  /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
+  private authPending = 0;
   /** Counters the metrics module reads: closes by code, `err` replies by code, slow consumers closed. */
   readonly counters = {
     opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0,
@@ -329,6 +332,7 @@ export class Engine {
       });
     });
     if (o.metricsPort >= 0) await this.listenMetrics();
+    this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
     this.loopDelay.enable();
     this.sweeper = setInterval(() => this.slowConsumerSweep(), SLOW_SWEEP_MS);
     this.log.info({ event: 'listening', host: o.host, port: this.boundPort, shards: this.links.length, uws: this.uws.from }, 'listening');
@@ -375,8 +379,8 @@ export class Engine {
       for (const l of this.links) n += l.stats[S_ERR_BASE + code]! + l.deadErrors[code]!;
       if (n > 0) errors.set(ERR_NAMES[code]!, n);
     }
-    const lag = this.loopDelay.percentile(99) / 1e9;
-    this.loopDelay.reset();
+    const lag = this.loopDelay === null ? 0 : this.loopDelay.percentile(99) / 1e9;
+    this.loopDelay?.reset();
     return {
       connections: st.connections, opened: this.counters.opened, closedByCode: this.counters.closedByCode,
       framesIn: this.counters.framesIn, errors, slowConsumers: this.counters.slowConsumers,
@@ -393,7 +397,7 @@ export class Engine {
 
   private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
     if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-    if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
+    if (this.conns.size + this.authPending >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
     const key = req.getHeader('sec-websocket-key');
     const protocol = req.getHeader('sec-websocket-protocol');
     const extensions = req.getHeader('sec-websocket-extensions');
@@ -410,17 +414,21 @@ export class Engine {
     const url = req.getUrl();
     let aborted = false;
     res.onAborted(() => { aborted = true; });
+    this.authPending++;
     void (async () => {
       let result: { user: string } | null = null;
       try {
         result = await auth({ url, query, headers });
       } catch (e) {
         this.log.warn({ event: 'auth_error', err: (e as Error).message }, 'authenticate threw');
+      } finally {
+        this.authPending--;
       }
       if (aborted) return;
       res.cork(() => {
         if (result === null || !isValidUser(result.user)) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
         if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
+        if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
         this.upgrade(res, result.user, key, protocol, extensions, ctx);
       });
     })();
@@ -639,7 +647,8 @@ export class Engine {
     for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
     if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; this.metricsApp = null; }
-    this.loopDelay.disable();
+    this.loopDelay?.disable();
+    this.loopDelay = null;
     for (const l of this.links) l.reader.wake();
     for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
     await this.pool.destroy();
