@@ -13,7 +13,7 @@ import {
 } from '../engine/protocol/frames.js';
 import {
   CRASH_EXIT, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_REPLAY, IN_SERVER_PUB,
-  IN_FRAME_USER, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
+  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
@@ -41,6 +41,7 @@ export class Handler {
   /** Writes history entries (pooled buffers). */
   private readonly hw = new MsgWriter();
   private recStart = 0;
+  private recRoom: Uint8Array | null = null;
   private readonly usersScratch: string[] = [];
 
   constructor(private readonly out: RingWriter, private readonly opts: HandlerOptions) {
@@ -76,22 +77,28 @@ export class Handler {
     return this.out.freeBytes() >= bytes;
   }
 
-  /** Reserves a record with room for `frameBound` frame bytes, writes its header, aims `w` at the frame. */
-  private begin(kind: number, conn: number, room: Uint8Array | null, frameBound: number): MsgWriter {
+  /**
+   * Reserves an outbound record with room for `bodyBound` body bytes, writes its header and aims
+   * `w` at the body (8-byte aligned); `end()` appends the room bytes and commits.
+   */
+  private begin(kind: number, id: number, room: Uint8Array | null, bodyBound: number): MsgWriter {
     const roomLen = room === null ? 0 : room.byteLength;
-    const bound = 6 + roomLen + frameBound;
+    const bound = OUT_BODY + bodyBound + roomLen;
     const off = this.out.reserve(bound);
     if (off < 0) throw new Error(`outbound ring refused ${bound} bytes after the space check`);
     const b = this.out.bytes;
-    let p = off;
-    b[p++] = kind;
-    if (conn >= 0) { putU32(b, p, conn); p += 4; }
-    if (room !== null) { b[p++] = roomLen; b.set(room, p); p += roomLen; }
+    b[off] = kind;
+    b[off + 1] = roomLen;
+    putU32(b, off + 4, id < 0 ? 0 : id);
     this.recStart = off;
-    return this.w.reset(b, p, off + bound);
+    this.recRoom = room;
+    return this.w.reset(b, off + OUT_BODY, off + bound);
   }
 
   private end(): void {
+    const room = this.recRoom;
+    if (room !== null) this.w.raw(room, 0, room.byteLength);
+    this.recRoom = null;
     this.out.commit(this.w.pos - this.recStart);
   }
 
@@ -108,19 +115,19 @@ export class Handler {
   // ---- client frames ------------------------------------------------------------------------
 
   private onFrame(b: Uint8Array, off: number, end: number): number {
-    const conn = getU32(b, off + 1);
-    const stamp = getU32(b, off + 5);
-    const userLen = b[off + IN_FRAME_USER]!;
-    const fs = off + IN_FRAME_USER + 1 + userLen;
+    const conn = getU32(b, off + 4);
+    const stamp = getU32(b, off + 8);
+    const fs = off + IN_FRAME_BODY;
+    const fe = end - b[off + 1]!;
     const f = this.frame;
-    if (f.scan(b, fs, end, this.opts.maxBodyDepth) !== 0) {
+    if (f.scan(b, fs, fe, this.opts.maxBodyDepth) !== 0) {
       // The main thread validated the frame already; a failure here is still answered, never dropped.
       if (!this.fits(REC_SLACK * 2)) return REC_SLACK * 2;
       this.sendErr(conn, f.error, f.message, f.ref);
       return 0;
     }
     const name = asciiString(b, f.roomStart, f.roomEnd);
-    if (f.type === T_JOIN) return this.join(conn, asciiString(b, off + IN_FRAME_USER + 1, fs), name, f, b, false);
+    if (f.type === T_JOIN) return this.join(conn, asciiString(b, fe, end), name, f, b, false);
     const r = this.rooms.get(name);
     const user = r?.members.get(conn);
     if (r === undefined || user === undefined) {
@@ -224,7 +231,8 @@ export class Handler {
     this.delivered += r.members.size;
     if (req >= 0) {
       const aw = this.begin(OUT_SERVER_ACK, req, null, 16 + r.epoch.length);
-      putU32(aw.buf, aw.pos, Math.floor(seq / 0x100000000)); putU32(aw.buf, aw.pos + 4, seq >>> 0);
+      putU32(aw.buf, aw.pos, Math.floor(seq / 0x100000000));
+      putU32(aw.buf, aw.pos + 4, seq >>> 0);
       aw.pos += 8;
       aw.buf[aw.pos++] = r.epoch.length;
       for (let i = 0; i < r.epoch.length; i++) aw.buf[aw.pos++] = r.epoch.charCodeAt(i);

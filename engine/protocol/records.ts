@@ -1,25 +1,31 @@
 /**
- * Records between the main thread and a shard, one per ring record. The first byte is the kind;
- * integers are little-endian u32. Pure: layouts and field accessors only.
+ * Records between the main thread and a shard, one per ring record. Integers are little-endian
+ * u32. Pure: layouts and field accessors only.
+ *
+ * The bulk of a record (a client frame inbound, a server frame outbound) starts 8-byte aligned
+ * (the ring aligns payloads to 8): V8 copies into and out of shared memory 8 bytes at a time only
+ * between aligned addresses, byte by byte otherwise (4x slower for 4 KiB). Short strings that
+ * travel with it (user, room) go after it, at the end of the record.
  *
  * Inbound (main -> shard):
- *   IN_FRAME      kind u8 | conn u32 | stamp u32 | userLen u8 | user | client frame bytes (as received)
- *   IN_CLOSE      kind u8 | conn u32
- *   IN_SERVER_PUB kind u8 | req u32 | roomLen u8 | room | fromLen u8 | from | body (one MessagePack value)
- *   IN_REPLAY     kind u8 | conn u32 | userLen u8 | user | roomLen u8 | room   (join after a shard restart)
- *   IN_DRAIN      kind u8                     (everything before it is handled; answer OUT_DRAINED)
- *   IN_CRASH      kind u8 | mode u8           (test hook: 1 = throw from the task, 2 = exit the worker)
+ *   IN_FRAME      [0] kind, [1] userLen, [4] conn u32, [8] stamp u32, [16..] client frame, user (last userLen bytes)
+ *   IN_CLOSE      [0] kind, [1..5] conn u32
+ *   IN_SERVER_PUB [0] kind, [1..5] req u32, roomLen u8, room, fromLen u8, from, body (one MessagePack value)
+ *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room  (join after a shard restart)
+ *   IN_DRAIN      [0] kind                    (everything before it is handled; answer OUT_DRAINED)
+ *   IN_CRASH      [0] kind, [1] mode          (test hook: 1 = throw from the task, 2 = exit the worker)
  *
  * `stamp`: the main thread's receipt time of a `pub` in microseconds mod 2^32 (0 = none), carried
  * to its publish record so the main thread can measure receipt-to-fan-out latency.
  *
- * Outbound (shard -> main):
- *   OUT_SEND      kind u8 | conn u32 | frame               -> ws.send(frame)
- *   OUT_PUBLISH   kind u8 | stamp u32 | roomLen u8 | room | frame  -> app.publish(room, frame)
- *   OUT_JOINED    kind u8 | conn u32 | roomLen u8 | room | frame  -> send(frame), subscribe(room)
- *   OUT_LEFT      kind u8 | conn u32 | roomLen u8 | room | frame  -> unsubscribe(room), send(frame)
- *   OUT_SERVER_ACK kind u8 | req u32 | seqHi u32 | seqLo u32 | epochLen u8 | epoch
- *   OUT_DRAINED   kind u8
+ * Outbound (shard -> main): every record is [0] kind, [1] roomLen, [4] id u32, [8..] body,
+ * room (last roomLen bytes):
+ *   OUT_SEND       id = conn, body = frame              -> ws.send(frame)
+ *   OUT_PUBLISH    id = stamp, body = frame, room       -> app.publish(room, frame)
+ *   OUT_JOINED     id = conn, body = frame, room        -> send(frame), subscribe(room)
+ *   OUT_LEFT       id = conn, body = frame, room        -> unsubscribe(room), send(frame)
+ *   OUT_SERVER_ACK id = req, body = seqHi u32, seqLo u32, epochLen u8, epoch
+ *   OUT_DRAINED    (no body)
  */
 
 export const IN_FRAME = 1;
@@ -36,10 +42,10 @@ export const OUT_LEFT = 4;
 export const OUT_SERVER_ACK = 5;
 export const OUT_DRAINED = 6;
 
-/** Offset of userLen in an IN_FRAME record. */
-export const IN_FRAME_USER = 9;
-/** Offset of roomLen in an OUT_PUBLISH record. */
-export const OUT_PUBLISH_ROOM = 5;
+/** Offset of the client frame in an IN_FRAME record. */
+export const IN_FRAME_BODY = 16;
+/** Offset of the body in an outbound record. */
+export const OUT_BODY = 8;
 
 export const CRASH_THROW = 1;
 export const CRASH_EXIT = 2;

@@ -17,8 +17,8 @@ import {
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_USER, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
-  OUT_PUBLISH, OUT_PUBLISH_ROOM, OUT_SEND, OUT_SERVER_ACK, getU32,
+  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
+  OUT_BODY, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { SHARD_STAT_NAMES, S_ERR_BASE, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
@@ -214,11 +214,11 @@ export class Engine {
     while (r.next() >= 0) {
       const b = r.bytes; const off = r.offset;
       if (b[off] === IN_FRAME) {
-        const conn = getU32(b, off + 1);
+        const conn = getU32(b, off + 4);
         const ws = this.conns.get(conn);
         if (ws !== undefined) {
           const f = this.frame;
-          f.scan(b, off + IN_FRAME_USER + 1 + b[off + IN_FRAME_USER]!, off + r.length, this.options.maxBodyDepth);
+          f.scan(b, off + IN_FRAME_BODY, off + r.length - b[off + 1]!, this.options.maxBodyDepth);
           this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
         }
       } else if (b[off] === IN_SERVER_PUB) {
@@ -243,13 +243,13 @@ export class Engine {
   }
 
   private readonly onOut = (b: Uint8Array, off: number, len: number): void => {
+    // Layout (protocol/records.ts): [0] kind, [1] roomLen, [4] id, [8..] body, room at the end.
     const end = off + len;
+    const rs = end - b[off + 1]!;
     switch (b[off]) {
       case OUT_PUBLISH: {
-        const rl = b[off + OUT_PUBLISH_ROOM]!;
-        const rs = off + OUT_PUBLISH_ROOM + 1;
-        this.app?.publish(b.subarray(rs, rs + rl), b.subarray(rs + rl, end), true);
-        const stamp = getU32(b, off + 1);
+        this.app?.publish(b.subarray(rs, end), b.subarray(off + OUT_BODY, rs), true);
+        const stamp = getU32(b, off + 4);
         // Receipt-to-fan-out latency, sampled: one pub in FANOUT_SAMPLE.
         if (stamp !== 0 && (++this.fanoutCount & (FANOUT_SAMPLE - 1)) === 0) {
           this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
@@ -257,31 +257,30 @@ export class Engine {
         return;
       }
       case OUT_SEND: {
-        const ws = this.conns.get(getU32(b, off + 1));
-        if (ws !== undefined) this.send(ws, b.subarray(off + 5, end));
+        const ws = this.conns.get(getU32(b, off + 4));
+        if (ws !== undefined) this.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }
       case OUT_JOINED: {
-        const ws = this.conns.get(getU32(b, off + 1));
+        const ws = this.conns.get(getU32(b, off + 4));
         if (ws === undefined) return;
-        const rl = b[off + 5]!;
-        if (this.send(ws, b.subarray(off + 6 + rl, end))) ws.subscribe(b.subarray(off + 6, off + 6 + rl));
+        if (this.send(ws, b.subarray(off + OUT_BODY, rs))) ws.subscribe(b.subarray(rs, end));
         return;
       }
       case OUT_LEFT: {
-        const ws = this.conns.get(getU32(b, off + 1));
+        const ws = this.conns.get(getU32(b, off + 4));
         if (ws === undefined) return;
-        const rl = b[off + 5]!;
-        ws.unsubscribe(b.subarray(off + 6, off + 6 + rl));
-        this.send(ws, b.subarray(off + 6 + rl, end));
+        ws.unsubscribe(b.subarray(rs, end));
+        this.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }
       case OUT_SERVER_ACK: {
-        const req = getU32(b, off + 1);
-        const seq = getU32(b, off + 5) * 0x100000000 + getU32(b, off + 9);
-        const epoch = asciiString(b, off + 14, off + 14 + b[off + 13]!);
-        const p = this.pending.get(req);
-        if (p) { this.pending.delete(req); p.resolve({ seq, epoch }); }
+        const req = getU32(b, off + 4);
+        const p = off + OUT_BODY;
+        const seq = getU32(b, p) * 0x100000000 + getU32(b, p + 4);
+        const epoch = asciiString(b, p + 9, p + 9 + b[p + 8]!);
+        const pending = this.pending.get(req);
+        if (pending) { this.pending.delete(req); pending.resolve({ seq, epoch }); }
         return;
       }
       case OUT_DRAINED:

@@ -7,7 +7,7 @@
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
 import { S_ERR_BASE, createShardStats } from '../metrics/shard-stats.js';
-import { IN_CLOSE, IN_FRAME, IN_FRAME_USER, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+import { IN_CLOSE, IN_FRAME, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
   inbound!: SharedArrayBuffer;
@@ -57,14 +57,16 @@ export class ShardLink {
     if (this.backlog.length > 0) { this.overloaded++; return false; }
     const userLen = user === null ? 0 : user.length;
     const w = this.writer;
-    const off = w.reserve(IN_FRAME_USER + 1 + userLen + frame.byteLength);
+    const off = w.reserve(IN_FRAME_BODY + frame.byteLength + userLen);
     if (off < 0) { this.overloaded++; return false; }
     const b = w.bytes;
     b[off] = IN_FRAME;
-    putU32(b, off + 1, conn);
-    putU32(b, off + 5, stamp);
-    if (user === null) b[off + IN_FRAME_USER] = 0; else putShortAscii(b, off + IN_FRAME_USER, user);
-    b.set(frame, off + IN_FRAME_USER + 1 + userLen);
+    b[off + 1] = userLen;
+    putU32(b, off + 4, conn);
+    putU32(b, off + 8, stamp);
+    b.set(frame, off + IN_FRAME_BODY);
+    const u = off + IN_FRAME_BODY + frame.byteLength;
+    for (let i = 0; i < userLen; i++) b[u + i] = user!.charCodeAt(i);
     w.commit();
     w.publish();
     this.noteInboundDepth();
