@@ -34,6 +34,7 @@ export interface EngineOptions {
   idleTimeoutSec?: number;
   drainTimeoutMs?: number;
   ringBytes?: number;
+  metrics?: boolean;
   metricsPort?: number;
   metricsHost?: string;
   logLevel?: LogLevel;
@@ -46,12 +47,12 @@ interface Spec {
   key: keyof EngineOptions;
   flag: string;
   env: string;
-  kind: 'int' | 'string' | 'level';
+  kind: 'int' | 'string' | 'level' | 'bool';
   min?: number;
   max?: number;
   pow2?: boolean;
   help: string;
-  def: () => number | string;
+  def: () => number | string | boolean;
 }
 
 export const OPTION_SPECS: readonly Spec[] = [
@@ -71,6 +72,7 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'idleTimeoutSec', flag: 'idle-timeout-sec', env: 'SHARDCHAT_IDLE_TIMEOUT_SEC', kind: 'int', min: 0, max: 960, help: 'close a silent connection after this (pings are sent automatically; 0 = never)', def: () => 60 },
   { key: 'drainTimeoutMs', flag: 'drain-timeout-ms', env: 'SHARDCHAT_DRAIN_TIMEOUT_MS', kind: 'int', min: 0, max: 3_600_000, help: 'drain deadline on shutdown', def: () => 10_000 },
   { key: 'ringBytes', flag: 'ring-bytes', env: 'SHARDCHAT_RING_BYTES', kind: 'int', min: 1 << 16, max: 1 << 30, pow2: true, help: 'bytes of each ring (power of two)', def: () => 8 << 20 },
+  { key: 'metrics', flag: 'metrics', env: 'SHARDCHAT_METRICS', kind: 'bool', help: 'serve /metrics and time fan-outs (false: neither)', def: () => true },
   { key: 'metricsPort', flag: 'metrics-port', env: 'SHARDCHAT_METRICS_PORT', kind: 'int', min: -1, max: 65535, help: 'serve /metrics on its own port (-1 = on the main port; 0 = any free port)', def: () => -1 },
   { key: 'metricsHost', flag: 'metrics-host', env: 'SHARDCHAT_METRICS_HOST', kind: 'string', help: 'address of the separate /metrics listener', def: () => '127.0.0.1' },
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', help: 'fatal|error|warn|info|debug|trace|silent', def: () => 'info' },
@@ -106,6 +108,9 @@ function check(s: Spec, v: unknown): unknown {
   switch (s.kind) {
     case 'string':
       if (typeof v !== 'string' || v.length === 0) throw new OptionError(s.key, `must be a non-empty string, got ${JSON.stringify(v)}`);
+      return v;
+    case 'bool':
+      if (typeof v !== 'boolean') throw new OptionError(s.key, `must be true or false, got ${JSON.stringify(v)}`);
       return v;
     case 'level':
       if (typeof v !== 'string' || !LEVELS.has(v)) throw new OptionError(s.key, `must be one of ${[...LEVELS].join(', ')}, got ${JSON.stringify(v)}`);
@@ -145,6 +150,11 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
 }
 
 function parse(s: Spec, raw: string, where: string): unknown {
+  if (s.kind === 'bool') {
+    if (raw === 'true' || raw === '1') return true;
+    if (raw === 'false' || raw === '0') return false;
+    throw new OptionError(s.key, `(${where}) must be true or false, got ${JSON.stringify(raw)}`);
+  }
   if (s.kind !== 'int') return raw;
   const n = Number(raw);
   if (raw.trim() === '' || !Number.isInteger(n)) throw new OptionError(s.key, `(${where}) must be an integer, got ${JSON.stringify(raw)}`);

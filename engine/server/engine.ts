@@ -320,7 +320,7 @@ export class Engine {
       const ready = !this.draining && this.links.every((l) => l.up && l.stats[S_UP] === 1);
       res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
     });
-    if (o.metricsPort === -1) this.routeMetrics(app);
+    if (o.metrics && o.metricsPort === -1) this.routeMetrics(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
     await new Promise<void>((resolve, reject) => {
       app.listen(o.host, o.port, (ls) => {
@@ -330,7 +330,7 @@ export class Engine {
         resolve();
       });
     });
-    if (o.metricsPort >= 0) await this.listenMetrics();
+    if (o.metrics && o.metricsPort >= 0) await this.listenMetrics();
     this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
     this.loopDelay.enable();
     this.sweeper = setInterval(() => this.slowConsumerSweep(), SLOW_SWEEP_MS);
@@ -513,7 +513,7 @@ export class Engine {
       else this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       return;
     }
-    const stamp = f.type === T_PUB ? (nowMicros() || 1) : 0;
+    const stamp = f.type === T_PUB && o.metrics ? (nowMicros() || 1) : 0;
     if (!link.writeFrame(c.id, null, u8, stamp)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
   }
 
