@@ -147,3 +147,50 @@ for (const [args, re] of [
     assert.ok(!r.out().includes('"listening"') && !/listening/.test(r.out()), 'a bad option does not start a server');
   });
 }
+
+test('cli under load: SIGTERM delivers every acknowledged message to the members still open, then exits 0', async (t) => {
+  const r = run(t, ['--port', '0', '--host', '127.0.0.1', '--shards', '2', '--rate-per-sec', '1000000', '--rate-burst', '1000000']);
+  const port = await listeningPort(r);
+  const rooms = ['load-a', 'load-b', 'load-c'];
+  const pubs: TestClient[] = [];
+  const obs: TestClient[] = [];
+  for (let i = 0; i < 4; i++) {
+    const c = await TestClient.connect(port, { user: `pub${i}` });
+    t.after(() => c.close());
+    pubs.push(c);
+  }
+  for (let i = 0; i < 3; i++) {
+    const c = await TestClient.connect(port, { user: `obs${i}` });
+    t.after(() => c.close());
+    obs.push(c);
+  }
+  for (const c of [...pubs, ...obs]) for (const room of rooms) await c.request({ t: 'join', room });
+  // Each publisher keeps pubs flowing round-robin over the rooms until its connection closes.
+  let stop = false;
+  const pumps = pubs.map(async (c, i) => {
+    for (let n = 0; !stop && n < 100_000; n++) {
+      c.send({ t: 'pub', room: rooms[(n + i) % rooms.length], body: { from: i, n }, ref: n + 1 });
+      if (n % 20 === 19) await new Promise((res) => setImmediate(res));
+    }
+  });
+  await new Promise((res) => setTimeout(res, 400));
+  process.kill(r.child.pid!, 'SIGTERM');
+  await Promise.all([...pubs, ...obs].map((c) => c.waitClosed(DRAIN_DEADLINE_MS + 1000)));
+  stop = true;
+  await Promise.all(pumps);
+  const exit = await within(r.exited, DRAIN_DEADLINE_MS + 1000, 'the cli to exit after SIGTERM');
+  assert.deepEqual(exit, { code: 0, signal: null }, `stderr: ${r.err()}`);
+  let acked = 0;
+  for (const c of [...pubs, ...obs]) assert.equal(c.frames.filter((f) => f.t === 'err' && f.code !== 'shutting_down').length, 0);
+  for (const room of rooms) {
+    const ackedSeqs = pubs.flatMap((c) => c.frames.filter((f) => f.t === 'ack' && f.room === room).map((f) => f.seq as number));
+    acked += ackedSeqs.length;
+    for (const o of obs) {
+      const seen = new Set(o.frames.filter((f) => f.t === 'msg' && f.room === room).map((f) => f.seq as number));
+      const lost = ackedSeqs.filter((s) => !seen.has(s));
+      assert.deepEqual(lost.slice(0, 10), [], `${o.hello.user} missed ${lost.length} acknowledged messages of ${room}`);
+    }
+  }
+  assert.ok(acked > 100, `the load was real: ${acked} acknowledged messages`);
+  for (const c of [...pubs, ...obs]) assert.equal((await c.waitClosed()).code, 1001);
+});
