@@ -188,6 +188,8 @@ export class Engine {
   private onShardCrash(link: ShardLink, gen: number, err: Error): void {
     if (link.generation !== gen) return;
     link.up = false;
+    // A worker that exited never ran its cleanup: mark it down so /readyz is 503 until the new one runs.
+    link.stats[S_UP] = 0;
     if (this.stopped) return;
     this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
     // Deliver everything the dead shard published, then answer what it never handled.
