@@ -3,7 +3,8 @@
  * ring and against a plain-array queue model that computes byte positions itself. Every answer
  * must match: which records come out, their bytes and payload offsets, and exactly when the ring
  * is full (the model predicts `reserve`/`push`/`canFit` from its own used bytes, position and
- * `recordSpan`, including the skipped tail at the wrap). Random capacity, random start counter
+ * record span, 8-byte header plus payload rounded up to 8, checked against `recordSpan`, including
+ * the skipped tail at the wrap). Random capacity, random start counter
  * (often just below 2^32 so the counters wrap during the run). Seeded and bounded; set
  * SHARDCHAT_SOAK=1 for many more runs.
  */
@@ -83,10 +84,16 @@ function runScenario(capacity: number, start: number, ops: Op[]): void {
   let open = null as { len: number; skip: number; offset: number } | null;
   let nextId = 0;
 
+  /** The model's record span: 8-byte header (u32 length + 4 padding), payload, padded to 8. */
+  const spanOf = (len: number): number => {
+    const span = 8 * Math.ceil((8 + len) / 8);
+    assert.equal(recordSpan(len), span, `recordSpan(${len})`);
+    return span;
+  };
   const resolve = (l: Len): number => (l === 'max' ? max : l === 'tooBig' ? max + 1 : l % (max + 1));
   /** The model's placement of a payload of `len` at the current write counter, or null if full. */
   const place = (len: number): { skip: number; offset: number; need: number } | null => {
-    const span = recordSpan(len);
+    const span = spanOf(len);
     const pos = mw & mask;
     const tail = capacity - pos;
     const skip = span <= tail ? 0 : tail;
@@ -102,10 +109,13 @@ function runScenario(capacity: number, start: number, ops: Op[]): void {
     if (span === tail) seen.exactTailFit++;
     if (len === max) seen.maxRecord++;
     if (((mw + need) >>> 0) < mw) seen.counterWrap++;
-    return { skip, offset: (skip === 0 ? pos : 0) + 4, need };
+    // the payload follows the record's 8-byte header (u32 length + 4 bytes padding): 8-aligned
+    const offset = (skip === 0 ? pos : 0) + 8;
+    assert.equal(offset % 8, 0, 'model: payload offset 8-aligned');
+    return { skip, offset, need };
   };
   const commitModel = (len: number, skip: number, offset: number, id: number, garbage: boolean): void => {
-    mw = (mw + skip + recordSpan(len)) >>> 0;
+    mw = (mw + skip + spanOf(len)) >>> 0;
     recs.push({ id, len, offset, end: mw, garbage });
   };
   const checkBytes = (rec: ModelRecord, what: string): void => {
@@ -324,12 +334,12 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 );
 
 const capArb = fc.constantFrom(64, 128, 256, 1024, 4096);
-/** Start counters: 0, just below 2^32 (wraps during the run), around 2^31, or anywhere. */
+/** Start counters (multiples of 8): 0, just below 2^32 (wraps during the run), around 2^31, or anywhere. */
 const startArb = fc.oneof(
   { weight: 1, arbitrary: fc.constant(0) },
-  { weight: 4, arbitrary: fc.integer({ min: 0, max: 1024 }).map((d) => (2 ** 32 - 4 * d) | 0) },
-  { weight: 1, arbitrary: fc.integer({ min: -1024, max: 1024 }).map((d) => (2 ** 31 + 4 * d) | 0) },
-  { weight: 1, arbitrary: fc.integer({ min: 0, max: 2 ** 30 - 1 }).map((x) => (x * 4) | 0) },
+  { weight: 4, arbitrary: fc.integer({ min: 0, max: 1024 }).map((d) => (2 ** 32 - 8 * d) | 0) },
+  { weight: 1, arbitrary: fc.integer({ min: -1024, max: 1024 }).map((d) => (2 ** 31 + 8 * d) | 0) },
+  { weight: 1, arbitrary: fc.integer({ min: 0, max: 2 ** 29 - 1 }).map((x) => (x * 8) | 0) },
 );
 
 test('ring matches a queue model over random operation sequences (incl. full, wrap, 2^32)', (t) => {

@@ -50,13 +50,23 @@ function header(sab: SharedArrayBuffer, byteOffset = 0): Int32Array {
 }
 
 test('layout arithmetic: recordSpan, maxRecordBytes, ringByteLength', () => {
-  assert.equal(recordSpan(0), 4);
-  assert.equal(recordSpan(1), 8);
-  assert.equal(recordSpan(4), 8);
-  assert.equal(recordSpan(5), 12);
-  assert.equal(maxRecordBytes(64), 28);
-  assert.equal(maxRecordBytes(1 << 20), (1 << 19) - 4);
+  // 8-byte header (u32 length + 4 bytes padding), span rounded up to a multiple of 8
+  assert.equal(recordSpan(0), 8);
+  assert.equal(recordSpan(1), 16);
+  assert.equal(recordSpan(4), 16);
+  assert.equal(recordSpan(8), 16);
+  assert.equal(recordSpan(9), 24);
+  assert.equal(recordSpan(16), 24);
+  assert.equal(recordSpan(17), 32);
+  for (let len = 0; len < 200; len++) {
+    const span = recordSpan(len);
+    assert.equal(span % 8, 0, `span of ${len} is a multiple of 8`);
+    assert.ok(span >= 8 + len && span < 16 + len, `span of ${len} is the header, the payload and < 8 padding`);
+  }
+  assert.equal(maxRecordBytes(64), 24);
+  assert.equal(maxRecordBytes(1 << 20), (1 << 19) - 8);
   assert.equal(recordSpan(maxRecordBytes(4096)), 2048, 'a maximal record spans exactly half the ring');
+  assert.equal(recordSpan(maxRecordBytes(4096) + 1), 2056, 'one byte more spans an 8-byte unit more');
   assert.equal(ringByteLength(1024), HEADER_BYTES + 1024);
 });
 
@@ -64,7 +74,10 @@ test('capacity and placement are validated', () => {
   assert.throws(() => createRing(100), RangeError);
   assert.throws(() => createRing(32), RangeError);
   assert.throws(() => createRing(2 ** 31), RangeError);
-  assert.throws(() => createRing(64, 2), RangeError, 'startIndex must be a multiple of 4');
+  assert.throws(() => createRing(64, 2), RangeError, 'startIndex must be a multiple of 8');
+  assert.throws(() => createRing(64, 4), /startIndex must be a multiple of 8/, '4 mod 8 would misalign every payload');
+  assert.throws(() => createRing(64, 0xfffffffc | 0), /startIndex must be a multiple of 8/);
+  assert.ok(createRing(64, 0xfffffff8 | 0));
   const sab = new SharedArrayBuffer(ringByteLength(64) + 64);
   assert.throws(() => initRing(sab, 64, { byteOffset: 32 }), RangeError, 'offset not a multiple of 64');
   assert.throws(() => initRing(sab, 64, { byteOffset: 128 }), RangeError, 'ring does not fit');
@@ -73,7 +86,7 @@ test('capacity and placement are validated', () => {
   assert.throws(() => new RingWriter(sab), TypeError, 'header is at 64, not 0');
   const w = new RingWriter(sab, 64);
   assert.equal(w.capacity, 64);
-  assert.equal(w.maxRecordBytes, 28);
+  assert.equal(w.maxRecordBytes, 24);
 });
 
 test('empty ring: next() is -1, hasNext() false, read() null, depth 0', () => {
@@ -94,94 +107,94 @@ test('empty ring: next() is -1, hasNext() false, read() null, depth 0', () => {
 
 test('full: reserve gives -1, push false, nothing is overwritten', () => {
   const { w, r } = pair(64);
-  // 12-byte payloads span 16 bytes: exactly 4 fill the 64-byte ring.
-  for (let i = 0; i < 4; i++) assert.ok(w.push(payload(i, 12)), `record ${i} fits`);
+  // 8-byte payloads span 16 bytes: exactly 4 fill the 64-byte ring.
+  for (let i = 0; i < 4; i++) assert.ok(w.push(payload(i, 8)), `record ${i} fits`);
   w.publish();
   assert.equal(w.depth(), 64);
   assert.equal(w.reserve(0), -1, 'not even an empty record fits');
-  assert.equal(w.push(payload(99, 12)), false);
+  assert.equal(w.push(payload(99, 8)), false);
   assert.equal(w.write(payload(98, 1)), false);
   assert.equal(w.canFit(0), false);
   // Handing out and releasing without syncRead() frees nothing for the producer yet.
-  assert.equal(r.next(), 12);
+  assert.equal(r.next(), 8);
   r.release();
-  assert.equal(w.push(payload(97, 12)), false, 'release is not visible before syncRead');
+  assert.equal(w.push(payload(97, 8)), false, 'release is not visible before syncRead');
   r.syncRead();
-  assert.equal(w.canFit(12), true);
-  assert.equal(w.canFit(13), false, '13 bytes span 20 > the 16 freed');
-  assert.ok(w.push(payload(4, 12)), 'space released by syncRead is reused');
+  assert.equal(w.canFit(8), true);
+  assert.equal(w.canFit(9), false, '9 bytes span 24 > the 16 freed');
+  assert.ok(w.push(payload(4, 8)), 'space released by syncRead is reused');
   assert.equal(w.push(payload(96, 0)), false);
   w.publish();
-  for (let i = 1; i <= 4; i++) expectRecord(r, i, 12);
+  for (let i = 1; i <= 4; i++) expectRecord(r, i, 8);
   assert.equal(r.next(), -1);
 });
 
 test('exact fit at the wrap: a record ending at the end of the data area, the next at 0', () => {
   const { w, r, sab } = pair(64);
-  for (let i = 0; i < 3; i++) assert.ok(w.write(payload(i, 12)));
-  for (let i = 0; i < 3; i++) expectRecord(r, i, 12);
-  // write counter is at 48: a 12-byte payload spans 16 = the tail exactly.
-  const off = w.reserve(12);
-  assert.equal(off, 52, 'no skip: payload right after the length word at 48');
-  w.bytes.set(payload(3, 12), off);
+  for (let i = 0; i < 3; i++) assert.ok(w.write(payload(i, 8)));
+  for (let i = 0; i < 3; i++) expectRecord(r, i, 8);
+  // write counter is at 48: an 8-byte payload spans 16 = the tail exactly.
+  const off = w.reserve(8);
+  assert.equal(off, 56, 'no skip: payload right after the 8-byte record header at 48');
+  w.bytes.set(payload(3, 8), off);
   w.commit();
-  assert.ok(w.write(payload(4, 8)));
+  assert.ok(w.write(payload(4, 5)));
   const words = new Uint32Array(sab, HEADER_BYTES, 16);
-  assert.equal(words[12], 12, 'length word at byte 48, no skip marker');
-  assert.equal(expectRecord(r, 3, 12), 52);
-  assert.equal(expectRecord(r, 4, 8), 4, 'the following record starts at offset 0');
-  assert.equal(Atomics.load(header(sab), SLOT_WRITE), 64 + 12);
+  assert.equal(words[12], 8, 'length word at byte 48, no skip marker');
+  assert.equal(expectRecord(r, 3, 8), 56);
+  assert.equal(expectRecord(r, 4, 5), 8, 'the following record starts at offset 0');
+  assert.equal(Atomics.load(header(sab), SLOT_WRITE), 64 + 16);
 });
 
 test('skip-marker wrap: a record that does not fit in the tail goes to 0, the tail is skipped', () => {
   const { w, r, sab } = pair(64);
-  for (let i = 0; i < 3; i++) assert.ok(w.write(payload(i, 12)));
-  for (let i = 0; i < 3; i++) expectRecord(r, i, 12);
-  // 16-byte tail left at 48; a 20-byte payload spans 24.
-  assert.equal(w.canFit(20), true);
-  assert.equal(w.reserve(20), 4, 'placed at the start of the data area');
-  w.bytes.set(payload(5, 20), 4);
+  for (let i = 0; i < 3; i++) assert.ok(w.write(payload(i, 8)));
+  for (let i = 0; i < 3; i++) expectRecord(r, i, 8);
+  // 16-byte tail left at 48; a 16-byte payload spans 24.
+  assert.equal(w.canFit(16), true);
+  assert.equal(w.reserve(16), 8, 'placed at the start of the data area');
+  w.bytes.set(payload(5, 16), 8);
   w.commit();
   w.publish();
   const words = new Uint32Array(sab, HEADER_BYTES, 16);
   assert.equal(words[12], SKIP, 'skip marker at byte 48');
   assert.equal(w.depth(), 16 + 24, 'the skipped tail counts as used until released');
   // Space accounting includes the skip: 64 - 40 = 24 left, at position 24 (tail 40).
-  assert.equal(w.canFit(20), true);
-  assert.equal(w.canFit(21), false);
-  assert.equal(expectRecord(r, 5, 20), 4);
+  assert.equal(w.canFit(16), true);
+  assert.equal(w.canFit(17), false);
+  assert.equal(expectRecord(r, 5, 16), 8);
   assert.equal(r.depth(), 0);
   assert.equal(Atomics.load(header(sab), SLOT_READ), 64 + 24);
 });
 
 test('skip wrap when the consumer holds records: space for tail + record is required', () => {
   const { w, r } = pair(64);
-  for (let i = 0; i < 3; i++) assert.ok(w.write(payload(i, 12)));   // 0..48
-  assert.equal(r.next(), 12);
+  for (let i = 0; i < 3; i++) assert.ok(w.write(payload(i, 8)));    // 0..48
+  assert.equal(r.next(), 8);
   r.release();
   r.syncRead();                                                      // 16 free at 0..16
-  // At 48 a 20-byte payload needs the 16-byte tail plus 24 at 0: only 16 + 16 free.
-  assert.equal(w.reserve(20), -1);
-  // A 12-byte payload fits the tail exactly, no wrap needed.
-  assert.ok(w.write(payload(3, 12)));
+  // At 48 a 16-byte payload needs the 16-byte tail plus 24 at 0: only 16 + 16 free.
+  assert.equal(w.reserve(16), -1);
+  // An 8-byte payload fits the tail exactly, no wrap needed.
+  assert.ok(w.write(payload(3, 8)));
   // Now at 64 (= 0): 16 free at 0..16.
-  assert.ok(w.write(payload(4, 12)));
+  assert.ok(w.write(payload(4, 8)));
   assert.equal(w.reserve(0), -1);
-  for (const id of [1, 2, 3, 4]) expectRecord(r, id, 12);
+  for (const id of [1, 2, 3, 4]) expectRecord(r, id, 8);
 });
 
 test('a record of exactly maxRecordBytes fits an empty ring at every start position', () => {
   for (const cap of [64, 256]) {
     const max = maxRecordBytes(cap);
     for (const base of [0, 0xffffff00 | 0, (2 ** 32 - cap) | 0]) {
-      for (let p = 0; p < cap; p += 4) {
+      for (let p = 0; p < cap; p += 8) {
         const { w, r, sab } = pair(cap, (base + p) | 0);
         const id = p + cap;
         assert.ok(w.canFit(max), `cap ${cap} pos ${p}`);
         assert.ok(w.write(payload(id, max)), `cap ${cap} base ${base} pos ${p}: max record fits`);
         const wraps = recordSpan(max) > cap - p;
         const off = expectRecord(r, id, max);
-        assert.equal(off, wraps ? 4 : p + 4, `cap ${cap} pos ${p}: payload offset`);
+        assert.equal(off, wraps ? 8 : p + 8, `cap ${cap} pos ${p}: payload offset`);
         if (wraps) assert.equal(new Uint32Array(sab, HEADER_BYTES)[p >>> 2], SKIP);
         // and a second one right after, through the released space
         assert.ok(w.write(payload(id + 1, max)), `cap ${cap} pos ${p}: second max record fits`);
@@ -191,18 +204,60 @@ test('a record of exactly maxRecordBytes fits an empty ring at every start posit
   }
 });
 
+test('every payload is 8-byte aligned in the buffer: reserve, next and the view, across wraps', () => {
+  // V8 copies into/out of a SharedArrayBuffer 8 bytes at a time only when both ends are 8-aligned.
+  for (const byteOffset of [0, 64, 192]) {
+    const cap = 256;
+    const sab = new SharedArrayBuffer(byteOffset + ringByteLength(cap) + 64);
+    initRing(sab, cap, { byteOffset, startIndex: 0xffffff00 | 0 });
+    const w = new RingWriter(sab, byteOffset);
+    const r = new RingReader(sab, byteOffset);
+    assert.equal(w.bytes.byteOffset % 8, 0, 'data area starts 8-aligned');
+    let seed = 99;
+    const rand = (n: number): number => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return (seed >>> 8) % n; };
+    let sent = 0;
+    let got = 0;
+    const lens: number[] = [];
+    while (got < 2000) {
+      for (let k = rand(4); k >= 0; k--) {
+        const len = rand(6) === 0 ? w.maxRecordBytes : rand(w.maxRecordBytes + 1);
+        const off = w.reserve(len);
+        if (off < 0) break;
+        assert.equal(off % 8, 0, `reserve(${len}) offset ${off}`);
+        const keep = rand(2) === 0 ? len : rand(len + 1);
+        w.bytes.set(payload(sent, keep), off);
+        w.commit(keep);
+        lens.push(keep);
+        sent++;
+      }
+      w.publish();
+      while (r.next() >= 0) {
+        assert.equal(r.offset % 8, 0, `record ${got} offset ${r.offset}`);
+        const v = r.view();
+        assert.equal(v.byteOffset % 8, 0, `record ${got} view at ${v.byteOffset} of the buffer`);
+        assert.deepEqual(v, payload(got, lens[got]!), `record ${got}`);
+        r.release();
+        got++;
+      }
+      r.syncRead();
+    }
+    assert.equal(got, sent);
+  }
+});
+
 test('maxRecordBytes + 1 is a RangeError that names the limit', () => {
   const { w } = pair(1024);
   const max = maxRecordBytes(1024);
-  assert.equal(max, 508);
+  assert.equal(max, 504);
   assert.throws(() => w.reserve(max + 1), (e: unknown) =>
-    e instanceof RangeError && e.message.includes('maxRecordBytes') && e.message.includes(String(max)));
+    e instanceof RangeError && e.message.includes('maxRecordBytes') && e.message.includes(String(max)) &&
+    e.message.includes('1024 / 2 - 8'));
   assert.throws(() => w.push(new Uint8Array(max + 1)), RangeError);
-  assert.throws(() => w.write(new Uint8Array(10_000)), /maxRecordBytes 508/);
+  assert.throws(() => w.write(new Uint8Array(10_000)), /maxRecordBytes 504/);
   assert.throws(() => w.reserve(-1), RangeError);
   assert.throws(() => w.reserve(1.5), RangeError);
   assert.throws(() => w.reserve(NaN), RangeError);
-  assert.throws(() => w.canFit(max + 1), /maxRecordBytes 508/);
+  assert.throws(() => w.canFit(max + 1), /maxRecordBytes 504/);
   // the refused record left nothing behind
   assert.equal(w.depth(), 0);
   assert.ok(w.write(new Uint8Array(max)));
@@ -210,21 +265,21 @@ test('maxRecordBytes + 1 is a RangeError that names the limit', () => {
 
 test('zero-length records', () => {
   const { w, r } = pair(64);
-  for (let i = 0; i < 16; i++) assert.ok(w.push(new Uint8Array(0)), `empty record ${i} (4 bytes each)`);
-  assert.equal(w.push(new Uint8Array(0)), false, '16 x 4 bytes fill 64');
+  for (let i = 0; i < 8; i++) assert.ok(w.push(new Uint8Array(0)), `empty record ${i} (8 bytes each)`);
+  assert.equal(w.push(new Uint8Array(0)), false, '8 x 8 bytes fill 64');
   assert.equal(r.next(), -1, 'not published yet');
   w.publish();
   assert.equal(r.hasNext(), true);
   let n = 0;
-  assert.equal(r.drain((_b, _o, len) => { assert.equal(len, 0); n++; }), 16);
-  assert.equal(n, 16);
+  assert.equal(r.drain((_b, _o, len) => { assert.equal(len, 0); n++; }), 8);
+  assert.equal(n, 8);
   assert.equal(r.hasNext(), false);
-  // A zero-length record is also a valid record at the tail (4 bytes left exactly).
-  assert.ok(w.write(payload(1, 28)));                   // 0..32
-  assert.ok(w.write(payload(2, 24)));                   // 32..60
-  expectRecord(r, 1, 28);
-  expectRecord(r, 2, 24);
-  assert.ok(w.write(new Uint8Array(0)));                // 60..64, no skip
+  // A zero-length record is also a valid record at the tail (8 bytes left exactly).
+  assert.ok(w.write(payload(1, 24)));                   // 0..32
+  assert.ok(w.write(payload(2, 16)));                   // 32..56
+  expectRecord(r, 1, 24);
+  expectRecord(r, 2, 16);
+  assert.ok(w.write(new Uint8Array(0)));                // 56..64, no skip
   assert.equal(r.next(), 0);
   assert.equal(r.offset, 64, 'payload offset of an empty record at the very end');
   assert.equal(r.view().byteLength, 0);
@@ -236,7 +291,7 @@ test('zero-length records', () => {
 test('reserve without commit is invisible; the next reserve replaces it', () => {
   const { w, r } = pair(256);
   const a = w.reserve(40);
-  assert.equal(a, 4);
+  assert.equal(a, 8);
   w.bytes.set(payload(7, 40), a);
   w.publish();
   assert.equal(r.next(), -1, 'an uncommitted reservation is not a record');
@@ -253,12 +308,12 @@ test('reserve without commit is invisible; the next reserve replaces it', () => 
 
 test('a failed reserve forgets an open reservation', () => {
   const { w, r } = pair(128);
-  assert.ok(w.write(payload(1, 60)));                   // 0..64
-  assert.ok(w.write(payload(2, 40)));                   // 64..108
-  assert.equal(w.reserve(4), 112);                      // open, not committed
-  assert.equal(w.reserve(20), -1);                      // needs 20 (tail) + 24: full
+  assert.ok(w.write(payload(1, 56)));                   // 0..64
+  assert.ok(w.write(payload(2, 40)));                   // 64..112
+  assert.equal(w.reserve(8), 120);                      // open, not committed (fills the tail exactly)
+  assert.equal(w.reserve(16), -1);                      // needs 16 (tail) + 24: full
   assert.throws(() => w.commit(), /without an open reservation/);
-  expectRecord(r, 1, 60);
+  expectRecord(r, 1, 56);
   expectRecord(r, 2, 40);
   assert.equal(r.next(), -1);
 });
@@ -275,14 +330,14 @@ test('commit shorter than reserved takes only the shorter span; longer is refuse
   expectRecord(r, 3, 30);
   // a shortened record that had reserved a wrap still wraps (its bytes are at 0)
   const { w: w2, r: r2 } = pair(128);
-  assert.ok(w2.write(payload(0, 60))); r2.read();       // at 64
-  assert.ok(w2.write(payload(1, 40))); r2.read();       // at 108, tail 20
-  const o2 = w2.reserve(20);                            // span 24 > 20: wraps
-  assert.equal(o2, 4);
+  assert.ok(w2.write(payload(0, 56))); r2.read();       // at 64
+  assert.ok(w2.write(payload(1, 40))); r2.read();       // at 112, tail 16
+  const o2 = w2.reserve(16);                            // span 24 > 16: wraps
+  assert.equal(o2, 8);
   w2.bytes.set(payload(4, 8), o2);
-  w2.commit(8);                                         // 8 would have fit the tail; still at 0
+  w2.commit(8);                                         // 8 (span 16) would have fit the tail; still at 0
   w2.publish();
-  assert.equal(expectRecord(r2, 4, 8), 4);
+  assert.equal(expectRecord(r2, 4, 8), 8);
   assert.equal(w2.depth(), 0);
   // commit(0) makes an empty record
   assert.ok(w2.reserve(16) >= 0);
@@ -311,28 +366,28 @@ test('release must follow hand-out order', () => {
   assert.throws(() => r.release(second), /out of order/);
   // the refused release changed nothing
   r.syncRead();
-  assert.equal(r.depth(), 3 * 24);
+  assert.equal(r.depth(), 3 * 32);
   // records stay intact while handed out
   assert.deepEqual(r.bytes.subarray(first, first + 20), payload(0, 20));
   r.release(first);
   r.release(second);
   assert.throws(() => r.release(), /no record handed out/, 'the third is not handed out yet');
   r.syncRead();
-  assert.equal(r.depth(), 24);
+  assert.equal(r.depth(), 32);
   expectRecord(r, 2, 20);
 });
 
 test('release out of order across a skip marker', () => {
   const { w, r } = pair(128);
-  assert.ok(w.write(payload(0, 60))); r.read();        // at 64
-  assert.ok(w.write(payload(0, 36))); r.read();        // at 104, tail 24
-  assert.ok(w.push(payload(1, 12)));                    // 104..120
-  assert.ok(w.push(payload(2, 12)));                    // tail 8 skipped, 0..16
+  assert.ok(w.write(payload(0, 56))); r.read();        // at 64
+  assert.ok(w.write(payload(0, 32))); r.read();        // at 104, tail 24
+  assert.ok(w.push(payload(1, 8)));                     // 104..120
+  assert.ok(w.push(payload(2, 8)));                     // tail 8 skipped, 0..16
   w.publish();
   r.next(); const a = r.offset;
   r.next(); const b = r.offset;
-  assert.equal(a, 108);
-  assert.equal(b, 4);
+  assert.equal(a, 112);
+  assert.equal(b, 8);
   assert.throws(() => r.release(b), /out of order/);
   r.release(a);
   r.release(b);
@@ -361,13 +416,13 @@ test('releaseAll releases every handed-out record and nothing else', () => {
   r.next(); r.next();
   r.releaseAll();
   r.syncRead();
-  assert.equal(r.depth(), 2 * 16);
+  assert.equal(r.depth(), 2 * 24);
   expectRecord(r, 2, 9);
   expectRecord(r, 3, 9);
 });
 
 test('counters starting near 2^32 wrap correctly over many laps', () => {
-  for (const start of [0xffffff00 | 0, 0xfffffffc | 0, (2 ** 31 - 64) | 0, -4096]) {
+  for (const start of [0xffffff00 | 0, 0xfffffff8 | 0, (2 ** 31 - 64) | 0, -4096]) {
     const cap = 256;
     const { w, r, sab } = pair(cap, start);
     const h = header(sab);
@@ -443,7 +498,7 @@ test('drain hands out bytes/offset/length, honours max, syncs once', () => {
     // nothing is published to the producer while the batch runs
     assert.equal(Atomics.load(header(sab), SLOT_READ), 0);
   }, 4), 4);
-  assert.equal(Atomics.load(header(sab), SLOT_READ), 4 * 24);
+  assert.equal(Atomics.load(header(sab), SLOT_READ), 4 * 32);
   assert.equal(r.drain(() => { seen.push(0); }), 6);
   assert.equal(seen.length, 10);
   assert.equal(r.depth(), 0);
@@ -500,15 +555,15 @@ test('waitForData with a timeout on an idle ring resolves false', async () => {
 
 test('waitForSpace: resolves when the consumer releases, false on timeout', async () => {
   const { w, r } = pair(64);
-  for (let i = 0; i < 4; i++) assert.ok(w.push(payload(i, 12)));
+  for (let i = 0; i < 4; i++) assert.ok(w.push(payload(i, 8)));
   // not yet published: waitForSpace publishes first so the consumer can make room
-  assert.equal(await keptAlive(w.waitForSpace(12, 20)), false);
+  assert.equal(await keptAlive(w.waitForSpace(8, 20)), false);
   assert.equal(r.depth(), 64, 'published by waitForSpace');
-  const p = w.waitForSpace(12);
-  expectRecord(r, 0, 12);            // syncRead notifies the waiting producer
+  const p = w.waitForSpace(8);
+  expectRecord(r, 0, 8);             // syncRead notifies the waiting producer
   assert.equal(await p, true);
-  assert.ok(w.write(payload(4, 12)));
-  for (let i = 1; i <= 4; i++) expectRecord(r, i, 12);
+  assert.ok(w.write(payload(4, 8)));
+  for (let i = 1; i <= 4; i++) expectRecord(r, i, 8);
   assert.equal(await w.waitForSpace(maxRecordBytes(64)), true, 'empty ring: immediate');
   await assert.rejects(w.waitForSpace(maxRecordBytes(64) + 1), RangeError, 'would never fit: refused, not a wait forever');
 });
@@ -516,17 +571,17 @@ test('waitForSpace: resolves when the consumer releases, false on timeout', asyn
 test('depth() tracks published minus synced bytes from both ends', () => {
   const { w, r } = pair(1024, 0xfffffff0 | 0);
   assert.equal(w.depth(), 0);
-  assert.ok(w.push(payload(0, 10)));
+  assert.ok(w.push(payload(0, 8)));                     // span 16: exactly the tail, ends at 2^32
   assert.equal(w.depth(), 0, 'unpublished bytes are not counted');
   w.publish();
   assert.equal(w.depth(), 16);
   assert.equal(r.depth(), 16);
   assert.ok(w.write(payload(1, 100)));
-  assert.equal(r.depth(), 16 + 104);
+  assert.equal(r.depth(), 16 + 112);
   r.next(); r.release();
-  assert.equal(r.depth(), 120, 'released but not synced');
+  assert.equal(r.depth(), 128, 'released but not synced');
   r.syncRead();
-  assert.equal(r.depth(), 104);
+  assert.equal(r.depth(), 112);
   r.read();
   assert.equal(w.depth(), 0);
 });
@@ -550,34 +605,35 @@ test('two rings side by side in one buffer do not touch each other', () => {
 
 test('drain: a record whose handler throws is released, not held for good', () => {
   const { w, r } = pair(64);
-  assert.ok(w.write(new Uint8Array(0)));                // 0..4
+  assert.ok(w.write(new Uint8Array(0)));                // 0..8
   r.read();
-  assert.ok(w.write(payload(1, 28)));                   // 4..36, span 32
+  assert.ok(w.write(payload(1, 24)));                   // 8..40, span 32
   assert.throws(() => r.drain(() => { throw new Error('handler failed'); }), /handler failed/);
   assert.equal(r.depth(), 0, 'the failed record was released and synced');
-  // Were it still held, a maximal record at 36 (tail 28, so 28 + 32 more bytes) would never fit
+  // Were it still held, a maximal record at 40 (tail 24, so 24 + 32 more bytes) would never fit
   // while the consumer, with nothing left to read, parks: both ends would wait forever.
-  assert.equal(w.canFit(28), true);
+  assert.equal(w.canFit(24), true);
   assert.throws(() => r.release(), /no record handed out/);
-  assert.ok(w.write(payload(2, 28)));
-  assert.ok(w.write(payload(3, 0)) === true);
+  assert.ok(w.write(payload(2, 24)));                   // tail 40..64 skipped, 0..32
+  assert.ok(w.write(payload(3, 0)) === true);           // 32..40: the ring is exactly full
+  assert.equal(w.freeBytes(), 0);
   const lens: number[] = [];
   assert.equal(r.drain((_b, _o, len) => { lens.push(len); }), 2);
-  assert.deepEqual(lens, [28, 0]);
+  assert.deepEqual(lens, [24, 0]);
   assert.equal(r.depth(), 0);
 });
 
 test('freeBytes and waitForFree: room for several records at once', async () => {
   const { w, r } = pair(256);
   assert.equal(w.freeBytes(), 256);
-  for (let i = 0; i < 4; i++) assert.ok(w.push(payload(i, 44)));   // 4 x 48
+  for (let i = 0; i < 4; i++) assert.ok(w.push(payload(i, 40)));   // 4 x 48
   assert.equal(w.freeBytes(), 256 - 192, 'counts committed bytes, published or not');
   assert.equal(await w.waitForFree(64), true, 'already free: immediate');
   await assert.rejects(w.waitForFree(257), RangeError);
   assert.equal(await keptAlive(w.waitForFree(100, 20)), false, 'times out while nothing is released');
   assert.equal(r.depth(), 192, 'waitForFree published first');
   const p = w.waitForFree(100);
-  expectRecord(r, 0, 44);                              // 112 free: wakes the producer
+  expectRecord(r, 0, 40);                              // 112 free: wakes the producer
   assert.equal(await p, true);
   assert.equal(w.freeBytes(), 112);
 });
