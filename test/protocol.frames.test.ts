@@ -2,55 +2,18 @@
  * Integration: every row of PROTOCOL.md's frame tables, against a real engine on 127.0.0.1:0 and
  * real WebSocket clients speaking @msgpack/msgpack. No engine part is mocked.
  */
-import { describe, test, type TestContext } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createEngine } from '../engine/index.js';
+import { createEngine, type Engine, type EngineOptions } from '../engine/index.js';
+import { startEngine, openClient as open, joinRoom as join, pubTo as pub } from './helpers/engine.js';
 import { guardHandles } from './helpers/leaks.js';
-import { TestClient, tryUpgrade, httpGet, encode, ExtData, assertMembers, type Frame, type ConnectOptions } from './helpers/client.js';
+import { TestClient, tryUpgrade, httpGet, encode, ExtData, assertMembers, type Frame } from './helpers/client.js';
 
 guardHandles();
 
-type Engine = Awaited<ReturnType<typeof createEngine>>;
-type EngineOptions = NonNullable<Parameters<typeof createEngine>[0]>;
 
 /** A real engine on an ephemeral port, closed after the test. Rate limits are lifted unless the test sets them. */
-async function start(t: TestContext, opts: Partial<EngineOptions> = {}): Promise<Engine> {
-  const engine = await createEngine({
-    port: 0,
-    host: '127.0.0.1',
-    shards: 2,
-    logLevel: 'silent',
-    ratePerSec: 1e6,
-    rateBurst: 1e6,
-    ...opts,
-  } as EngineOptions);
-  t.after(() => engine.close());
-  await engine.listen();
-  assert.ok(Number.isInteger(engine.port) && engine.port > 0, `engine.port after listen(): ${engine.port}`);
-  return engine;
-}
-
-/** A connected client, closed after the test, whose transport must stay free of protocol violations. */
-async function open(t: TestContext, engine: Engine, user?: string, opts: ConnectOptions = {}): Promise<TestClient> {
-  const c = await TestClient.connect(engine.port, { user, ...opts });
-  t.after(async () => {
-    await c.close();
-    assert.deepEqual(c.violations, [], `protocol violations seen by ${c.label}`);
-  });
-  return c;
-}
-
-async function join(c: TestClient, room: string, extra: Frame = {}): Promise<Frame> {
-  const r = await c.request({ t: 'join', room, ...extra });
-  assert.equal(r.t, 'joined', `join ${room} by ${c.label}: ${JSON.stringify(r)}`);
-  return r;
-}
-
-async function pub(c: TestClient, room: string, body: unknown): Promise<Frame> {
-  const r = await c.request({ t: 'pub', room, body });
-  assert.equal(r.t, 'ack', `pub to ${room} by ${c.label}: ${JSON.stringify(r)}`);
-  return r;
-}
+const start = startEngine;
 
 /** Publishes n bodies `{ i }` pipelined (window of 64 outstanding); returns acked seqs in send order. */
 async function pubMany(c: TestClient, room: string, n: number): Promise<number[]> {

@@ -7,50 +7,16 @@
 import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
-import { createEngine } from '../engine/index.js';
+import type { Engine, EngineOptions } from '../engine/index.js';
+import { startEngine, openClient as open, joinRoom as join, pubTo as pub } from './helpers/engine.js';
 import { guardHandles } from './helpers/leaks.js';
-import { TestClient, tryUpgrade, httpGet, encode, encodedSize, waitFor, describeFrames, assertMembers, type Frame, type ConnectOptions } from './helpers/client.js';
+import { TestClient, tryUpgrade, httpGet, encode, encodedSize, waitFor, describeFrames, assertMembers, type Frame } from './helpers/client.js';
 
 guardHandles();
 
-type Engine = Awaited<ReturnType<typeof createEngine>>;
-type EngineOptions = NonNullable<Parameters<typeof createEngine>[0]>;
 
-async function start(t: TestContext, opts: Partial<EngineOptions> = {}): Promise<Engine> {
-  const engine = await createEngine({
-    port: 0,
-    host: '127.0.0.1',
-    shards: 2,
-    logLevel: 'silent',
-    ratePerSec: 1e6,
-    rateBurst: 1e6,
-    maxBufferBytes: 64 * 1024 * 1024,
-    ...opts,
-  } as EngineOptions);
-  t.after(() => engine.close());
-  await engine.listen();
-  return engine;
-}
-
-async function open(t: TestContext, engine: Engine, user?: string, opts: ConnectOptions = {}): Promise<TestClient> {
-  const c = await TestClient.connect(engine.port, { user, ...opts });
-  t.after(async () => {
-    await c.close();
-    assert.deepEqual(c.violations, [], `protocol violations seen by ${c.label}`);
-  });
-  return c;
-}
-
-async function join(c: TestClient, room: string, extra: Frame = {}): Promise<Frame> {
-  const r = await c.request({ t: 'join', room, ...extra });
-  assert.equal(r.t, 'joined', `join ${room} by ${c.label}: ${JSON.stringify(r)}`);
-  return r;
-}
-
-async function pub(c: TestClient, room: string, body: unknown): Promise<Frame> {
-  const r = await c.request({ t: 'pub', room, body });
-  assert.equal(r.t, 'ack', `pub to ${room} by ${c.label}: ${JSON.stringify(r)}`);
-  return r;
+function start(t: TestContext, opts: EngineOptions = {}): Promise<Engine> {
+  return startEngine(t, { maxBufferBytes: 64 * 1024 * 1024, ...opts });
 }
 
 const sorted = (xs: unknown): string[] => [...(xs as string[])].sort();

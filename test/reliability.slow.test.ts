@@ -15,7 +15,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
-import { createEngine } from '../engine/index.js';
+import type { Engine, EngineOptions } from '../engine/index.js';
+import { startEngine } from './helpers/engine.js';
 import { guardHandles } from './helpers/leaks.js';
 import { TestClient, tryUpgrade, waitFor, type Frame } from './helpers/client.js';
 import { OP_BINARY, RawClient, wsFrame } from './helpers/raw-client.js';
@@ -23,16 +24,9 @@ import { encode } from '@msgpack/msgpack';
 
 guardHandles();
 
-type Engine = Awaited<ReturnType<typeof createEngine>>;
-type EngineOptions = NonNullable<Parameters<typeof createEngine>[0]>;
 
-async function start(t: TestContext, opts: Partial<EngineOptions> = {}): Promise<Engine> {
-  const engine = await createEngine({
-    port: 0, host: '127.0.0.1', shards: 2, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, roomTtlMs: 0, ...opts,
-  } as EngineOptions);
-  t.after(() => engine.close());
-  await engine.listen();
-  return engine;
+function start(t: TestContext, opts: EngineOptions = {}): Promise<Engine> {
+  return startEngine(t, { roomTtlMs: 0, ...opts });
 }
 
 function ranges(seqs: number[]): string {

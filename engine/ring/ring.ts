@@ -207,17 +207,26 @@ export class RingWriter extends RingEnd {
    * so the consumer has something to release.
    */
   async waitForSpace(len: number, timeoutMs = Infinity): Promise<boolean> {
+    return this.waitForRoom(() => this.canFit(len), timeoutMs);
+  }
+
+  /**
+   * The producer's half of the READ / PRODUCER_WAITING handshake (the mirror of waitForData):
+   * announce, re-check, wait on READ with the value seen. `ready` must reload the read counter
+   * (canFit and freeBytes do), so `readCache` is the value the wait compares against.
+   */
+  private async waitForRoom(ready: () => boolean, timeoutMs: number): Promise<boolean> {
     this.publish();
     const deadline = timeoutMs === Infinity ? Infinity : Date.now() + timeoutMs;
     for (;;) {
-      if (this.canFit(len)) return true;
+      if (ready()) return true;
       const seen = this.readCache | 0;
       Atomics.store(this.header, SLOT_PRODUCER_WAITING, 1);
       if ((Atomics.load(this.header, SLOT_READ) | 0) === seen) {
         const left = deadline === Infinity ? Infinity : deadline - Date.now();
         if (left <= 0) {
           Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
-          return this.canFit(len);
+          return ready();
         }
         const r = Atomics.waitAsync(this.header, SLOT_READ, seen, left);
         if (r.async) await r.value;
@@ -225,6 +234,7 @@ export class RingWriter extends RingEnd {
       Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
     }
   }
+
   /** Bytes not yet holding unreleased records, as of a fresh load of the read counter. */
   freeBytes(): number {
     this.readCache = Atomics.load(this.header, SLOT_READ) >>> 0;
@@ -237,23 +247,7 @@ export class RingWriter extends RingEnd {
    */
   async waitForFree(bytes: number, timeoutMs = Infinity): Promise<boolean> {
     if (bytes > this.capacity) throw new RangeError(`waitForFree(${bytes}) exceeds the ring capacity ${this.capacity}`);
-    this.publish();
-    const deadline = timeoutMs === Infinity ? Infinity : Date.now() + timeoutMs;
-    for (;;) {
-      if (this.freeBytes() >= bytes) return true;
-      const seen = this.readCache | 0;
-      Atomics.store(this.header, SLOT_PRODUCER_WAITING, 1);
-      if ((Atomics.load(this.header, SLOT_READ) | 0) === seen) {
-        const left = deadline === Infinity ? Infinity : deadline - Date.now();
-        if (left <= 0) {
-          Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
-          return this.freeBytes() >= bytes;
-        }
-        const r = Atomics.waitAsync(this.header, SLOT_READ, seen, left);
-        if (r.async) await r.value;
-      }
-      Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
-    }
+    return this.waitForRoom(() => this.freeBytes() >= bytes, timeoutMs);
   }
 }
 
