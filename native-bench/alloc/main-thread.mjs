@@ -25,8 +25,7 @@ if (process.argv[2] === '--child') {
   const { default: WebSocket } = await import('ws');
   const { encode, decode } = await import('@msgpack/msgpack');
   const port = Number(process.argv[3]);
-  const n = Number(process.argv[4]);
-  const members = Number(process.argv[5]);
+  const members = Number(process.argv[4]);
   const clients = await Promise.all(Array.from({ length: members }, (_, i) => new Promise((resolve) => {
     const ws = new WebSocket(`ws://127.0.0.1:${port}/ws?user=u${i}`);
     ws.binaryType = 'nodebuffer';
@@ -53,13 +52,13 @@ if (process.argv[2] === '--child') {
   });
   process.send({ ready: true });
 } else {
-  if (typeof global.gc !== 'function') { console.error('run with node --expose-gc'); process.exit(2); }
+  if (typeof globalThis.gc !== 'function') { console.error('run with node --expose-gc'); process.exit(2); }
   const engine = await createEngine({ port: 0, host: '127.0.0.1', shards: 1, logLevel: 'silent', ratePerSec: 1e9, rateBurst: 1e9, historyLimit: 1000 });
   await engine.listen();
-  const child = fork(fileURLToPath(import.meta.url), ['--child', String(engine.port), String(MESSAGES), String(MEMBERS)]);
+  const child = fork(fileURLToPath(import.meta.url), ['--child', String(engine.port), String(MEMBERS)]);
   const next = () => new Promise((resolve) => child.once('message', resolve));
   await next();
-  const sample = () => { global.gc(); global.gc(); const m = process.memoryUsage(); return { arrayBuffers: m.arrayBuffers, heapUsed: m.heapUsed }; };
+  const sample = () => { globalThis.gc(); globalThis.gc(); const m = process.memoryUsage(); return { arrayBuffers: m.arrayBuffers, heapUsed: m.heapUsed }; };
   // Warm up (history fills to its limit, JIT settles), then measure a steady phase.
   child.send({ phase: 5000 }); await next();
   await new Promise((r) => setTimeout(r, 600)); // shard stats publish every 500 ms
