@@ -23,6 +23,7 @@ import {
 import { RingReader } from '../ring/index.js';
 import { SHARD_STAT_NAMES, S_ERR_BASE, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
+import { parseUserQuery } from '../protocol/identity.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Histogram } from 'prom-client';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
@@ -658,28 +659,4 @@ export class Engine {
     if (forced) this.log.warn({ event: 'drain_forced', ms: Date.now() - started }, 'drain deadline passed; stopped what was left');
     this.log.info({ event: 'drain_finished', ms: Date.now() - started, forced }, 'drain finished');
   }
-}
-
-/**
- * The user from `?user=ID`: null when absent, false when invalid (empty, repeated, badly
- * percent-encoded, or bytes outside [A-Za-z0-9_.@-], or longer than 64).
- */
-export function parseUserQuery(query: string): string | null | false {
-  let user: string | null = null;
-  if (query === '') return null;
-  for (const part of query.split('&')) {
-    const eq = part.indexOf('=');
-    const k = eq < 0 ? part : part.slice(0, eq);
-    if (k !== 'user') continue;
-    if (user !== null) return false;
-    let v: string;
-    try {
-      v = decodeURIComponent(eq < 0 ? '' : part.slice(eq + 1));
-    } catch {
-      return false;
-    }
-    if (!isValidUser(v)) return false;
-    user = v;
-  }
-  return user;
 }
