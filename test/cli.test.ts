@@ -192,5 +192,6 @@ test('cli under load: SIGTERM delivers every acknowledged message to the members
     }
   }
   assert.ok(acked > 100, `the load was real: ${acked} acknowledged messages`);
+  assert.ok(r.out().includes('"drain_finished"') && !r.out().includes('"drain_forced"'), 'the drain finished in time and is not reported as forced');
   for (const c of [...pubs, ...obs]) assert.equal((await c.waitClosed()).code, 1001);
 });

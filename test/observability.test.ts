@@ -120,6 +120,7 @@ test('CLI logs: JSON lines with lifecycle events and fields, never a body', asyn
   for (const ev of ['shard_started', 'listening', 'signal', 'drain_started', 'drain_finished']) {
     assert.ok(events.includes(ev), `log has ${ev}: ${events.join(', ')}`);
   }
+  assert.ok(!events.includes('drain_forced'), 'a drain well inside its deadline is not reported as forced');
   const limits = logs.filter((l) => l.event === 'limit_hit');
   assert.equal(limits.length, 1, 'a connection hitting the limit is logged once per interval');
   assert.equal(limits[0]!.user, 'logger');

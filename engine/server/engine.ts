@@ -638,12 +638,14 @@ export class Engine {
     await this.started.catch(() => undefined);
     for (const l of this.links) l.control(Uint8Array.of(IN_DRAIN));
     const deadline = started + this.options.drainTimeoutMs;
-    while (!this.links.every((l) => l.drained || !l.up) && Date.now() < deadline) {
+    // Deliver as the shards drain (the pumps do too; this also catches a shard whose task has
+    // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
+    for (;;) {
+      for (const l of this.links) l.reader.drain(this.onOut);
+      if (this.links.every((l) => l.drained) || Date.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5));
     }
     const forced = !this.links.every((l) => l.drained);
-    // The pumps may still hold records published just before OUT_DRAINED: deliver them.
-    for (const l of this.links) l.reader.drain(this.onOut);
     this.stopped = true;
     if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
     for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
