@@ -43,6 +43,7 @@
 
 #define PROTO_PLAIN 0
 #define PROTO_SHARDCHAT 1
+#define PROTO_SOCKETIO 2
 
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_HELLO, ST_JOINING, ST_READY, ST_CLOSED };
 enum { PH_SETUP, PH_RUN, PH_DRAIN, PH_DONE };
@@ -54,8 +55,8 @@ enum { PH_SETUP, PH_RUN, PH_DRAIN, PH_DONE };
 /* Body layout (little endian): 0 magic[4], 4 sender gid u32, 8 counter u32, 12 pad u32, 16 ts ns u64, then padding. */
 #define BODY_MIN 24
 
-#define RBUF_INIT (64 * 1024)
-#define WBUF_CAP (256 * 1024)
+static size_t WBUF_CAP = 256 * 1024;
+static size_t RBUF_START = 64 * 1024;
 #define MAX_CLOSE_CODES 16
 
 /* Latency histogram: 1 us buckets below 100 ms, then 1 ms buckets up to 100 s, then overflow. */
@@ -69,6 +70,7 @@ typedef struct {
   uint64_t gaps, repeats, wrong_room, seq_gaps, bad_frames, closed, conn_failures;
   uint64_t win_delivered, win_sent, win_errors, win_reads, win_read_bytes;
   uint64_t lat_sum_ns, lat_max_ns, lat_count;
+  uint64_t skipped, win_skipped, cycles, win_cycles, stalled_delivered, acks_stalled, sio_opens, stalled_closed;
   int close_code[MAX_CLOSE_CODES];
   uint64_t close_count[MAX_CLOSE_CODES];
   int n_close_codes;
@@ -97,6 +99,10 @@ typedef struct conn {
   size_t frame_len;
   size_t ctr_off;      /* offset in frame of body byte 8 (counter) */
   uint8_t *plain_body; /* unmasked copy of the 16 changing bytes' context */
+  int stalled;          /* --stall: this member stops reading during the run */
+  int recycle;          /* --churn: close and reconnect after this event */
+  uint64_t next_send_ns; /* --rate: when this sender sends next */
+  uint64_t cycle_t0;    /* --churn: when this connection attempt started */
   struct thread *t;
 } conn_t;
 
@@ -122,8 +128,13 @@ static int cfg_connect_inflight = 200;
 static int cfg_server_pid = 0;
 static const char *cfg_path = "/ws";
 static const char *cfg_cores = "";
+static double cfg_rate = 0;      /* open loop: messages sent per second, all senders together (0: closed loop) */
+static double cfg_idle_hold = 0; /* idle: no sends; hold the connections this long after setup and sample the server's RSS */
+static int cfg_churn = 0;        /* churn: every connection closes as soon as it is ready and reconnects */
+static int cfg_stall = 0;        /* stall: the last member of rooms 0..N-1 stops reading during the run */
 
 static volatile int g_phase = PH_SETUP;
+static double g_interval_ns = 1e9; /* open loop: ns between two sends of one sender */
 static volatile int g_measuring = 0;
 static int g_total_conns;
 static thread_t *g_threads;
@@ -212,6 +223,24 @@ static void build_frame(conn_t *c) {
     memcpy(pl, body, (size_t)cfg_size);
     n = (size_t)cfg_size;
     body_at = 0;
+  } else if (cfg_proto == PROTO_SOCKETIO) {
+    /* text: 42["msg","SCB1<gid 8 hex><ctr 8 hex><ts 16 hex>xxx..."] with cfg_size characters between the quotes */
+    char head[] = "42[\"msg\",\"";
+    memcpy(pl, head, sizeof head - 1);
+    n = sizeof head - 1;
+    body_at = n;
+    memset(pl + n, 'x', (size_t)cfg_size);
+    memcpy(pl + n, "SCB1", 4);
+    snprintf((char *)pl + n + 4, 9, "%08x", c->gid);
+    pl[n + 12] = 'x'; /* snprintf's NUL; overwritten per message anyway */
+    n += (size_t)cfg_size;
+    pl[n++] = '"';
+    pl[n++] = ']';
+    c->frame = malloc(n + 16);
+    c->frame_len = make_frame(c->frame, 1, pl, n);
+    c->ctr_off = (c->frame_len - n) + body_at + 12; /* frame offset of the counter's hex */
+    if (pl != payload) free(pl);
+    return;
   } else {
     char rn[16];
     room_name(rn, c->room);
@@ -233,23 +262,46 @@ static void build_frame(conn_t *c) {
   if (pl != payload) free(pl);
 }
 
-static void send_pub(conn_t *c, uint64_t ts) {
+static const char HEX[] = "0123456789abcdef";
+
+/* Returns 0 when sent, -1 when skipped (open loop only: its output buffer is full, the server is not reading). */
+static int send_pub(conn_t *c, uint64_t ts) {
   thread_t *t = c->t;
-  uint8_t plain[16];
-  put_u32(plain, c->next_ctr);
-  put_u32(plain + 4, 0);
-  put_u64(plain + 8, ts);
+  uint8_t plain[24];
+  int nchg = 16;
+  if (cfg_rate > 0 && (c->wlen - c->woff) + c->frame_len > WBUF_CAP / 2) {
+    INC(t->c.skipped, 1);
+    if (ld_meas()) INC(t->c.win_skipped, 1);
+    return -1;
+  }
+  if (cfg_proto == PROTO_SOCKETIO) {
+    nchg = 24;
+    for (int i = 0; i < 8; i++) plain[i] = (uint8_t)HEX[(c->next_ctr >> (28 - 4 * i)) & 15];
+    for (int i = 0; i < 16; i++) plain[8 + i] = (uint8_t)HEX[(ts >> (60 - 4 * i)) & 15];
+  } else {
+    put_u32(plain, c->next_ctr);
+    put_u32(plain + 4, 0);
+    put_u64(plain + 8, ts);
+  }
   /* the mask index of a byte is its payload offset: frame offset minus the header length */
   uint8_t *f = c->frame;
   size_t hl = (f[1] & 0x7f) < 126 ? 6 : ((f[1] & 0x7f) == 126 ? 8 : 14);
   size_t po = c->ctr_off - hl;
-  for (int i = 0; i < 16; i++) f[c->ctr_off + i] = plain[i] ^ MASK[(po + i) & 3];
+  for (int i = 0; i < nchg; i++) f[c->ctr_off + i] = plain[i] ^ MASK[(po + i) & 3];
   out_append(c, f, c->frame_len);
   c->next_ctr++;
   c->inflight++;
   INC(t->inflight_total, 1);
   INC(t->c.sent, 1);
+  if (cfg_proto != PROTO_SHARDCHAT && c->room < cfg_stall) INC(t->c.acks_stalled, 1);
   if (ld_meas()) INC(t->c.win_sent, 1);
+  return 0;
+}
+
+static void send_text(conn_t *c, const char *s) {
+  uint8_t fr[192];
+  size_t fl = make_frame(fr, 1, (const uint8_t *)s, strlen(s));
+  out_append(c, fr, fl);
 }
 
 static void send_join(conn_t *c) {
@@ -257,6 +309,13 @@ static void send_join(conn_t *c) {
   char rn[16];
   size_t n = 0;
   room_name(rn, c->room);
+  if (cfg_proto == PROTO_SOCKETIO) { /* event 'join' with ack id 0: the server answers 430[] */
+    char j[64];
+    snprintf(j, sizeof j, "420[\"join\",\"%s\"]", rn);
+    send_text(c, j);
+    c->state = ST_JOINING;
+    return;
+  }
   pl[n++] = 0x82;
   n += mp_str(pl + n, "t");
   n += mp_str(pl + n, "join");
@@ -267,10 +326,17 @@ static void send_join(conn_t *c) {
   c->state = ST_JOINING;
 }
 
+static void hist_add(thread_t *t, uint64_t ns);
+
 static void mark_ready(conn_t *c) {
   if (c->state == ST_READY) return;
   c->state = ST_READY;
   INC(c->t->n_ready, 1);
+  if (cfg_churn && ld_phase() == PH_RUN) {
+    if (ld_meas()) { INC(c->t->c.win_cycles, 1); hist_add(c->t, now_ns() - c->cycle_t0); }
+    INC(c->t->c.cycles, 1);
+    c->recycle = 1;
+  }
 }
 
 static void close_conn(conn_t *c, int code) {
@@ -285,6 +351,7 @@ static void close_conn(conn_t *c, int code) {
   c->inflight = 0;
   c->retry_pending = 0;
   INC(t->c.closed, 1);
+  if (c->stalled) INC(t->c.stalled_closed, 1);
   counters_t *k = &t->c;
   for (int i = 0; i < k->n_close_codes; i++)
     if (k->close_code[i] == code) { k->close_count[i]++; return; }
@@ -381,6 +448,7 @@ static void on_delivery(conn_t *c, const uint8_t *body, long blen, uint64_t now)
   }
   uint32_t gid = get_u32(body + 4), ctr = get_u32(body + 8);
   uint64_t ts = get_u64(body + 16);
+  if (c->stalled) { INC(t->c.stalled_delivered, 1); return; } /* not counted: it was told to stall */
   INC(t->c.delivered, 1);
   if (ld_meas()) {
     INC(t->c.win_delivered, 1);
@@ -396,7 +464,7 @@ static void on_delivery(conn_t *c, const uint8_t *body, long blen, uint64_t now)
   if (ctr >= e) c->expect[s] = ctr + 1;
   if (gid == c->gid && c->sender >= 0) {
     if (c->inflight > 0) { c->inflight--; INC(t->inflight_total, -1); }
-    if (ld_phase() == PH_RUN) send_pub(c, now_ns());
+    if (ld_phase() == PH_RUN && cfg_rate <= 0) send_pub(c, now_ns()); /* closed loop: the next one */
   }
 }
 
@@ -421,8 +489,10 @@ static void on_err(conn_t *c, const uint8_t *code, long cl, uint64_t now) {
     INC(t->c.pub_errors, 1);
     c->inflight--;
     INC(t->inflight_total, -1);
-    c->retry_pending++;
-    c->retry_at_ns = now + 50000000ull;
+    if (cfg_rate <= 0) { /* open loop: the schedule goes on, no retry */
+      c->retry_pending++;
+      c->retry_at_ns = now + 50000000ull;
+    }
   }
 }
 
@@ -469,6 +539,7 @@ static void on_binary(conn_t *c, const uint8_t *p, long n, uint64_t now) {
     else INC(t->c.unknown, 1);
   } else if (KEYIS(ty, tyl, "ack")) {
     INC(t->c.acks, 1);
+    if (c->room < cfg_stall) INC(t->c.acks_stalled, 1);
   } else if (KEYIS(ty, tyl, "presence")) {
     INC(t->c.presence, 1);
   } else if (KEYIS(ty, tyl, "hello")) {
@@ -483,6 +554,50 @@ static void on_binary(conn_t *c, const uint8_t *p, long n, uint64_t now) {
   } else {
     INC(t->c.unknown, 1);
   }
+}
+
+static int hexv(uint8_t ch) { return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1; }
+static int hex_u64(const uint8_t *p, int n, uint64_t *v) {
+  uint64_t x = 0;
+  for (int i = 0; i < n; i++) { int h = hexv(p[i]); if (h < 0) return -1; x = (x << 4) | (uint64_t)h; }
+  *v = x;
+  return 0;
+}
+
+/* Socket.IO over engine.io v4, text frames: 0{open} -> send 40; 40{sid} -> join (420[...]); 430[] -> ready;
+ * 2 (ping) -> 3; 42["msg","SCB1..."] -> a delivery; 41 (disconnect) -> counted as a close. */
+static void on_text(conn_t *c, const uint8_t *p, long n, uint64_t now) {
+  thread_t *t = c->t;
+  if (cfg_proto != PROTO_SOCKETIO) { INC(t->c.text_frames, 1); return; }
+  static const char MSG[] = "42[\"msg\",\"";
+  long ml = (long)sizeof MSG - 1;
+  if (n >= ml + 36 && memcmp(p, MSG, (size_t)ml) == 0) {
+    const uint8_t *b = p + ml;
+    uint64_t gid, ctr, ts;
+    if (memcmp(b, "SCB1", 4) != 0 || hex_u64(b + 4, 8, &gid) || hex_u64(b + 12, 8, &ctr) || hex_u64(b + 20, 16, &ts)) {
+      INC(t->c.unknown, 1);
+      return;
+    }
+    uint8_t body[BODY_MIN];
+    body[0] = MAGIC0; body[1] = MAGIC1; body[2] = MAGIC2; body[3] = MAGIC3;
+    put_u32(body + 4, (uint32_t)gid);
+    put_u32(body + 8, (uint32_t)ctr);
+    put_u32(body + 12, 0);
+    put_u64(body + 16, ts);
+    on_delivery(c, body, BODY_MIN, now);
+    return;
+  }
+  if (n == 1 && p[0] == '2') { send_text(c, "3"); INC(t->c.pings, 1); return; }
+  if (n >= 1 && p[0] == '0') { INC(t->c.sio_opens, 1); send_text(c, "40"); return; }
+  if (n >= 2 && p[0] == '4' && p[1] == '0') { INC(t->c.hello, 1); if (c->state == ST_HELLO) send_join(c); return; }
+  if (n >= 3 && p[0] == '4' && p[1] == '3' && p[2] == '0') { INC(t->c.joined_frames, 1); if (c->state == ST_JOINING) mark_ready(c); return; }
+  if (n >= 2 && p[0] == '4' && p[1] == '1') { INC(t->c.err_other, 1); return; }
+  if (n >= 2 && p[0] == '4' && p[1] == '4') {
+    INC(t->c.err_other, 1);
+    if (note_ok()) fprintf(stderr, "loadgen: conn %d socket.io error %.*s\n", c->idx, (int)(n > 80 ? 80 : n), (const char *)p);
+    return;
+  }
+  INC(t->c.unknown, 1);
 }
 
 /* Parses complete frames in rbuf. Returns -1 when the connection got closed. */
@@ -502,6 +617,7 @@ static int parse_frames(conn_t *c, uint64_t now) {
     t->n_open++;
     if (cfg_proto == PROTO_PLAIN) mark_ready(c);
     else c->state = ST_HELLO;
+    if (c->recycle) { if (i > 0) { memmove(c->rbuf, c->rbuf + i, c->rlen - i); c->rlen -= i; } return 0; }
   }
   for (;;) {
     size_t avail = c->rlen - i;
@@ -527,7 +643,7 @@ static int parse_frames(conn_t *c, uint64_t now) {
     }
     const uint8_t *pl = h + hl;
     if (op == 2) on_binary(c, pl, (long)len, now);
-    else if (op == 1) INC(t->c.text_frames, 1);
+    else if (op == 1) on_text(c, pl, (long)len, now);
     else if (op == 8) {
       int code = len >= 2 ? (pl[0] << 8) | pl[1] : 1005;
       if (note_ok())
@@ -542,6 +658,7 @@ static int parse_frames(conn_t *c, uint64_t now) {
     }
     i += hl + len;
     if (c->state == ST_CLOSED) return -1;
+    if (c->recycle) break;
   }
   if (i > 0) {
     memmove(c->rbuf, c->rbuf + i, c->rlen - i);
@@ -577,9 +694,9 @@ static void handshake(conn_t *c) {
   char rn[16];
   room_name(rn, c->room);
   int n = snprintf(req, sizeof req,
-                   "GET %s?user=u%d_%d&room=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: c2hhcmRjaGF0LWxvYWRnZW4=\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                   cfg_path, c->room, c->member, rn, cfg_host, cfg_port);
+                   "GET %s%cuser=u%d_%d&room=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: c2hhcmRjaGF0LWxvYWRnZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                   cfg_path, strchr(cfg_path, '?') ? '&' : '?', c->room, c->member, rn, cfg_host, cfg_port);
   out_append(c, (const uint8_t *)req, (size_t)n);
   c->state = ST_HANDSHAKE;
 }
@@ -589,6 +706,12 @@ static int start_connect(conn_t *c) {
   if (fd < 0) die("socket");
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (c->stalled) { /* a small receive buffer: the server's buffers fill soon once it stops reading */
+    int rb = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rb, sizeof rb);
+  }
+  c->cycle_t0 = now_ns();
+  c->recycle = 0;
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg_port)};
   inet_pton(AF_INET, cfg_host, &a.sin_addr);
   c->fd = fd;
@@ -598,6 +721,29 @@ static int start_connect(conn_t *c) {
   int r = connect(fd, (struct sockaddr *)&a, sizeof a);
   if (r < 0 && errno != EINPROGRESS) { INC(c->t->c.conn_failures, 1); close_conn(c, -3); return -1; }
   return 0;
+}
+
+/* --churn: close a ready connection (close frame 1000, then an abortive close so that no TIME_WAIT
+ * is left on the loopback ports) and, while the run lasts, connect it again. */
+static void recycle_conn(conn_t *c) {
+  thread_t *t = c->t;
+  c->recycle = 0;
+  if (c->state == ST_READY) INC(t->n_ready, -1);
+  epoll_ctl(t->ep, EPOLL_CTL_DEL, c->fd, NULL);
+  uint8_t fr[16];
+  uint8_t code[2] = {0x03, 0xe8};
+  size_t fl = make_frame(fr, 8, code, 2);
+  (void)!write(c->fd, fr, fl);
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  close(c->fd);
+  c->fd = -1;
+  c->rlen = 0;
+  c->wlen = c->woff = 0;
+  c->want_out = 0;
+  c->last_seq = 0;
+  c->state = ST_CLOSED;
+  if (ld_phase() == PH_RUN) start_connect(c);
 }
 
 static void on_event(conn_t *c, uint32_t ev) {
@@ -626,6 +772,7 @@ static void on_event(conn_t *c, uint32_t ev) {
         c->rlen += (size_t)r;
         if (ld_meas()) { INC(t->c.win_reads, 1); INC(t->c.win_read_bytes, (uint64_t)r); }
         if (parse_frames(c, now_ns()) < 0) return;
+        if (c->recycle) { flush_out(c); recycle_conn(c); return; }
         if ((size_t)r < room) break;
         continue;
       }
@@ -646,7 +793,7 @@ static void *thread_main(void *arg) {
   thread_t *t = arg;
   struct epoll_event evs[256];
   int next = 0, connecting = 0;
-  int started = 0;
+  int started = 0, drain_started = 0;
   uint64_t last_retry_scan = 0;
   for (;;) {
     int ph = ld_phase();
@@ -667,13 +814,46 @@ static void *thread_main(void *arg) {
       uint64_t ts = now_ns();
       for (int k = 0; k < t->nconns; k++) {
         conn_t *c = t->conns[k];
-        if (c->sender < 0 || c->state != ST_READY) continue;
+        if (c->stalled && c->state == ST_READY) { /* stop reading (events 0: only errors are reported) */
+          struct epoll_event e = {.events = 0, .data.ptr = c};
+          epoll_ctl(t->ep, EPOLL_CTL_MOD, c->fd, &e);
+          continue;
+        }
+        if (cfg_churn && c->state == ST_READY) { INC(t->n_ready, -1); c->state = ST_HELLO; c->recycle = 0; recycle_conn(c); continue; }
+        if (c->sender < 0 || c->state != ST_READY || cfg_idle_hold > 0 || cfg_churn) continue;
+        if (cfg_rate > 0) { /* open loop: spread the senders' first sends over one interval */
+          c->next_send_ns = ts + (uint64_t)(((uint64_t)c->gid * 2654435761ull) % (uint64_t)g_interval_ns);
+          continue;
+        }
         for (int w = 0; w < cfg_window; w++) send_pub(c, ts);
         flush_out(c);
       }
     }
+    if (ph == PH_DRAIN && !drain_started) {
+      drain_started = 1;
+      for (int k = 0; k < t->nconns; k++) { /* stalled members read again (what they get is not counted) */
+        conn_t *c = t->conns[k];
+        if (c->stalled && c->state != ST_CLOSED && c->fd >= 0) set_events(c, EPOLLIN | (c->want_out ? EPOLLOUT : 0));
+      }
+    }
     if (ph == PH_DONE) break;
-    int n = epoll_wait(t->ep, evs, 256, next < t->nconns ? 1 : 5);
+    if (ph == PH_RUN && cfg_rate > 0) {
+      uint64_t now = now_ns();
+      for (int k = 0; k < t->nconns; k++) {
+        conn_t *c = t->conns[k];
+        if (c->sender < 0 || c->state != ST_READY || c->next_send_ns > now) continue;
+        int sent = 0;
+        while (c->next_send_ns <= now) {
+          if (now - c->next_send_ns > 50000000ull) { /* more than 50 ms behind its schedule: the generator cannot offer it */
+            INC(t->c.skipped, 1);
+            if (ld_meas()) INC(t->c.win_skipped, 1);
+          } else if (send_pub(c, now) == 0) sent = 1;
+          c->next_send_ns += (uint64_t)g_interval_ns;
+        }
+        if (sent) flush_out(c);
+      }
+    }
+    int n = epoll_wait(t->ep, evs, 256, next < t->nconns || (ph == PH_RUN && cfg_rate > 0) ? 1 : 5);
     if (n < 0 && errno != EINTR) die("epoll_wait");
     for (int k = 0; k < n; k++) on_event(evs[k].data.ptr, evs[k].events);
     uint64_t now = now_ns();
@@ -681,6 +861,7 @@ static void *thread_main(void *arg) {
       last_retry_scan = now;
       for (int k = 0; k < t->nconns; k++) {
         conn_t *c = t->conns[k];
+        if (cfg_churn && c->state == ST_CLOSED && ld_phase() == PH_RUN) { start_connect(c); continue; } /* a failed attempt: again */
         if (!c->retry_pending || now < c->retry_at_ns || c->state == ST_CLOSED) continue;
         if (c->state == ST_HELLO) { c->retry_pending = 0; send_join(c); }
         else if (c->state == ST_READY && ld_phase() == PH_RUN) {
@@ -781,6 +962,19 @@ static void sample_cores(core_sample_t *s) {
   fclose(f);
 }
 
+static long rss_kb(int pid) {
+  char path[64], line[256];
+  long kb = -1;
+  if (pid <= 0) return -1;
+  snprintf(path, sizeof path, "/proc/%d/status", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, "VmRSS:", 6) == 0) { kb = atol(line + 6); break; }
+  fclose(f);
+  return kb;
+}
+
 static double rusage_s(void) {
   struct rusage r;
   getrusage(RUSAGE_SELF, &r);
@@ -804,6 +998,7 @@ static void sum_counters(counters_t *o) {
     A(gaps); A(repeats); A(wrong_room); A(seq_gaps); A(bad_frames); A(closed); A(conn_failures);
     A(win_delivered); A(win_sent); A(win_errors); A(win_reads); A(win_read_bytes);
     A(lat_sum_ns); A(lat_count);
+    A(skipped); A(win_skipped); A(cycles); A(win_cycles); A(stalled_delivered); A(acks_stalled); A(sio_opens); A(stalled_closed);
 #undef A
     if (c->lat_max_ns > o->lat_max_ns) o->lat_max_ns = c->lat_max_ns;
     for (int k = 0; k < c->n_close_codes; k++) {
@@ -842,7 +1037,10 @@ static void usage(void) {
   fprintf(stderr,
           "usage: loadgen --port P [--host 127.0.0.1] [--proto plain|shardchat] [--rooms 10] [--members 100]\n"
           "  [--senders 10] [--size 128] [--window 8] [--threads 1] [--warmup 2] [--duration 5] [--drain 5]\n"
-          "  [--server-pid PID] [--cores 0,1] [--connect-inflight 200] [--path /ws] [--setup-timeout 30]\n");
+          "  [--server-pid PID] [--cores 0,1] [--connect-inflight 200] [--path /ws] [--setup-timeout 30]\n"
+          "  [--proto socketio (--path /socket.io/?EIO=4&transport=websocket)]\n"
+          "  [--rate MSGS_PER_S (open loop: sends per second, all senders)] [--idle-hold S (no sends; server RSS)]\n"
+          "  [--churn 1 (close every connection once ready, reconnect)] [--stall N (last member of rooms 0..N-1 stops reading)]\n");
   exit(2);
 }
 
@@ -853,7 +1051,11 @@ int main(int argc, char **argv) {
 #define OPT(name) (strcmp(a, name) == 0 && v && (i++, 1))
     if (OPT("--port")) cfg_port = atoi(v);
     else if (OPT("--host")) cfg_host = v;
-    else if (OPT("--proto")) cfg_proto = strcmp(v, "plain") == 0 ? PROTO_PLAIN : strcmp(v, "shardchat") == 0 ? PROTO_SHARDCHAT : (usage(), 0);
+    else if (OPT("--proto")) cfg_proto = strcmp(v, "plain") == 0 ? PROTO_PLAIN : strcmp(v, "shardchat") == 0 ? PROTO_SHARDCHAT : strcmp(v, "socketio") == 0 ? PROTO_SOCKETIO : (usage(), 0);
+    else if (OPT("--rate")) cfg_rate = atof(v);
+    else if (OPT("--idle-hold")) cfg_idle_hold = atof(v);
+    else if (OPT("--churn")) cfg_churn = atoi(v);
+    else if (OPT("--stall")) cfg_stall = atoi(v);
     else if (OPT("--rooms")) cfg_rooms = atoi(v);
     else if (OPT("--members")) cfg_members = atoi(v);
     else if (OPT("--senders")) cfg_senders = atoi(v);
@@ -872,8 +1074,11 @@ int main(int argc, char **argv) {
 #undef OPT
   }
   if (cfg_port <= 0 || cfg_rooms < 1 || cfg_members < 1 || cfg_senders < 1 || cfg_senders > cfg_members || cfg_size < BODY_MIN ||
-      cfg_size > 4000 || cfg_window < 1 || cfg_threads < 1 || cfg_threads > 64 || cfg_duration <= 0)
+      cfg_size > 4000 || cfg_window < 1 || cfg_threads < 1 || cfg_threads > 64 || cfg_duration <= 0 || cfg_rate < 0 ||
+      (cfg_proto == PROTO_SOCKETIO && cfg_size < 36) || cfg_stall < 0 || cfg_stall > cfg_rooms || (cfg_stall > 0 && cfg_senders >= cfg_members))
     usage();
+  if (cfg_rate > 0) g_interval_ns = 1e9 * (double)(cfg_rooms * cfg_senders) / cfg_rate;
+  if (cfg_rooms * cfg_members > 2000) { WBUF_CAP = 32 * 1024; RBUF_START = 8 * 1024; }
   signal(SIGPIPE, SIG_IGN);
   clk_tck = (double)sysconf(_SC_CLK_TCK);
   g_total_conns = cfg_rooms * cfg_members;
@@ -899,13 +1104,15 @@ int main(int argc, char **argv) {
     c->sender = c->member < cfg_senders ? c->member : -1;
     c->gid = (uint32_t)(c->room * cfg_senders + (c->sender < 0 ? 0 : c->sender));
     c->expect = calloc((size_t)cfg_senders, sizeof(uint32_t));
-    c->rcap = RBUF_INIT;
+    c->stalled = c->room < cfg_stall && c->member == cfg_members - 1;
+    c->rcap = RBUF_START;
     c->rbuf = malloc(c->rcap);
     c->wbuf = malloc(WBUF_CAP);
     if (c->sender >= 0) build_frame(c);
     t->conns[t->nconns++] = c;
   }
 
+  long rss0 = rss_kb(cfg_server_pid), rss1 = -1;
   uint64_t t0 = now_ns();
   for (int i = 0; i < cfg_threads; i++) pthread_create(&g_threads[i].th, NULL, thread_main, &g_threads[i]);
 
@@ -929,7 +1136,14 @@ int main(int argc, char **argv) {
   double drain_ms = 0;
   memset(&cs0, 0, sizeof cs0); memset(&cs1, 0, sizeof cs1);
   memset(&w1, 0, sizeof w1);
-  if (setup_ok) {
+  if (setup_ok && cfg_idle_hold > 0) {
+    /* idle: nothing is sent; the server's RSS after it settled (median of 3 samples) */
+    sleep_s(cfg_idle_hold);
+    long a = rss_kb(cfg_server_pid); sleep_s(0.25);
+    long b = rss_kb(cfg_server_pid); sleep_s(0.25);
+    long d = rss_kb(cfg_server_pid);
+    rss1 = a > b ? (b > d ? b : (a > d ? d : a)) : (a > d ? a : (b > d ? d : b));
+  } else if (setup_ok) {
     st_phase(PH_RUN);
     sleep_s(cfg_warmup);
     sample_proc(cfg_server_pid, ps0);
@@ -950,8 +1164,9 @@ int main(int argc, char **argv) {
     uint64_t d0 = now_ns();
     for (;;) {
       sum_counters(&w1);
-      uint64_t expect = (cfg_proto == PROTO_PLAIN ? w1.sent - w1.pub_errors : w1.acks) * (uint64_t)cfg_members;
-      int done = sum_inflight() == 0 && w1.delivered >= expect && (cfg_proto == PROTO_PLAIN || w1.acks >= w1.sent - w1.pub_errors);
+      uint64_t expect = (cfg_proto != PROTO_SHARDCHAT ? w1.sent - w1.pub_errors : w1.acks) * (uint64_t)cfg_members - w1.acks_stalled;
+      int done = sum_inflight() == 0 && w1.delivered >= expect && (cfg_proto != PROTO_SHARDCHAT || w1.acks >= w1.sent - w1.pub_errors) &&
+                 w1.stalled_closed >= (uint64_t)cfg_stall; /* a stalled member: until its connection ended (read to its end) */
       if (done || (double)(now_ns() - d0) / 1e9 >= cfg_drain) break;
       sleep_s(0.005);
     }
@@ -970,17 +1185,23 @@ int main(int argc, char **argv) {
   /* ---- JSON ---- */
   /* plain: every message sent should reach every member; shardchat: every acknowledged one must (guarantees 1 and 3),
    * and every pub must be answered (ack or err) unless its connection was closed first */
-  uint64_t expected = (cfg_proto == PROTO_PLAIN ? tot.sent - tot.pub_errors : tot.acks) * (uint64_t)cfg_members;
-  long long unanswered = cfg_proto == PROTO_PLAIN ? 0 : (long long)(tot.sent - tot.pub_errors) - (long long)tot.acks;
+  uint64_t expected = (cfg_proto != PROTO_SHARDCHAT ? tot.sent - tot.pub_errors : tot.acks) * (uint64_t)cfg_members - tot.acks_stalled;
+  long long unanswered = cfg_proto != PROTO_SHARDCHAT ? 0 : (long long)(tot.sent - tot.pub_errors) - (long long)tot.acks;
   printf("{\n");
   printf("  \"proto\": \"%s\", \"rooms\": %d, \"members\": %d, \"senders_per_room\": %d, \"size\": %d, \"window\": %d, \"threads\": %d,\n",
-         cfg_proto == PROTO_PLAIN ? "plain" : "shardchat", cfg_rooms, cfg_members, cfg_senders, cfg_size, cfg_window, cfg_threads);
+         cfg_proto == PROTO_PLAIN ? "plain" : cfg_proto == PROTO_SOCKETIO ? "socketio" : "shardchat", cfg_rooms, cfg_members, cfg_senders, cfg_size, cfg_window, cfg_threads);
   printf("  \"setup_ok\": %s, \"connections_ready\": %d, \"setup_ms\": %.1f, \"warmup_s\": %.2f, \"window_s\": %.4f,\n",
          setup_ok ? "true" : "false", ready, (double)(t_ready - t0) / 1e6, cfg_warmup, wall);
   double wd = wall > 0 ? (double)tot.win_delivered / wall : 0;
   printf("  \"window_delivered\": %llu, \"delivered_per_s\": %.1f, \"window_sent\": %llu, \"sent_per_s\": %.1f, \"window_errors\": %llu,\n",
          (unsigned long long)tot.win_delivered, wd, (unsigned long long)tot.win_sent, wall > 0 ? (double)tot.win_sent / wall : 0,
          (unsigned long long)tot.win_errors);
+  printf("  \"mode\": \"%s\", \"rate\": %.1f, \"offered_deliveries_per_s\": %.1f, \"window_skipped\": %llu, \"stall\": %d, \"stalled_delivered\": %llu, \"stalled_closed\": %llu,\n",
+         cfg_idle_hold > 0 ? "idle" : cfg_churn ? "churn" : cfg_rate > 0 ? "open" : "closed", cfg_rate, cfg_rate * cfg_members,
+         (unsigned long long)tot.win_skipped, cfg_stall, (unsigned long long)tot.stalled_delivered, (unsigned long long)tot.stalled_closed);
+  printf("  \"idle\": {\"connections\": %d, \"server_rss_kb_before\": %ld, \"server_rss_kb_after\": %ld},\n", ready, rss0, rss1);
+  printf("  \"churn\": {\"window_cycles\": %llu, \"cycles_per_s\": %.1f, \"cycles\": %llu},\n", (unsigned long long)tot.win_cycles,
+         wall > 0 ? (double)tot.win_cycles / wall : 0, (unsigned long long)tot.cycles);
   printf("  \"window_reads\": %llu, \"deliveries_per_read\": %.2f, \"bytes_per_read\": %.0f,\n", (unsigned long long)tot.win_reads,
          tot.win_reads ? (double)tot.win_delivered / (double)tot.win_reads : 0, tot.win_reads ? (double)tot.win_read_bytes / (double)tot.win_reads : 0);
   printf("  \"latency_us\": {\"count\": %llu, \"mean\": %.1f, \"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p999\": %.1f, \"max\": %.1f},\n",

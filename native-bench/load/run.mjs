@@ -1,22 +1,26 @@
 #!/usr/bin/env node
 /**
- * shardchat load benchmarks (see native-bench/README.md, "Load benchmarks").
+ * shardchat load benchmark suite (see native-bench/README.md, "Load benchmarks").
  *
- *   npm run bench:quick            # = npm run build && node native-bench/load/run.mjs --quick
- *   node native-bench/load/run.mjs [--quick] [--runs 3] [--duration 5] [--warmup 1.5] [--window 1]
- *        [--peers uws-plain,shardchat] [--threads 1] [--no-pin] [--wait-idle 4] [--cpu-prof] [--perf] [--out FILE]
+ *   npm run bench:quick   # fanout-10x100: plain uWS, plain uWS again (A/A), shardchat; 3 runs; < 2 min
+ *   npm run bench         # the whole suite (about 15 min): every scenario, every peer
+ *   node native-bench/load/run.mjs [--quick] [--scenarios a,b] [--peers p,q] [--shards 1,2] [--runs N]
+ *        [--duration S] [--warmup S] [--window W] [--threads T] [--no-pin] [--wait-idle S] [--cpu-prof] [--perf] [--out FILE]
  *
- * Scenario "fanout-10x100": 10 rooms x 100 members, 10 senders per room (members), every message
- * to the whole room including its sender, 128 B bodies, closed loop with a window of W messages
- * in flight per sender. For each peer: builds the C load generator (native-bench/load/build.sh),
- * starts the server as a child process on a free 127.0.0.1 port (pinned to core 0 with taskset
- * when available; the generator to core 1), waits until it accepts, runs the generator --runs
- * times (runs of the peers interleaved: A1 B1 A2 B2 ...), stops each server with SIGTERM by its
- * PID (shardchat must then exit 0 by itself), writes native-bench/results/quick-latest.json (or
- * latest.json without --quick) and prints a markdown table with the ratio shardchat / plain uWS.
+ * Scenarios are named parameter sets (SCENARIOS below). Closed-loop ones ("fanout-10x100",
+ * "fanout-1x1000", "chat-1to1", "churn") start every peer's server as a child process on a free
+ * 127.0.0.1 port (pinned to core 0 with taskset; the C generator to core 1) and interleave the
+ * peers' runs (A1 B1 C1 A2 ...); "sweep" raises an open-loop offered rate until a peer saturates;
+ * "idle" starts a fresh server per run and measures its RSS per idle connection; "stall" runs
+ * shardchat without and with one member that stops reading. Each server is stopped with SIGTERM
+ * by its PID (shardchat must exit 0 by itself). Results: one JSON file per run under
+ * native-bench/results/runs/, a copy as results/latest.json (quick-latest.json), the tables as
+ * results/latest.md (quick-latest.md), the sweep chart as results/sweep.svg, and a /metrics scrape
+ * of shardchat as results/sample-scrape.txt.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, existsSync, readdirSync, readFileSync, copyFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -25,6 +29,7 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
 const benchDir = resolve(here, '..');
+const resultsDir = join(benchDir, 'results');
 
 // ---- arguments ---------------------------------------------------------------------------------
 
@@ -42,49 +47,87 @@ function num(name, def, min, max) {
   if (!Number.isFinite(v) || v < min || v > max) fail(`${name} must be a number in ${min}..${max}`);
   return v;
 }
+function list(name, def) { const v = opt(name, null); return v === null ? def : v.split(',').map((s) => s.trim()).filter(Boolean); }
 function fail(msg) { process.stderr.write(`run.mjs: ${msg}\n`); process.exit(2); }
 
+/** Named parameter sets. kind: closed (closed loop, window W per sender), open (rate sweep), idle, churn, stall. */
+const SCENARIOS = {
+  'fanout-10x100': { kind: 'closed', rooms: 10, members: 100, senders: 10, size: 128, peers: ['uws-plain', 'uws-plain-aa', 'ws-rooms', 'socketio-rooms', 'shardchat', 'shardchat-nometrics'],
+    about: '10 rooms x 100 members, 10 senders per room, 128 B, closed loop' },
+  'fanout-1x1000': { kind: 'closed', rooms: 1, members: 1000, senders: 10, size: 128, peers: ['uws-plain', 'ws-rooms', 'socketio-rooms', 'shardchat'],
+    about: '1 room x 1000 members, 10 senders, 128 B, closed loop' },
+  'chat-1to1': { kind: 'closed', rooms: 500, members: 2, senders: 2, size: 128, peers: ['uws-plain', 'ws-rooms', 'socketio-rooms', 'shardchat'],
+    about: '500 rooms x 2 members, both members send, 128 B, closed loop' },
+  sweep: { kind: 'open', rooms: 10, members: 100, senders: 10, size: 128, peers: ['uws-plain', 'ws-rooms', 'socketio-rooms', 'shardchat'],
+    about: 'fanout-10x100 open loop: offered deliveries/s raised until a peer saturates' },
+  idle: { kind: 'idle', rooms: 100, members: 100, senders: 1, size: 128, peers: ['uws-plain', 'ws-rooms', 'socketio-rooms', 'shardchat'],
+    about: '10,000 idle connections (100 rooms x 100, joined, nothing sent): server RSS per connection' },
+  churn: { kind: 'churn', rooms: 10, members: 20, senders: 1, size: 128, peers: ['uws-plain', 'ws-rooms', 'socketio-rooms', 'shardchat'],
+    about: '200 connection slots, each closes once ready (after join) and reconnects' },
+  stall: { kind: 'stall', rooms: 1, members: 100, senders: 10, size: 1024, peers: ['shardchat'],
+    about: '1 room x 100 members, 10 senders, 1 KiB bodies, closed loop, without and with one member (not a sender) that stops reading' },
+};
+const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn', 'stall'];
+const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-deferred', 'ws-rooms', 'socketio-rooms', 'shardchat', 'shardchat-nometrics', 'shardchat-sN'];
+
 if (flag('--help') || flag('-h')) {
-  process.stdout.write(`usage: node native-bench/load/run.mjs [--quick] [--runs N] [--duration S] [--warmup S] [--window W]
-  [--peers uws-plain,shardchat] [--threads T] [--no-pin] [--wait-idle S] [--cpu-prof] [--perf] [--out FILE]
-  --quick      3 runs x (1.5 s warmup + 5 s window) per peer, results/quick-latest.json (default: 5 x (3 + 10 s), results/latest.json)
-  --runs       generator runs per peer (median reported)
-  --duration   measured window of each run, seconds
-  --warmup     seconds of load before the window opens
-  --window     messages in flight per sender (closed loop; default 1: send the next when the last came back)
-  --peers      comma list of: ${Object.keys(PEERS_DOC()).join(', ')} (default uws-plain,shardchat;
-               uws-deferred is a diagnostic: plain uWS publishing once per event-loop turn)
-  --threads    load generator threads (default 1: it has one core)
-  --no-pin     do not pin with taskset
-  --wait-idle  before each run, wait up to this many seconds (default 4) for the machine to be quiet
-               (other work under 25% of a core over 0.5 s); 0: do not wait
-  --cpu-prof   start shardchat with --cpu-prof (profiles in native-bench/results/tmp/prof/) and print its top self-time functions
-  --perf       before the measured runs, one extra unmeasured run per peer with Linux perf attached to the server:
-               syscall counts (deliveries per sendto) and a call-graph profile of its main thread (needs perf + root)
+  process.stdout.write(`usage: node native-bench/load/run.mjs [--quick] [--scenarios LIST] [--peers LIST] [--shards LIST] [--runs N]
+  [--duration S] [--warmup S] [--window W] [--threads T] [--no-pin] [--wait-idle S] [--cpu-prof] [--perf] [--out FILE]
+  [--sweep-rates LIST] [--p99-bound-ms MS] [--idle-conns N]
+  --quick       fanout-10x100 with uws-plain, uws-plain-aa (A/A) and shardchat, 3 runs x (1.5 s warmup + 5 s window)
+  --scenarios   comma list of: ${FULL_ORDER.join(', ')} (default: all of them; --quick: fanout-10x100)
+  --peers       comma list overriding every scenario's peers: ${PEER_NAMES.join(', ')}
+  --shards      shard counts of shardchat to run besides 1 (e.g. 2,4 adds shardchat-s2, shardchat-s4 to the closed scenarios)
+  --runs        generator runs per arm (median reported; default 3)
+  --duration    measured window of each run, seconds (default 5; sweep points: 3)
+  --warmup      seconds of load before the window opens (default 1.5; sweep points: 1)
+  --window      messages in flight per sender (closed loop; default 1)
+  --sweep-rates offered deliveries/s of the sweep, comma list (default 20000,40000,...,1500000)
+  --p99-bound-ms  the sweep's latency bound for "saturated" (default 20)
+  --idle-conns  connections of the idle scenario (default 10000; one process holds at most ~19,990)
+  --threads     load generator threads (default 1: it has one core)
+  --no-pin      do not pin with taskset
+  --wait-idle   before each run, wait up to this many seconds (default 4; at most 60 s in all) for other work under 25% of a core
+  --cpu-prof    start shardchat with --cpu-prof and print its top self-time functions
+  --perf        one extra unmeasured run per peer of the first closed scenario with Linux perf attached (needs perf + root)
 `);
   process.exit(0);
 }
-function PEERS_DOC() { return { 'uws-plain': 1, shardchat: 1, 'uws-deferred': 1 }; }
 
 const quick = flag('--quick');
-const runs = num('--runs', quick ? 3 : 5, 1, 50);
-const duration = num('--duration', quick ? 5 : 10, 0.5, 600);
-const warmup = num('--warmup', quick ? 1.5 : 3, 0, 120);
+const runs = num('--runs', 3, 1, 50);
+const duration = num('--duration', 5, 0.5, 600);
+const warmup = num('--warmup', 1.5, 0, 120);
+const sweepDuration = num('--sweep-duration', 3, 0.5, 60);
+const sweepWarmup = num('--sweep-warmup', 1, 0, 60);
 const window = num('--window', 1, 1, 1000);
 const genThreads = num('--threads', 1, 1, 16);
-const peerNames = opt('--peers', 'uws-plain,shardchat').split(',').map((s) => s.trim()).filter(Boolean);
 const cpuProf = flag('--cpu-prof');
 const perfMode = flag('--perf');
 const waitIdle = num('--wait-idle', 4, 0, 600);
-const outFile = resolve(opt('--out', join(benchDir, 'results', quick ? 'quick-latest.json' : 'latest.json')));
-for (const p of peerNames) if (!(p in PEERS_DOC())) fail(`unknown peer ${p} (known: ${Object.keys(PEERS_DOC()).join(', ')})`);
-
-const SCENARIO = { name: 'fanout-10x100', rooms: 10, members: 100, sendersPerRoom: 10, size: 128, window };
+const waitBudgetMs = 60000;
+const p99BoundMs = num('--p99-bound-ms', 20, 0.1, 10000);
+const idleConns = num('--idle-conns', 10000, 100, 19900);
+const sweepRates = list('--sweep-rates', ['20000', '40000', '70000', '100000', '150000', '200000', '300000', '400000', '600000', '800000', '1000000', '1250000', '1500000']).map(Number);
+const shardCounts = list('--shards', []).map(Number).filter((n) => n !== 1);
+for (const n of shardCounts) if (!Number.isInteger(n) || n < 1 || n > 64) fail('--shards takes integers 1..64');
+const scenarioNames = list('--scenarios', quick ? ['fanout-10x100'] : FULL_ORDER);
+for (const s of scenarioNames) if (!(s in SCENARIOS)) fail(`unknown scenario ${s} (known: ${FULL_ORDER.join(', ')})`);
+const peerOverride = list('--peers', quick ? ['uws-plain', 'uws-plain-aa', 'shardchat'] : null);
+const stamp = new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d{3}Z$/, 'Z');
+const outFile = resolve(opt('--out', join(resultsDir, 'runs', `${stamp}-${quick ? 'quick' : 'suite'}.json`)));
+const latestBase = join(resultsDir, quick ? 'quick-latest' : 'latest');
 
 // ---- helpers -----------------------------------------------------------------------------------
 
 const log = (s) => process.stderr.write(`${s}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const t0Suite = Date.now();
+const elapsed = () => { const s = Math.round((Date.now() - t0Suite) / 1000); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`; };
+/** Progress line on stderr: [elapsed] [step k/n] text */
+let stepNo = 0;
+let stepTotal = 0;
+const progress = (s) => log(`[${elapsed()}]${stepTotal ? ` [${stepNo}/${stepTotal}]` : ''} ${s}`);
 
 function freePort() {
   return new Promise((res, rej) => {
@@ -120,6 +163,9 @@ const median = (xs) => {
   const m = v.length >> 1;
   return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 };
+const ratio = (b, a) => (typeof a === 'number' && typeof b === 'number' && a > 0 ? b / a : null);
+const f1 = (x, d = 1) => (x === null || x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(d));
+const kps = (x) => (x === null || x === undefined ? 'n/a' : x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${(x / 1e3).toFixed(1)} k`);
 
 // ---- setup -------------------------------------------------------------------------------------
 
@@ -139,35 +185,55 @@ log(`building the load generator (${relative(root, join(here, 'build.sh'))})`);
 }
 const loadgen = join(here, 'build', 'loadgen');
 const cliJs = join(root, 'dist', 'engine', 'cli.js');
-if (peerNames.includes('shardchat') && !existsSync(cliJs)) fail(`${relative(root, cliJs)} is missing: run "npm run build" first`);
-const profDir = join(benchDir, 'results', 'tmp', 'prof');
+const profDir = join(resultsDir, 'tmp', 'prof');
 if (cpuProf) mkdirSync(profDir, { recursive: true });
 
-const PEERS = {
-  'uws-plain': {
-    label: 'plain uWS pub/sub (1 thread)',
-    proto: 'plain',
-    args: (port) => [join(benchDir, 'peers', 'uws-plain.mjs'), '--port', String(port), '--host', '127.0.0.1'],
-  },
-  'uws-deferred': {
-    label: 'uWS pub/sub, publish deferred to setImmediate (diagnostic)',
-    proto: 'plain',
-    args: (port) => [join(benchDir, 'peers', 'uws-deferred.mjs'), '--port', String(port), '--host', '127.0.0.1'],
-  },
-  shardchat: {
-    label: 'shardchat --shards 1',
-    proto: 'shardchat',
-    args: (port) => [
-      ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []),
-      cliJs, '--port', String(port), '--host', '127.0.0.1', '--rate-per-sec', '1000000000', '--rate-burst', '1000000000',
-      '--log-level', 'warn', '--shards', '1',
-    ],
-  },
-};
+const shardchatArgs = (port, extra) => [
+  ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []),
+  cliJs, '--port', String(port), '--host', '127.0.0.1', '--rate-per-sec', '1000000000', '--rate-burst', '1000000000',
+  '--log-level', 'warn', '--max-connections', '50000', ...extra,
+];
+const SIO_PATH = '/socket.io/?EIO=4&transport=websocket';
+/** Peers: each a server started as a child process; proto is what the C generator speaks to it. */
+function peerDef(name) {
+  const peerFile = (f) => (port) => [join(benchDir, 'peers', f), '--port', String(port), '--host', '127.0.0.1'];
+  switch (name) {
+    case 'uws-plain': return { label: 'plain uWS pub/sub (1 thread)', proto: 'plain', args: peerFile('uws-plain.mjs') };
+    case 'uws-plain-aa': return { label: 'plain uWS again (A/A)', proto: 'plain', args: peerFile('uws-plain.mjs'), aaOf: 'uws-plain' };
+    case 'uws-deferred': return { label: 'uWS pub/sub, publish deferred (diagnostic)', proto: 'plain', args: peerFile('uws-deferred.mjs') };
+    case 'ws-rooms': return { label: 'ws + room map', proto: 'plain', args: peerFile('ws-rooms.mjs'), npm: true };
+    case 'socketio-rooms': return { label: 'Socket.IO 4 rooms', proto: 'socketio', path: SIO_PATH, args: peerFile('socketio-rooms.mjs'), npm: true };
+    case 'shardchat': return { label: 'shardchat --shards 1', proto: 'shardchat', shardchat: true, args: (p) => shardchatArgs(p, ['--shards', '1']) };
+    case 'shardchat-nometrics': return { label: 'shardchat --shards 1 --metrics false', proto: 'shardchat', shardchat: true, args: (p) => shardchatArgs(p, ['--shards', '1', '--metrics', 'false']) };
+    default: {
+      const m = /^shardchat-s(\d+)$/.exec(name);
+      if (m) return { label: `shardchat --shards ${m[1]}`, proto: 'shardchat', shardchat: true, args: (p) => shardchatArgs(p, ['--shards', m[1]]) };
+      return null;
+    }
+  }
+}
+
+function peersOf(sc) {
+  const base = peerOverride ?? SCENARIOS[sc].peers;
+  const extra = SCENARIOS[sc].kind === 'closed' && !peerOverride ? shardCounts.map((n) => `shardchat-s${n}`) : [];
+  const out = [...base, ...extra];
+  for (const p of out) if (!peerDef(p)) fail(`unknown peer ${p} (known: ${PEER_NAMES.join(', ')})`);
+  return out;
+}
+const allPeers = new Set(scenarioNames.flatMap(peersOf));
+if ([...allPeers].some((p) => peerDef(p).shardchat) && !existsSync(cliJs)) fail(`${relative(root, cliJs)} is missing: run "npm run build" first`);
+if ([...allPeers].some((p) => peerDef(p).npm)) {
+  const need = ['ws', 'socket.io'].filter((m) => !existsSync(join(benchDir, 'node_modules', m, 'package.json')));
+  if (need.length) {
+    log(`installing the peers' libraries into native-bench/node_modules (npm install --prefix native-bench; missing: ${need.join(', ')})`);
+    const r = spawnSync('npm', ['install', '--prefix', benchDir, '--no-audit', '--no-fund'], { stdio: 'inherit' });
+    if (r.status !== 0) fail('npm install --prefix native-bench failed (the ws and Socket.IO peers need it)');
+  }
+}
 
 /** Starts one server; collects its output lines (warnings become findings). */
 async function startServer(name) {
-  const peer = PEERS[name];
+  const peer = peerDef(name);
   const port = await freePort();
   const [cmd, args] = withPin(SERVER_CPU, process.execPath, peer.args(port));
   const child = spawn(cmd, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -185,7 +251,7 @@ async function startServer(name) {
     if (child.exitCode === null && child.signalCode === null) process.kill(child.pid, 'SIGKILL');
     throw new Error(`${name}: ${e.message}${lines.length ? `; its output: ${lines.slice(-5).join(' | ')}` : ''}`);
   }
-  log(`${name}: pid ${child.pid}, port ${port}, accepting after ${ms} ms`);
+  progress(`${name}: pid ${child.pid}, port ${port}, accepting after ${ms} ms`);
   return { name, peer, port, child, pid: child.pid, lines, exited };
 }
 
@@ -202,26 +268,29 @@ async function stopServer(s, timeoutMs) {
   return { ...(await s.exited), ms: Date.now() - t0, killed: true };
 }
 
-function runGenerator(s) {
+/** Runs the C generator once against server s with scenario sc; extra: more flags (--rate, --stall, ...). */
+function runGenerator(s, sc, extra = [], times = {}) {
+  const w = times.warmup ?? warmup;
+  const d = times.duration ?? duration;
   const a = [
-    '--port', String(s.port), '--host', '127.0.0.1', '--proto', s.peer.proto,
-    '--rooms', String(SCENARIO.rooms), '--members', String(SCENARIO.members), '--senders', String(SCENARIO.sendersPerRoom),
-    '--size', String(SCENARIO.size), '--window', String(window), '--threads', String(genThreads),
-    '--warmup', String(warmup), '--duration', String(duration), '--drain', '10', '--server-pid', String(s.pid),
+    '--port', String(s.port), '--host', '127.0.0.1', '--proto', s.peer.proto, ...(s.peer.path ? ['--path', s.peer.path] : []),
+    '--rooms', String(sc.rooms), '--members', String(sc.members), '--senders', String(sc.senders),
+    '--size', String(sc.size), '--window', String(window), '--threads', String(genThreads),
+    '--warmup', String(w), '--duration', String(d), '--drain', '10', '--server-pid', String(s.pid), ...extra,
   ];
   const [cmd, args] = withPin(GEN_CPU, loadgen, a);
-  const limitMs = (warmup + duration + 10 + 30 + 15) * 1000;
+  const limitMs = (w + d + 10 + 60 + 15) * 1000;
   return new Promise((res) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
+    child.stdout.on('data', (x) => { out += x; });
+    child.stderr.on('data', (x) => { err += x; });
     const timer = setTimeout(() => { log(`loadgen pid ${child.pid} overran ${limitMs} ms: SIGKILL`); child.kill('SIGKILL'); }, limitMs);
     child.once('exit', (code) => {
       clearTimeout(timer);
       let json = null;
-      try { json = JSON.parse(out); } catch { /* reported below */ }
+      try { json = JSON.parse(out); } catch { /* reported by the caller */ }
       res({ code, json, stderr: err.trim() });
     });
   });
@@ -234,23 +303,33 @@ function derive(j) {
   const others = j.server.threads.filter((t) => !t.main).sort((a, b) => b.cpu_s - a.cpu_s);
   const per1k = (s) => (d > 0 ? (s / (d / 1000)) * 1000 : null); // ms of CPU per 1000 delivered
   const core = (c) => j.cores.find((x) => x.cpu === c)?.busy_pct ?? null;
+  const idleConnsReady = j.idle?.connections ?? 0;
   return {
     deliveredPerSec: j.delivered_per_s,
     sentPerSec: j.sent_per_s,
-    p50ms: j.latency_us.p50 / 1000,
-    p99ms: j.latency_us.p99 / 1000,
+    offeredPerSec: j.offered_deliveries_per_s || null,
+    skipped: j.window_skipped ?? 0,
+    p50ms: j.latency_us.p50 >= 0 ? j.latency_us.p50 / 1000 : null,
+    p99ms: j.latency_us.p99 >= 0 ? j.latency_us.p99 / 1000 : null,
     serverCpuS: j.server.cpu_s,
     serverCpuMsPer1k: per1k(j.server.cpu_s),
     mainCpuMsPer1k: main ? per1k(main.cpu_s) : null,
     busiestOtherThreadCpuMsPer1k: others.length ? per1k(others[0].cpu_s) : null,
-    serverCpuPct: (100 * j.server.cpu_s) / j.window_s,
-    mainCpuPct: main ? (100 * main.cpu_s) / j.window_s : null,
+    serverCpuPct: j.window_s > 0 ? (100 * j.server.cpu_s) / j.window_s : null,
+    mainCpuPct: main && j.window_s > 0 ? (100 * main.cpu_s) / j.window_s : null,
     serverCoreBusyPct: pin ? core(SERVER_CPU) : null,
     genCpuPct: j.generator.cpu_pct,
     genCpuMsPer1k: per1k(j.generator.cpu_s),
     genCoreBusyPct: pin ? core(GEN_CPU) : null,
     otherCpuPct: j.machine?.unattributed_pct_of_core ?? null,
     deliveriesPerRead: j.deliveries_per_read,
+    setupS: j.setup_ms / 1000,
+    connections: j.connections_ready,
+    rssBeforeKb: j.idle?.server_rss_kb_before ?? null,
+    rssAfterKb: j.idle?.server_rss_kb_after ?? null,
+    kbPerIdleConn: j.idle && j.idle.server_rss_kb_after > 0 && idleConnsReady > 0 ? (j.idle.server_rss_kb_after - j.idle.server_rss_kb_before) / idleConnsReady : null,
+    cyclesPerSec: j.churn?.cycles_per_s ?? null,
+    stalledClosed: j.stalled_closed ?? 0,
     errors: j.totals.errors.overloaded + j.totals.errors.rate_limited + j.totals.errors.shutting_down + j.totals.errors.other,
     closes: Object.values(j.totals.closed_by_server).reduce((a, b) => a + b, 0),
     missing: j.totals.missing,
@@ -258,23 +337,28 @@ function derive(j) {
   };
 }
 
-function findingsOf(name, j) {
+function findingsOf(name, j, { stall = 0, mode = 'closed' } = {}) {
   const f = [];
   const t = j.totals;
-  if (!j.setup_ok) f.push(`${name}: only ${j.connections_ready}/1000 connections became ready`);
+  const total = j.rooms * j.members;
+  if (!j.setup_ok) f.push(`${name}: only ${j.connections_ready}/${total} connections became ready`);
   for (const [k, v] of Object.entries(t.errors)) if (v > 0) f.push(`${name}: ${v} err ${k}`);
-  for (const [k, v] of Object.entries(t.closed_by_server)) f.push(`${name}: ${v} connections closed by the server (code ${k}${Number(k) < 0 ? ': TCP close without a close frame' : ''})`);
+  for (const [k, v] of Object.entries(t.closed_by_server)) {
+    if (stall > 0 && k === '4008' && v === stall) continue; // expected: the stalled member
+    f.push(`${name}: ${v} connections closed by the server (code ${k}${Number(k) < 0 ? ': TCP close without a close frame' : ''})`);
+  }
+  if (stall > 0 && (j.stalled_closed ?? 0) < stall) f.push(`${name}: the stalled member was not closed by the server within the drain (${j.stalled_delivered} messages reached it)`);
+  if (stall > 0 && !t.closed_by_server['4008']) f.push(`${name}: the stalled member did not get close code 4008 (closes: ${JSON.stringify(t.closed_by_server)})`);
   if (t.missing !== 0) f.push(`${name}: delivered ${t.delivered} of ${t.expected_deliveries} expected (missing ${t.missing})`);
   if (t.gaps || t.repeats || t.wrong_room || t.seq_gaps) f.push(`${name}: order check: gaps ${t.gaps}, repeats ${t.repeats}, wrong room ${t.wrong_room}, seq gaps ${t.seq_gaps}`);
   if (t.unanswered_pubs) f.push(`${name}: ${t.unanswered_pubs} pubs got neither ack nor err (${t.acks} acks, ${t.pub_errors} errs, ${t.sent} sent)`);
-  if (t.inflight_after_drain > 0) f.push(`${name}: ${t.inflight_after_drain} own messages never came back within the drain`);
+  if (t.inflight_after_drain > 0 && mode !== 'open') f.push(`${name}: ${t.inflight_after_drain} own messages never came back within the drain`);
   if (t.unknown_frames || t.bad_frames || t.text_frames) f.push(`${name}: unexpected frames: unknown ${t.unknown_frames}, bad ${t.bad_frames}, text ${t.text_frames}`);
   const other = j.machine?.unattributed_pct_of_core;
-  if (other > 20) f.push(`${name}: other work used ${other}% of a core during the window: its throughput and latency are disturbed (CPU per message less so)`);
-  if (j.generator.cpu_pct > 85) f.push(`${name}: the load generator used ${j.generator.cpu_pct}% of its core (the server ${(100 * j.server.cpu_s / j.window_s).toFixed(0)}%): it may be the limit`);
+  if (other > 20) f.push(`${name}: DISTURBED: other work used ${other}% of a core during the window: its throughput and latency are disturbed (CPU per message less so)`);
+  if (j.generator.cpu_pct > 85) f.push(`${name}: the load generator used ${j.generator.cpu_pct}% of its core (the server ${(100 * j.server.cpu_s / Math.max(j.window_s, 1e-9)).toFixed(0)}%): it may be the limit`);
   return f;
 }
-
 // ---- perf (optional diagnostics) --------------------------------------------------------------
 
 const PERF_SYSCALLS = ['sendto', 'recvfrom', 'epoll_pwait', 'epoll_wait', 'futex', 'write', 'read'];
@@ -285,11 +369,11 @@ function perfReportLines(file, args) {
 }
 
 /** One unmeasured generator run with perf stat (whole server) and perf record (its main thread) attached mid-window. */
-async function perfRun(s) {
+async function perfRun(s, sc) {
   const d = Math.max(1, duration - 1.5);
-  const dataFile = join(benchDir, 'results', 'tmp', `perf-${s.name}.data`);
+  const dataFile = join(resultsDir, 'tmp', `perf-${s.name}.data`);
   mkdirSync(dirname(dataFile), { recursive: true });
-  const gen = runGenerator(s);
+  const gen = runGenerator(s, sc);
   await sleep((warmup + 1) * 1000);
   const stat = spawn('perf', ['stat', '-x', ',', '-e', PERF_SYSCALLS.map((c) => `syscalls:sys_enter_${c}`).join(','), '-p', String(s.pid), '--', 'sleep', String(d)], { stdio: ['ignore', 'ignore', 'pipe'] });
   const rec = spawn('perf', ['record', '-F', '999', '-g', '-t', String(s.pid), '-o', dataFile, '--', 'sleep', String(d)], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -336,161 +420,475 @@ async function machineBusy(ms) {
 }
 
 /** Waits (at most waitIdle s) until the machine is quiet; returns the last busy figure (% of a core). */
+let waitedTotalMs = 0;
 async function quiet() {
   const t0 = Date.now();
   let b = null;
   do {
     b = await machineBusy(500);
     if (b === null || b < 25) break;
-  } while (Date.now() - t0 < waitIdle * 1000);
+  } while (Date.now() - t0 < waitIdle * 1000 && waitedTotalMs + Date.now() - t0 < waitBudgetMs);
+  waitedTotalMs += Date.now() - t0;
   return { busyPct: b, waitedMs: Date.now() - t0 };
 }
 
-const started = Date.now();
+// ---- scenario executors ------------------------------------------------------------------------
+
+const findings = [];
+let failed = false;
+let scrape = null;
+
+/** GET http://127.0.0.1:port/path -> { status, body } */
+function httpGet(port, path) {
+  return new Promise((res) => {
+    const req = http.get({ host: '127.0.0.1', port, path, timeout: 5000 }, (r) => {
+      let body = '';
+      r.setEncoding('utf8');
+      r.on('data', (c) => { body += c; });
+      r.on('end', () => res({ status: r.statusCode, body }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (e) => res({ status: null, body: '', error: e.message }));
+  });
+}
+
+async function stopAll(scName, servers, out) {
+  for (const s of servers) {
+    const st = await stopServer(s, 15000);
+    const ok = st.code === 0 && !st.killed;
+    const warn = s.lines.filter((l) => (/"level":(40|50|60)/.test(l) || /error|warn/i.test(l)) && !(scName === 'stall' && /"event":"slow_consumer"/.test(l)));
+    (out[s.name] ??= {}).exits ??= [];
+    out[s.name].exits.push({ ...st, logLines: s.lines.length, warnings: warn.length, firstWarnings: warn.slice(0, 5) });
+    if (!ok) {
+      findings.push(`${scName}/${s.name}: did not exit 0 by itself after SIGTERM (code ${st.code}, signal ${st.signal}, killed ${st.killed})`);
+      if (s.peer.shardchat) failed = true;
+    }
+    if (warn.length) findings.push(`${scName}/${s.name}: ${warn.length} warning/error log lines, first: ${warn[0].slice(0, 300)}`);
+  }
+}
+
+/**
+ * Runs arms (each: key, peer = server name, extra generator flags, stall) `n` times, interleaved.
+ * fresh: a new server per run (idle memory); otherwise one server per distinct peer, shared by its arms.
+ */
+async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, beforeStop = null } = {}) {
+  const res = {};
+  const serverInfo = {};
+  for (const a of arms) res[a.key] = { label: a.label, peer: a.peer, derived: [], runs: [] };
+  const servers = new Map();
+  try {
+    if (!fresh) for (const a of arms) if (!servers.has(a.peer)) servers.set(a.peer, await startServer(a.peer));
+    if (perfMode && sc.kind === 'closed' && scName === scenarioNames.find((x) => SCENARIOS[x].kind === 'closed')) {
+      for (const s of servers.values()) {
+        progress(`${scName}/${s.name}: extra run with perf attached (not part of the medians)`);
+        res[s.name].perf = await perfRun(s, sc);
+      }
+    }
+    for (let r = 0; r < n; r++) {
+      for (const a of arms) {
+        stepNo++;
+        const s = fresh ? await startServer(a.peer) : servers.get(a.peer);
+        const q = waitIdle > 0 ? await quiet() : null;
+        const g = await runGenerator(s, sc, a.extra ?? [], times);
+        if (fresh) await stopAll(scName, [s], serverInfo);
+        if (g.json === null) {
+          failed = true;
+          findings.push(`${scName}/${a.key} run ${r + 1}: the load generator failed (exit ${g.code}): ${g.stderr.split('\n').slice(-3).join(' | ')}`);
+          progress(`${scName}/${a.key} run ${r + 1}: FAILED (exit ${g.code})\n${g.stderr}`);
+          continue;
+        }
+        if (g.stderr) for (const l of g.stderr.split('\n').slice(0, 8)) if (!/connections ready/.test(l)) log(`  [loadgen ${a.key}] ${l}`);
+        const d = derive(g.json);
+        if (q) { d.busyBeforeRunPct = q.busyPct; d.waitedForIdleMs = q.waitedMs; }
+        res[a.key].runs.push(g.json);
+        res[a.key].derived.push(d);
+        for (const f of findingsOf(`${scName}/${a.key} run ${r + 1}`, g.json, { stall: a.stall ?? 0, mode: sc.kind })) findings.push(f);
+        progress(`${scName}/${a.key} run ${r + 1}/${n}: ${describe(sc, d)}`);
+      }
+    }
+    if (beforeStop) await beforeStop(servers);
+  } catch (e) {
+    failed = true;
+    findings.push(`${scName}: runner: ${e.message}`);
+    log(`run.mjs: ${e.message}`);
+  } finally {
+    await stopAll(scName, [...servers.values()], serverInfo);
+  }
+  for (const a of Object.values(res)) a.summary = summarize(a.derived);
+  return { arms: res, servers: serverInfo };
+}
+
+function describe(sc, d) {
+  if (sc.kind === 'idle') return `${d.connections} connections in ${f1(d.setupS, 2)} s, server RSS ${f1(d.rssBeforeKb / 1024, 1)} -> ${f1(d.rssAfterKb / 1024, 1)} MB: ${f1(d.kbPerIdleConn, 2)} KB per connection`;
+  if (sc.kind === 'churn') return `${f1(d.cyclesPerSec, 0)} connect+close cycles/s, connect-to-ready p50 ${f1(d.p50ms, 2)} ms, p99 ${f1(d.p99ms, 2)} ms, server ${f1(d.serverCpuPct, 0)}% CPU`;
+  return `${kps(d.deliveredPerSec)} delivered/s${d.offeredPerSec ? ` of ${kps(d.offeredPerSec)} offered` : ''}, p50 ${f1(d.p50ms, 2)} ms, p99 ${f1(d.p99ms, 2)} ms, ` +
+    `server ${f1(d.serverCpuMsPer1k, 3)} ms CPU/1k, generator ${f1(d.genCpuPct, 0)}% CPU, other ${f1(d.otherCpuPct, 0)}%`;
+}
+
+function summarize(derived) {
+  const m = {};
+  const keys = derived.length ? Object.keys(derived[0]) : [];
+  for (const k of keys) m[k] = median(derived.map((d) => d[k]));
+  m.runs = derived.length;
+  m.deliveredPerSecRuns = derived.map((d) => Math.round(d.deliveredPerSec));
+  m.errorsSum = derived.reduce((a, d) => a + d.errors, 0);
+  m.closesSum = derived.reduce((a, d) => a + d.closes, 0);
+  m.missingSum = derived.reduce((a, d) => a + d.missing, 0);
+  m.orderSum = derived.reduce((a, d) => a + d.gaps, 0);
+  m.maxOtherCpuPct = derived.reduce((a, d) => Math.max(a, d.otherCpuPct ?? 0), 0);
+  return m;
+}
+
+/** B relative to A: ratios of the medians, and the median of the ratios of the interleaved pairs. */
+function ratiosOf(arms, b, a) {
+  const A = arms[a]?.summary;
+  const B = arms[b]?.summary;
+  if (!A || !B || !A.runs || !B.runs) return null;
+  const pairs = (k) => median(arms[b].derived.map((d, i) => ratio(d[k], arms[a].derived[i]?.[k])));
+  return {
+    of: b, to: a,
+    throughput: ratio(B.deliveredPerSec, A.deliveredPerSec),
+    throughputPerPairMedian: pairs('deliveredPerSec'),
+    p50: ratio(B.p50ms, A.p50ms),
+    p99: ratio(B.p99ms, A.p99ms),
+    serverCpuPerMsg: ratio(B.serverCpuMsPer1k, A.serverCpuMsPer1k),
+    serverCpuPerMsgPerPairMedian: pairs('serverCpuMsPer1k'),
+    mainThreadCpuPerMsg: ratio(B.mainCpuMsPer1k, A.mainCpuMsPer1k),
+    cyclesPerSec: ratio(B.cyclesPerSec, A.cyclesPerSec),
+    kbPerIdleConn: ratio(B.kbPerIdleConn, A.kbPerIdleConn),
+  };
+}
+
+function closedRatios(arms) {
+  const keys = Object.keys(arms);
+  const out = [];
+  const isSc = (k) => peerDef(arms[k].peer)?.shardchat;
+  for (const b of keys.filter(isSc)) {
+    for (const a of keys.filter((k) => !isSc(k) && !peerDef(arms[k].peer)?.aaOf)) { const r = ratiosOf(arms, b, a); if (r) out.push(r); }
+  }
+  return out;
+}
+const aaRatio = (arms) => (arms['uws-plain-aa'] && arms['uws-plain'] ? ratiosOf(arms, 'uws-plain-aa', 'uws-plain') : null);
+const metricsRatio = (arms) => (arms.shardchat && arms['shardchat-nometrics'] ? ratiosOf(arms, 'shardchat', 'shardchat-nometrics') : null);
+
+// ---- sweep -------------------------------------------------------------------------------------
+
+async function runSweep(scName, sc, peers) {
+  const points = Object.fromEntries(peers.map((p) => [p, []]));
+  const servers = new Map();
+  const serverInfo = {};
+  const saturation = {};
+  let atHalf = null;
+  try {
+    for (const p of peers) servers.set(p, await startServer(p));
+    const alive = new Set(peers);
+    const fails = Object.fromEntries(peers.map((p) => [p, 0]));
+    for (const rate of sweepRates) {
+      for (const p of peers) {
+        if (!alive.has(p)) continue;
+        stepNo++;
+        const q = waitIdle > 0 ? await quiet() : null;
+        const g = await runGenerator(servers.get(p), sc, ['--rate', String(rate / sc.members), '--drain', '3'], { warmup: sweepWarmup, duration: sweepDuration });
+        if (g.json === null) { findings.push(`${scName}/${p} at ${rate}/s: the load generator failed (exit ${g.code})`); alive.delete(p); continue; }
+        const d = derive(g.json);
+        if (q) d.busyBeforeRunPct = q.busyPct;
+        const j = g.json;
+        const why = [];
+        if (!j.setup_ok) why.push('setup');
+        if (d.skipped > 0) why.push(`${d.skipped} sends skipped`);
+        if (d.sentPerSec < 0.97 * (rate / sc.members)) why.push('generator below the offered rate');
+        if (d.deliveredPerSec < 0.97 * d.sentPerSec * sc.members) why.push('delivered < 97% of sent x members');
+        if (!(d.p99ms <= p99BoundMs)) why.push(`p99 ${f1(d.p99ms, 1)} ms > ${p99BoundMs} ms`);
+        if (d.errors > 0) why.push(`${d.errors} err`);
+        const ok = why.length === 0;
+        if ((d.otherCpuPct ?? 0) > 20) findings.push(`${scName}/${p} at ${kps(rate)}/s: DISTURBED (other work ${d.otherCpuPct}% of a core)`);
+        points[p].push({ offeredPerSec: rate, ok, why, ...d });
+        progress(`${scName}/${p} offered ${kps(rate)}/s: ${describe(sc, d)} -> ${ok ? 'ok' : `saturated (${why.join(', ')})`}`);
+        if (ok) { fails[p] = 0; saturation[p] = Math.max(saturation[p] ?? 0, rate); } else if (++fails[p] >= 2) alive.delete(p);
+      }
+    }
+    // p99 at half of plain uWS's saturation rate, interleaved runs of plain uWS and shardchat
+    const half = saturation['uws-plain'] ? saturation['uws-plain'] / 2 : null;
+    const halfPeers = peers.filter((p) => p === 'uws-plain' || peerDef(p).shardchat);
+    if (half && halfPeers.length) {
+      const res = Object.fromEntries(halfPeers.map((p) => [p, { label: peerDef(p).label, peer: p, derived: [], runs: [] }]));
+      for (let r = 0; r < runs; r++) {
+        for (const p of halfPeers) {
+          stepNo++;
+          const q = waitIdle > 0 ? await quiet() : null;
+          const g = await runGenerator(servers.get(p), sc, ['--rate', String(half / sc.members), '--drain', '3'], { warmup: sweepWarmup, duration: sweepDuration });
+          if (g.json === null) { findings.push(`${scName}/${p} at half saturation: the load generator failed`); continue; }
+          const d = derive(g.json);
+          if (q) d.busyBeforeRunPct = q.busyPct;
+          res[p].derived.push(d);
+          res[p].runs.push(g.json);
+          for (const f of findingsOf(`${scName}-half/${p} run ${r + 1}`, g.json, { mode: 'open' })) findings.push(f);
+          progress(`${scName}/${p} at half plain uWS's saturation (${kps(half)}/s) run ${r + 1}/${runs}: ${describe(sc, d)}`);
+        }
+      }
+      for (const a of Object.values(res)) a.summary = summarize(a.derived);
+      atHalf = { offeredPerSec: half, arms: res };
+    }
+  } catch (e) {
+    failed = true;
+    findings.push(`${scName}: runner: ${e.message}`);
+    log(`run.mjs: ${e.message}`);
+  } finally {
+    await stopAll(scName, [...servers.values()], serverInfo);
+  }
+  return { points, saturation, atHalf, p99BoundMs, servers: serverInfo };
+}
+
+/** Hand-written SVG: delivered vs offered and p99 vs offered (log axes), one line per peer. */
+function sweepSvg(sw, title) {
+  const W = 960, H = 420, m = { l: 70, r: 20, t: 50, b: 60 }, gap = 80;
+  const pw = (W - m.l - m.r - gap) / 2, ph = H - m.t - m.b;
+  const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2'];
+  const all = Object.values(sw.points).flat();
+  if (!all.length) return null;
+  const xs = all.map((p) => p.offeredPerSec);
+  const xmin = Math.min(...xs) / 1.2, xmax = Math.max(...xs) * 1.2;
+  const ymaxT = Math.max(xmax, ...all.map((p) => p.deliveredPerSec || 1)) ;
+  const lat = all.map((p) => p.p99ms).filter((v) => v > 0);
+  const lmin = Math.max(0.05, Math.min(...lat) / 1.5), lmax = Math.max(...lat, p99BoundMs) * 1.5;
+  const lx = (v, x0) => x0 + (Math.log10(v / xmin) / Math.log10(xmax / xmin)) * pw;
+  const ly = (v, lo, hi) => m.t + ph - (Math.log10(Math.max(v, lo) / lo) / Math.log10(hi / lo)) * ph;
+  const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;');
+  const o = [];
+  o.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
+  o.push(`<rect width="${W}" height="${H}" fill="white"/>`);
+  o.push(`<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">${esc(title)}</text>`);
+  const ticks = (lo, hi) => { const t = []; for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) for (const k of [1, 2, 5]) { const v = k * 10 ** e; if (v >= lo && v <= hi) t.push(v); } return t; };
+  const fmt = (v) => (v >= 1e6 ? `${v / 1e6}M` : v >= 1e3 ? `${v / 1e3}k` : `${v}`);
+  const panels = [
+    { x0: m.l, name: 'delivered msgs/s', lo: xmin, hi: ymaxT * 1.2, val: (p) => p.deliveredPerSec, diag: true },
+    { x0: m.l + pw + gap, name: 'p99 latency, ms', lo: lmin, hi: lmax, val: (p) => p.p99ms, bound: p99BoundMs },
+  ];
+  for (const P of panels) {
+    o.push(`<rect x="${P.x0}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#444"/>`);
+    for (const t of ticks(xmin, xmax)) { const x = lx(t, P.x0); o.push(`<line x1="${x}" y1="${m.t}" x2="${x}" y2="${m.t + ph}" stroke="#eee"/><text x="${x}" y="${m.t + ph + 15}" text-anchor="middle">${fmt(t)}</text>`); }
+    for (const t of ticks(P.lo, P.hi)) { const y = ly(t, P.lo, P.hi); o.push(`<line x1="${P.x0}" y1="${y}" x2="${P.x0 + pw}" y2="${y}" stroke="#eee"/><text x="${P.x0 - 5}" y="${y + 4}" text-anchor="end">${fmt(t)}</text>`); }
+    o.push(`<text x="${P.x0 + pw / 2}" y="${m.t + ph + 35}" text-anchor="middle">offered deliveries/s (log)</text>`);
+    o.push(`<text x="${P.x0 - 50}" y="${m.t + ph / 2}" text-anchor="middle" transform="rotate(-90 ${P.x0 - 50} ${m.t + ph / 2})">${P.name} (log)</text>`);
+    if (P.diag) o.push(`<line x1="${lx(xmin, P.x0)}" y1="${ly(xmin, P.lo, P.hi)}" x2="${lx(xmax, P.x0)}" y2="${ly(xmax, P.lo, P.hi)}" stroke="#999" stroke-dasharray="4 4"/>`);
+    if (P.bound) { const y = ly(P.bound, P.lo, P.hi); o.push(`<line x1="${P.x0}" y1="${y}" x2="${P.x0 + pw}" y2="${y}" stroke="#999" stroke-dasharray="4 4"/><text x="${P.x0 + pw - 4}" y="${y - 4}" text-anchor="end" fill="#666">bound ${P.bound} ms</text>`); }
+    Object.entries(sw.points).forEach(([, pts], i) => {
+      const c = colors[i % colors.length];
+      const xy = pts.filter((p) => P.val(p) > 0).map((p) => [lx(p.offeredPerSec, P.x0), ly(P.val(p), P.lo, P.hi), p.ok]);
+      if (xy.length) o.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ')}"/>`);
+      for (const [x, y, ok] of xy) o.push(`<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="3.5" fill="${ok ? c : 'white'}" stroke="${c}"/>`);
+    });
+  }
+  Object.keys(sw.points).forEach((peer, i) => {
+    const x = m.l + i * 190;
+    o.push(`<rect x="${x}" y="${H - 18}" width="12" height="12" fill="${colors[i % colors.length]}"/><text x="${x + 16}" y="${H - 8}">${esc(peerDef(peer).label)}${sw.saturation[peer] ? ` (sat. ${fmt(sw.saturation[peer])})` : ''}</text>`);
+  });
+  o.push(`<text x="${W - m.r}" y="${H - 8}" text-anchor="end" fill="#666">hollow: saturated point</text>`);
+  o.push('</svg>');
+  return `${o.join('\n')}\n`;
+}
+
+// ---- run the suite -----------------------------------------------------------------------------
+
 const busyBefore = await machineBusy(1000);
 if (busyBefore !== null && busyBefore > 20) log(`note: the machine was ${busyBefore.toFixed(0)}% of a core busy before the benchmark started (other work): expect noise`);
 const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout?.trim() || null;
 const dirty = (spawnSync('git', ['status', '--porcelain', '--', 'engine', 'workers'], { cwd: root, encoding: 'utf8' }).stdout ?? '').trim() !== '';
-log(`scenario ${SCENARIO.name}: ${SCENARIO.rooms} rooms x ${SCENARIO.members} members, ${SCENARIO.sendersPerRoom} senders/room, ` +
-  `${SCENARIO.size} B, window ${window}; ${runs} runs x (${warmup} s warmup + ${duration} s window); ${pinNote}`);
+// planned steps, for the progress display
+for (const name of scenarioNames) {
+  const sc = SCENARIOS[name];
+  const np = peersOf(name).length;
+  stepTotal += sc.kind === 'open' ? np * sweepRates.length : sc.kind === 'stall' ? 2 * runs : np * runs;
+}
+progress(`scenarios ${scenarioNames.join(', ')}; ${runs} runs per arm; ${pinNote}; at most ${stepTotal} generator runs`);
 
-const servers = [];
-const results = {};
-const findings = [];
-let failed = false;
-try {
-  for (const name of peerNames) {
-    servers.push(await startServer(name));
-    results[name] = { label: PEERS[name].label, runs: [], derived: [] };
+const scenarioResults = {};
+for (const name of scenarioNames) {
+  const sc = { ...SCENARIOS[name] };
+  const peers = peersOf(name);
+  progress(`== ${name}: ${sc.about}; peers ${peers.join(', ')}`);
+  if (sc.kind === 'closed') {
+    const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label }));
+    const beforeStop = async (servers) => {
+      const s = servers.get('shardchat');
+      if (!s || scrape) return;
+      const r = await httpGet(s.port, '/metrics');
+      scrape = { scenario: name, status: r.status, bytes: r.body.length, error: r.error };
+      if (r.status === 200) writeFileSync(join(resultsDir, 'sample-scrape.txt'), r.body);
+      else findings.push(`${name}/shardchat: GET /metrics answered ${r.status ?? r.error}`);
+    };
+    const r = await runArms(name, sc, arms, { beforeStop });
+    scenarioResults[name] = { kind: sc.kind, params: sc, ...r, ratios: closedRatios(r.arms), aa: aaRatio(r.arms), metricsOverhead: metricsRatio(r.arms) };
+  } else if (sc.kind === 'churn') {
+    const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label, extra: ['--churn', '1'] }));
+    const r = await runArms(name, sc, arms, { times: { warmup: 1, duration: Math.min(duration, 4) } });
+    scenarioResults[name] = { kind: sc.kind, params: sc, ...r, ratios: closedRatios(r.arms) };
+  } else if (sc.kind === 'idle') {
+    sc.rooms = Math.ceil(idleConns / sc.members);
+    const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label, extra: ['--idle-hold', '2', '--connect-inflight', '256', '--setup-timeout', '60'] }));
+    const r = await runArms(name, sc, arms, { fresh: true });
+    scenarioResults[name] = { kind: sc.kind, params: sc, ...r, ratios: closedRatios(r.arms) };
+  } else if (sc.kind === 'stall') {
+    const arms = peers.flatMap((p) => [
+      { key: p, peer: p, label: `${peerDef(p).label}, no stalled member` },
+      { key: `${p}+stalled`, peer: p, label: `${peerDef(p).label}, 1 stalled member`, extra: ['--stall', '1'], stall: 1 },
+    ]);
+    const r = await runArms(name, sc, arms);
+    const stallRatios = peers.map((p) => ratiosOf(r.arms, `${p}+stalled`, p)).filter(Boolean);
+    scenarioResults[name] = { kind: sc.kind, params: sc, ...r, ratios: stallRatios };
+  } else if (sc.kind === 'open') {
+    const r = await runSweep(name, sc, peers);
+    scenarioResults[name] = { kind: sc.kind, params: sc, ...r };
+    const svg = sweepSvg(r, `shardchat sweep: fanout-10x100 open loop, ${new Date().toISOString().slice(0, 16)}Z, commit ${commit ?? '?'}`);
+    if (svg) writeFileSync(join(resultsDir, 'sweep.svg'), svg);
   }
-  if (perfMode) {
-    for (const s of servers) {
-      log(`${s.name}: extra run with perf attached (not part of the medians)`);
-      results[s.name].perf = await perfRun(s);
-      const p = results[s.name].perf;
-      log(`${s.name}: perf: ${p.ok ? '' : '(perf failed) '}${JSON.stringify(p.syscallsPerSec)} syscalls/s, ${p.deliveriesPerSendto?.toFixed(1) ?? '?'} deliveries per sendto`);
+}
+
+// ---- tables ------------------------------------------------------------------------------------
+
+const md = [];
+const rx = (x) => (x === null || x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
+md.push(`## shardchat load benchmarks (${quick ? 'quick' : 'suite'})`);
+md.push('');
+md.push(`${new Date().toISOString()}; ${pinNote}; ${os.cpus()[0]?.model?.trim() ?? 'cpu?'}, ${ncpu} cores, Node ${process.versions.node}; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; ` +
+  `machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start. Medians of ${runs} runs per arm, arms interleaved (A1 B1 C1 A2 ...). ` +
+  `"other CPU %" above ~20 marks a disturbed run.`);
+for (const [name, r] of Object.entries(scenarioResults)) {
+  const sc = r.params;
+  md.push('');
+  if (r.kind === 'closed' || r.kind === 'stall') {
+    md.push(`### ${name}: ${sc.about}${r.kind === 'closed' ? `, window ${window}/sender` : ''} (${warmup} s warmup + ${duration} s window)`);
+    md.push('');
+    md.push('| arm | delivered msgs/s | runs (k/s) | p50 ms | p99 ms | server CPU ms / 1k msgs | main thread CPU ms / 1k msgs | server CPU % | generator CPU % | other CPU % (max) | err / closes / missing / order |');
+    md.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const a of Object.values(r.arms)) {
+      const m = a.summary;
+      md.push(`| ${a.label} | ${kps(m.deliveredPerSec)} | ${m.deliveredPerSecRuns.map((x) => (x / 1e3).toFixed(0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ` +
+        `${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${f1(m.serverCpuPct, 0)} | ${f1(m.genCpuPct, 0)} | ${f1(m.otherCpuPct, 0)} (${f1(m.maxOtherCpuPct, 0)}) | ${m.errorsSum} / ${m.closesSum} / ${m.missingSum} / ${m.orderSum} |`);
     }
-  }
-  for (let r = 0; r < runs; r++) {
-    for (const s of servers) {
-      const q = waitIdle > 0 ? await quiet() : null;
-      const g = await runGenerator(s);
-      if (g.json === null) {
-        failed = true;
-        findings.push(`${s.name} run ${r + 1}: the load generator failed (exit ${g.code}): ${g.stderr.split('\n').slice(-3).join(' | ')}`);
-        log(`${s.name} run ${r + 1}: FAILED (exit ${g.code})\n${g.stderr}`);
-        continue;
+    const lab = (k) => r.arms[k]?.label ?? k;
+    const ratioRow = (x, title) => `| **${title}** | **${rx(x.throughput)}** | pairs: ${rx(x.throughputPerPairMedian)} | ${rx(x.p50)} | ${rx(x.p99)} | ${rx(x.serverCpuPerMsg)} | ${rx(x.mainThreadCpuPerMsg)} | | | | |`;
+    for (const x of r.ratios ?? []) md.push(ratioRow(x, r.kind === 'stall' ? `${lab(x.to)}: with / without the stalled member` : `${lab(x.of)} / ${lab(x.to)}`));
+    if (r.aa) md.push(ratioRow(r.aa, 'noise floor: A/A, plain uWS / plain uWS'));
+    if (r.metricsOverhead) md.push(ratioRow(r.metricsOverhead, 'metrics on / off (shardchat)'));
+  } else if (r.kind === 'idle') {
+    md.push(`### ${name}: ${sc.about.replace('10,000', idleConns.toLocaleString('en'))}`);
+    md.push('');
+    md.push('| peer | connections | time to open, s | server RSS before, MB | after, MB | KB per idle connection | vs plain uWS |');
+    md.push('|---|---|---|---|---|---|---|');
+    const base = r.arms['uws-plain']?.summary?.kbPerIdleConn;
+    for (const a of Object.values(r.arms)) {
+      const m = a.summary;
+      md.push(`| ${a.label} | ${f1(m.connections, 0)} | ${f1(m.setupS, 2)} | ${f1(m.rssBeforeKb / 1024, 1)} | ${f1(m.rssAfterKb / 1024, 1)} | ${f1(m.kbPerIdleConn, 2)} | ${base && a.peer !== 'uws-plain' ? `${m.kbPerIdleConn - base >= 0 ? '+' : ''}${f1(m.kbPerIdleConn - base, 2)} KB (${rx(ratio(m.kbPerIdleConn, base))})` : ''} |`);
+    }
+  } else if (r.kind === 'churn') {
+    md.push(`### ${name}: ${sc.about}`);
+    md.push('');
+    md.push('| peer | connect+close cycles/s | runs | connect-to-ready p50 ms | p99 ms | server CPU % | closes by server / failures | vs shardchat |');
+    md.push('|---|---|---|---|---|---|---|---|');
+    const sc0 = r.arms.shardchat?.summary?.cyclesPerSec;
+    for (const a of Object.values(r.arms)) {
+      const m = a.summary;
+      md.push(`| ${a.label} | ${f1(m.cyclesPerSec, 0)} | ${a.derived.map((d) => f1(d.cyclesPerSec, 0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ${f1(m.serverCpuPct, 0)} | ${m.closesSum} / ${a.runs.reduce((x, j) => x + j.totals.conn_failures, 0)} | ${a.peer !== 'shardchat' && sc0 ? `shardchat ${rx(ratio(sc0, m.cyclesPerSec))}` : ''} |`);
+    }
+  } else if (r.kind === 'open') {
+    md.push(`### ${name}: ${sc.about} (${sweepWarmup} s warmup + ${sweepDuration} s window per point; saturated = delivered < 97% of offered, sends skipped, or p99 > ${p99BoundMs} ms)`);
+    md.push('');
+    md.push(`| peer | saturation (highest ok offered deliveries/s) | ${sweepRates.map(kps).join(' | ')} |`);
+    md.push(`|---|---|${sweepRates.map(() => '---').join('|')}|`);
+    for (const [p, pts] of Object.entries(r.points)) {
+      md.push(`| ${peerDef(p).label} | ${kps(r.saturation[p] ?? null)} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}` : ''; }).join(' | ')} |`);
+    }
+    if (r.atHalf) {
+      md.push('');
+      md.push(`At half of plain uWS's saturation rate (${kps(r.atHalf.offeredPerSec)} deliveries/s offered), medians of ${runs}:`);
+      md.push('');
+      md.push('| peer | delivered msgs/s | p50 ms | p99 ms | p99 vs plain uWS | server CPU ms / 1k | main thread CPU ms / 1k | other CPU % (max) |');
+      md.push('|---|---|---|---|---|---|---|---|');
+      const b = r.atHalf.arms['uws-plain']?.summary;
+      for (const a of Object.values(r.atHalf.arms)) {
+        const m = a.summary;
+        md.push(`| ${a.label} | ${kps(m.deliveredPerSec)} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ${rx(ratio(m.p99ms, b?.p99ms))} | ${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${f1(m.otherCpuPct, 0)} (${f1(m.maxOtherCpuPct, 0)}) |`);
       }
-      if (g.stderr) for (const l of g.stderr.split('\n')) if (!/connections ready/.test(l)) log(`  [loadgen ${s.name}] ${l}`);
-      const d = derive(g.json);
-      if (q) { d.busyBeforeRunPct = q.busyPct; d.waitedForIdleMs = q.waitedMs; }
-      results[s.name].runs.push(g.json);
-      results[s.name].derived.push(d);
-      for (const f of findingsOf(`${s.name} run ${r + 1}`, g.json)) findings.push(f);
-      log(`${s.name} run ${r + 1}/${runs}: ${(d.deliveredPerSec / 1e3).toFixed(1)} k delivered/s, p50 ${d.p50ms.toFixed(2)} ms, ` +
-        `p99 ${d.p99ms.toFixed(2)} ms, server ${d.serverCpuMsPer1k?.toFixed(3)} ms CPU/1k, generator ${d.genCpuPct.toFixed(0)}% CPU`);
     }
   }
-} catch (e) {
-  failed = true;
-  findings.push(`runner: ${e.message}`);
-  log(`run.mjs: ${e.message}`);
-} finally {
-  for (const s of servers) {
-    const st = await stopServer(s, 15000);
-    results[s.name].exit = st;
-    const ok = st.code === 0 && !st.killed;
-    log(`${s.name}: exit code ${st.code}${st.signal ? ` signal ${st.signal}` : ''} ${st.ms} ms after SIGTERM`);
-    if (!ok) {
-      findings.push(`${s.name}: did not exit 0 by itself after SIGTERM (code ${st.code}, signal ${st.signal}, killed ${st.killed})`);
-      if (s.name === 'shardchat') failed = true;
-    }
-    const warn = s.lines.filter((l) => /"level":(40|50|60)/.test(l) || /error|warn/i.test(l));
-    results[s.name].serverLog = { lines: s.lines.length, warnings: warn.length, firstWarnings: warn.slice(0, 10) };
-    if (warn.length) findings.push(`${s.name}: ${warn.length} warning/error log lines, first: ${warn[0].slice(0, 300)}`);
-  }
 }
 
-// ---- summary -----------------------------------------------------------------------------------
+// ---- targets -----------------------------------------------------------------------------------
 
-const summary = {};
-for (const [name, r] of Object.entries(results)) {
-  const m = {};
-  const keys = r.derived.length ? Object.keys(r.derived[0]) : [];
-  for (const k of keys) m[k] = median(r.derived.map((d) => d[k]));
-  m.runs = r.derived.length;
-  m.deliveredPerSecRuns = r.derived.map((d) => Math.round(d.deliveredPerSec));
-  summary[name] = m;
+const targets = [];
+const tgt = (name, value, limit, ok, note) => targets.push({ name, value, limit, met: value === null || value === undefined ? null : ok, note });
+{
+  const f = scenarioResults['fanout-10x100'];
+  const rto = (to) => f?.ratios?.find((x) => x.of === 'shardchat' && x.to === to) ?? null;
+  const aa = f?.aa;
+  const noise = aa ? ` (A/A noise floor ${rx(aa.throughput)})` : '';
+  const t = rto('uws-plain')?.throughput;
+  tgt('fanout-10x100 throughput, shardchat / plain uWS', t, '>= 0.9x', t >= 0.9, noise);
+  const tw = rto('ws-rooms')?.throughput;
+  tgt('fanout-10x100 throughput, shardchat / ws', tw, '>= 10x', tw >= 10, '');
+  const ts = rto('socketio-rooms')?.throughput;
+  tgt('fanout-10x100 throughput, shardchat / Socket.IO', ts, '>= 10x', ts >= 10, '');
+  const c = rto('uws-plain')?.mainThreadCpuPerMsg;
+  tgt('fanout-10x100 main-thread CPU per delivered message, shardchat / plain uWS', c, '<= 1.2x', c <= 1.2, aa ? ` (A/A ${rx(aa.mainThreadCpuPerMsg)})` : '');
+  const mo = f?.metricsOverhead;
+  const cost = mo?.throughput !== null && mo?.throughput !== undefined ? 1 - mo.throughput : null;
+  targets.push({ name: 'metrics cost: 1 - throughput(metrics on) / throughput(--metrics false), fanout-10x100', value: cost, limit: '< 3%', met: cost === null ? null : cost < 0.03,
+    note: mo ? ` (pairs: ${f1(100 * (1 - mo.throughputPerPairMedian), 1)}%; CPU per message ${rx(mo.serverCpuPerMsg)})${noise}` : '', pct: true });
+  const sw = scenarioResults.sweep?.atHalf?.arms;
+  const p = sw ? ratio(sw.shardchat?.summary?.p99ms, sw['uws-plain']?.summary?.p99ms) : null;
+  tgt(`p99 at half plain uWS's saturation rate, shardchat / plain uWS`, p, '<= 1.5x', p <= 1.5, scenarioResults.sweep?.atHalf ? ` (at ${kps(scenarioResults.sweep.atHalf.offeredPerSec)}/s)` : '');
+  const id = scenarioResults.idle?.arms;
+  const dk = id?.shardchat && id['uws-plain'] ? id.shardchat.summary.kbPerIdleConn - id['uws-plain'].summary.kbPerIdleConn : null;
+  targets.push({ name: 'memory per idle connection, shardchat minus plain uWS', value: dk, limit: '<= +1 KB', met: dk === null || !Number.isFinite(dk) ? null : dk <= 1,
+    note: id?.shardchat ? ` (${f1(id.shardchat.summary.kbPerIdleConn, 2)} vs ${f1(id['uws-plain']?.summary?.kbPerIdleConn, 2)} KB)` : '', kb: true });
 }
-const ratio = (b, a) => (a && b && a > 0 ? b / a : null);
-/** shardchat relative to one baseline peer: ratios of the medians, and the median of per-pair ratios. */
-function ratiosTo(base) {
-  const A = summary[base];
-  const B = summary.shardchat;
-  if (!A || !B) return null;
-  const pairs = (k) => median(results.shardchat.derived.map((d, i) => ratio(d[k], results[base].derived[i]?.[k])));
-  return {
-    throughput: ratio(B.deliveredPerSec, A.deliveredPerSec),
-    serverCpuPerMsg: ratio(B.serverCpuMsPer1k, A.serverCpuMsPer1k),
-    mainThreadCpuPerMsg: ratio(B.mainCpuMsPer1k, A.mainCpuMsPer1k),
-    p50: ratio(B.p50ms, A.p50ms),
-    p99: ratio(B.p99ms, A.p99ms),
-    // the same per interleaved pair of runs (run i of each peer), then their median
-    throughputPerPairMedian: pairs('deliveredPerSec'),
-    serverCpuPerMsgPerPairMedian: pairs('serverCpuMsPer1k'),
-  };
+md.push('');
+md.push('### Targets (medians, this run)');
+md.push('');
+md.push('| target | value | limit | verdict |');
+md.push('|---|---|---|---|');
+for (const t of targets) {
+  const v = t.value === null || t.value === undefined || !Number.isFinite(t.value) ? 'not measured' : t.pct ? `${f1(100 * t.value, 1)}%` : t.kb ? `${t.value >= 0 ? '+' : ''}${f1(t.value, 2)} KB` : rx(t.value);
+  md.push(`| ${t.name} | ${v}${t.note ?? ''} | ${t.limit} | ${t.met === null ? 'not measured' : t.met ? 'met' : '**not met**'} |`);
 }
-const ratios = ratiosTo('uws-plain');
-const ratiosDeferred = ratiosTo('uws-deferred');
+if (scrape) md.push(`\n/metrics scrape of shardchat after ${scrape.scenario}: HTTP ${scrape.status}, ${scrape.bytes} bytes -> native-bench/results/sample-scrape.txt`);
+md.push('');
+md.push(findings.length ? `Findings:\n${findings.map((f) => `- ${f}`).join('\n')}` : 'Findings: none (no errors, no closes, every message delivered to every member in order, no disturbed run).');
+const table = md.join('\n');
 
-const f1 = (x, d = 1) => (x === null || x === undefined ? 'n/a' : x.toFixed(d));
-const kps = (x) => (x === null || x === undefined ? 'n/a' : x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${(x / 1e3).toFixed(1)} k`);
-const rows = [];
-rows.push(`### ${SCENARIO.name}: ${SCENARIO.rooms} rooms x ${SCENARIO.members} members, ${SCENARIO.sendersPerRoom} senders/room, ${SCENARIO.size} B, closed loop, window ${window}/sender`);
-rows.push('');
-rows.push(`Medians of ${runs} runs (${duration} s window after ${warmup} s warmup each, peers interleaved); ${pinNote}; ${os.cpus()[0]?.model?.trim() ?? 'cpu?'}, ${ncpu} cores, Node ${process.versions.node}; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start.`);
-rows.push('');
-rows.push('| peer | delivered msgs/s | runs (k/s) | p50 ms | p99 ms | server CPU ms / 1k msgs | main thread CPU ms / 1k msgs | server CPU % | server core busy % | generator CPU % | generator core busy % | other CPU % | err / closes / missing / order |');
-rows.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
-for (const [name, m] of Object.entries(summary)) {
-  const r = results[name];
-  const errs = r.derived.reduce((a, d) => a + d.errors, 0);
-  const closes = r.derived.reduce((a, d) => a + d.closes, 0);
-  const missing = r.derived.reduce((a, d) => a + d.missing, 0);
-  const order = r.derived.reduce((a, d) => a + d.gaps, 0);
-  rows.push(`| ${r.label} | ${kps(m.deliveredPerSec)} | ${m.deliveredPerSecRuns.map((x) => (x / 1e3).toFixed(0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ` +
-    `${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${f1(m.serverCpuPct, 0)} | ${f1(m.serverCoreBusyPct, 0)} | ${f1(m.genCpuPct, 0)} | ${f1(m.genCoreBusyPct, 0)} | ${f1(m.otherCpuPct, 0)} | ${errs} / ${closes} / ${missing} / ${order} |`);
-}
-for (const [r, name] of [[ratios, 'plain uWS'], [ratiosDeferred, 'uWS deferred']]) {
-  if (!r) continue;
-  rows.push(`| **ratio shardchat / ${name}** | **${f1(r.throughput, 2)}x** | pairs: ${f1(r.throughputPerPairMedian, 2)}x | ${f1(r.p50, 2)}x | ${f1(r.p99, 2)}x | **${f1(r.serverCpuPerMsg, 2)}x** | ${f1(r.mainThreadCpuPerMsg, 2)}x | | | | | | |`);
-}
-rows.push('');
-rows.push(findings.length ? `Findings:\n${findings.map((f) => `- ${f}`).join('\n')}` : 'Findings: none (no errors, no closes, every message delivered to every member in order).');
-const table = rows.join('\n');
+// ---- output ------------------------------------------------------------------------------------
 
+const strip = (arms) => Object.fromEntries(Object.entries(arms ?? {}).map(([k, a]) => [k, { label: a.label, peer: a.peer, summary: a.summary, derived: a.derived, runs: a.runs, perf: a.perf }]));
 const out = {
-  scenario: SCENARIO,
-  settings: { quick, runs, warmupS: warmup, durationS: duration, window, generatorThreads: genThreads, pinning: pinNote, waitIdleS: waitIdle, cpuProf, perf: perfMode },
-  machine: { cpu: os.cpus()[0]?.model?.trim(), cores: ncpu, node: process.versions.node, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg(), busyBeforePctOfCore: busyBefore },
-  commit, engineDirty: dirty, date: new Date().toISOString(), elapsedS: (Date.now() - started) / 1000,
-  summary, ratios, ratiosDeferred, findings,
-  peers: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, { label: v.label, exit: v.exit, serverLog: v.serverLog, perf: v.perf, derived: v.derived, runs: v.runs }])),
+  schema: 'shardchat-load-bench/2',
+  mode: quick ? 'quick' : 'suite',
+  date: new Date().toISOString(), elapsedS: (Date.now() - t0Suite) / 1000, commit, engineDirty: dirty,
+  machine: { cpu: os.cpus()[0]?.model?.trim(), cores: ncpu, node: process.versions.node, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg(), busyBeforePctOfCore: busyBefore, pinning: pinNote },
+  settings: { quick, runs, warmupS: warmup, durationS: duration, sweepWarmupS: sweepWarmup, sweepDurationS: sweepDuration, window, generatorThreads: genThreads, waitIdleS: waitIdle, sweepRates, p99BoundMs, idleConns, shards: [1, ...shardCounts], scenarios: scenarioNames, peers: peerOverride, cpuProf, perf: perfMode },
+  scenarios: Object.fromEntries(Object.entries(scenarioResults).map(([k, r]) => [k, r.kind === 'open'
+    ? { kind: r.kind, params: r.params, p99BoundMs: r.p99BoundMs, saturation: r.saturation, points: r.points, atHalf: r.atHalf ? { offeredPerSec: r.atHalf.offeredPerSec, arms: strip(r.atHalf.arms) } : null, servers: r.servers }
+    : { kind: r.kind, params: r.params, arms: strip(r.arms), ratios: r.ratios, aa: r.aa ?? null, metricsOverhead: r.metricsOverhead ?? null, servers: r.servers }])),
+  targets, scrape, findings, failed,
   table,
 };
 mkdirSync(dirname(outFile), { recursive: true });
 writeFileSync(outFile, `${JSON.stringify(out, null, 2)}\n`);
-process.stdout.write(`\n${table}\n\nwrote ${relative(root, outFile)} in ${out.elapsedS.toFixed(0)} s\n`);
+copyFileSync(outFile, `${latestBase}.json`);
+writeFileSync(`${latestBase}.md`, `${table}\n`);
+process.stdout.write(`\n${table}\n\nwrote ${relative(root, outFile)} (and ${relative(root, latestBase)}.json, .md${scenarioResults.sweep ? ', native-bench/results/sweep.svg' : ''}) in ${out.elapsedS.toFixed(0)} s\n`);
 
 if (perfMode) {
-  for (const [name, r] of Object.entries(results)) {
-    const p = r.perf;
-    if (!p) continue;
-    process.stdout.write(`\nperf, ${name} (${p.seconds} s of an extra run at ${kps(p.deliveredPerSec)} delivered/s; ${p.file}):\n` +
-      `  syscalls/s: ${Object.entries(p.syscallsPerSec).map(([k, v]) => `${k} ${v}`).join(', ')}; deliveries per sendto: ${f1(p.deliveriesPerSendto, 1)}\n` +
-      `  main thread by object: ${(p.mainThreadByDso ?? []).join(' | ')}\n` +
-      `  main thread, inclusive:\n${(p.mainThreadInclusive ?? []).map((l) => `    ${l}`).join('\n')}\n` +
-      `  main thread, top self:\n${(p.mainThreadTopSelf ?? []).map((l) => `    ${l}`).join('\n')}\n`);
+  for (const r of Object.values(scenarioResults)) {
+    for (const [name, a] of Object.entries(r.arms ?? {})) {
+      const p = a.perf;
+      if (!p) continue;
+      process.stdout.write(`\nperf, ${name} (${p.seconds} s of an extra run at ${kps(p.deliveredPerSec)} delivered/s; ${p.file}):\n` +
+        `  syscalls/s: ${Object.entries(p.syscallsPerSec).map(([k, v]) => `${k} ${v}`).join(', ')}; deliveries per sendto: ${f1(p.deliveriesPerSendto, 1)}\n` +
+        `  main thread by object: ${(p.mainThreadByDso ?? []).join(' | ')}\n` +
+        `  main thread, inclusive:\n${(p.mainThreadInclusive ?? []).map((l) => `    ${l}`).join('\n')}\n` +
+        `  main thread, top self:\n${(p.mainThreadTopSelf ?? []).map((l) => `    ${l}`).join('\n')}\n`);
+    }
   }
 }
 if (cpuProf) {
