@@ -13,7 +13,7 @@ import {
 } from '../engine/protocol/frames.js';
 import {
   CRASH_EXIT, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_REPLAY, IN_SERVER_PUB,
-  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
+  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
@@ -222,26 +222,32 @@ export class Handler {
     const hw = this.hw.reset(buf);
     writeMsg(hw, r.nameBytes, 0, r.nameBytes.byteLength, seq, from, b, bs, be, Date.now());
     const len = hw.pos;
-    const w = this.begin(OUT_PUBLISH, stamp, r.nameBytes, len);
-    w.raw(buf, 0, len);
-    this.end();
-    if (r.cursors.has(from)) r.cursors.set(from, seq);
-    this.rooms.pushHistory(r, buf, len);
-    this.published++;
-    this.delivered += r.members.size;
-    if (req >= 0) {
+    if (req < 0) {
+      // A client's pub: the msg and the sender's ack in one record (see OUT_PUBLISH_ACK).
+      const w = this.begin(OUT_PUBLISH_ACK, conn, r.nameBytes, 8 + len + 64 + r.name.length);
+      putU32(w.buf, w.pos, stamp);
+      putU32(w.buf, w.pos + 4, len);
+      w.pos += 8;
+      w.raw(buf, 0, len);
+      writeHead(w, 'ack', r.nameBytes, 0, r.nameBytes.byteLength, ref, 1);
+      w.str('seq').uint(seq);
+      this.end();
+    } else {
+      const w = this.begin(OUT_PUBLISH, stamp, r.nameBytes, len);
+      w.raw(buf, 0, len);
+      this.end();
       const aw = this.begin(OUT_SERVER_ACK, req, null, 16 + r.epoch.length);
       putU32(aw.buf, aw.pos, Math.floor(seq / 0x100000000));
       putU32(aw.buf, aw.pos + 4, seq >>> 0);
       aw.pos += 8;
       aw.buf[aw.pos++] = r.epoch.length;
       for (let i = 0; i < r.epoch.length; i++) aw.buf[aw.pos++] = r.epoch.charCodeAt(i);
-    } else {
-      const aw = this.begin(OUT_SEND, conn, null, 48 + r.name.length);
-      writeHead(aw, 'ack', r.nameBytes, 0, r.nameBytes.byteLength, ref, 1);
-      aw.str('seq').uint(seq);
+      this.end();
     }
-    this.end();
+    if (r.cursors.has(from)) r.cursors.set(from, seq);
+    this.rooms.pushHistory(r, buf, len);
+    this.published++;
+    this.delivered += r.members.size;
     return 0;
   }
 

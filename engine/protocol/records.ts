@@ -26,6 +26,10 @@
  *   OUT_LEFT       id = conn, body = frame, room        -> unsubscribe(room), send(frame)
  *   OUT_SERVER_ACK id = req, body = seqHi u32, seqLo u32, epochLen u8, epoch
  *   OUT_DRAINED    (no body)
+ *   OUT_PUBLISH_ACK id = conn, body = stamp u32, msgLen u32, msg frame (at +16), ack frame, room
+ *                  -> inside conn's cork: app.publish(room, msg), send(ack): the sender's copy of
+ *                  its message and its ack leave in one write, as plain uWS does for a publish
+ *                  made in the sender's own message handler
  */
 
 export const IN_FRAME = 1;
@@ -41,6 +45,7 @@ export const OUT_JOINED = 3;
 export const OUT_LEFT = 4;
 export const OUT_SERVER_ACK = 5;
 export const OUT_DRAINED = 6;
+export const OUT_PUBLISH_ACK = 7;
 
 /** Offset of the client frame in an IN_FRAME record. */
 export const IN_FRAME_BODY = 16;

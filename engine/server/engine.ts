@@ -18,7 +18,7 @@ import {
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
   CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
-  OUT_BODY, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32,
+  OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { SHARD_STAT_NAMES, S_ERR_BASE, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
@@ -76,6 +76,8 @@ const HARD_PAYLOAD_CAP = 16 << 20;
 /** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
 const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
+/** Event-loop turns the outbound pump keeps polling after its last record before it parks. */
+const IDLE_TURNS = 64;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) feeds the receipt-to-fan-out histogram. */
@@ -236,12 +238,38 @@ export class Engine {
   /** Moves shard output to sockets until the link's generation changes or the engine stops. */
   private async pump(link: ShardLink, gen: number): Promise<void> {
     const reader = link.reader;
+    let idle = 0;
     while (!this.stopped && link.generation === gen) {
       const depth = reader.depth();
       if (depth > link.outboundHighWater) link.outboundHighWater = depth;
       const n = reader.drain(this.onOut, OUT_BATCH);
+      if (n > 0) idle = 0;
       if (n === OUT_BATCH) { await yieldToLoop(); continue; }
-      if (!reader.hasNext()) await reader.waitForData();
+      if (reader.hasNext()) continue;
+      // While traffic flows, look again once per turn of the event loop instead of parking: the
+      // turn's socket reads reach the shard and come back as one batch of publishes, which uWS
+      // writes with one syscall per socket, and nobody pays a wake-up. Park after a quiet spell.
+      if (idle < IDLE_TURNS) { idle++; await yieldToLoop(); continue; }
+      idle = 0;
+      await reader.waitForData();
+    }
+  }
+
+  // The arguments of publishAndAck, set just before ws.cork(publishAndAck): no closure per message.
+  private paWs: WebSocket<Conn> | null = null;
+  private paTopic: Uint8Array | null = null;
+  private paMsg: Uint8Array | null = null;
+  private paAck: Uint8Array | null = null;
+  /** Runs inside the sender's cork: its copy of the msg and its ack leave in one write. */
+  private readonly publishAndAck = (): void => {
+    this.app!.publish(this.paTopic!, this.paMsg!, true);
+    this.send(this.paWs!, this.paAck!);
+  };
+
+  private observeFanout(stamp: number): void {
+    // Receipt-to-fan-out latency, sampled: one pub in FANOUT_SAMPLE.
+    if (stamp !== 0 && (++this.fanoutCount & (FANOUT_SAMPLE - 1)) === 0) {
+      this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
     }
   }
 
@@ -252,11 +280,22 @@ export class Engine {
     switch (b[off]) {
       case OUT_PUBLISH: {
         this.app?.publish(b.subarray(rs, end), b.subarray(off + OUT_BODY, rs), true);
-        const stamp = getU32(b, off + 4);
-        // Receipt-to-fan-out latency, sampled: one pub in FANOUT_SAMPLE.
-        if (stamp !== 0 && (++this.fanoutCount & (FANOUT_SAMPLE - 1)) === 0) {
-          this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
+        this.observeFanout(getU32(b, off + 4));
+        return;
+      }
+      case OUT_PUBLISH_ACK: {
+        const p = off + OUT_BODY;
+        const ms = p + 8;
+        const me = ms + getU32(b, p + 4);
+        const ws = this.conns.get(getU32(b, off + 4));
+        if (ws === undefined) {
+          this.app?.publish(b.subarray(rs, end), b.subarray(ms, me), true);
+        } else {
+          this.paWs = ws; this.paTopic = b.subarray(rs, end); this.paMsg = b.subarray(ms, me); this.paAck = b.subarray(me, rs);
+          ws.cork(this.publishAndAck);
+          this.paWs = null; this.paTopic = this.paMsg = this.paAck = null;
         }
+        this.observeFanout(getU32(b, p));
         return;
       }
       case OUT_SEND: {
