@@ -38,6 +38,7 @@ export interface EngineOptions {
   metricsPort?: number;
   metricsHost?: string;
   logLevel?: LogLevel;
+  logPretty?: boolean;
   authenticate?: Authenticate;
 }
 
@@ -76,6 +77,7 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'metricsPort', flag: 'metrics-port', env: 'SHARDCHAT_METRICS_PORT', kind: 'int', min: -1, max: 65535, help: 'serve /metrics on its own port (-1 = on the main port; 0 = any free port)', def: () => -1 },
   { key: 'metricsHost', flag: 'metrics-host', env: 'SHARDCHAT_METRICS_HOST', kind: 'string', help: 'address of the separate /metrics listener', def: () => '127.0.0.1' },
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', help: 'fatal|error|warn|info|debug|trace|silent', def: () => 'info' },
+  { key: 'logPretty', flag: 'log-pretty', env: 'SHARDCHAT_LOG_PRETTY', kind: 'bool', help: 'human-readable log lines instead of JSON', def: () => false },
 ];
 
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);

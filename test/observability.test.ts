@@ -11,6 +11,7 @@ import path from 'node:path';
 import { createEngine, type Engine, type EngineOptions } from '../engine/index.js';
 import { guardHandles } from './helpers/leaks.js';
 import { TestClient, httpGet, waitFor } from './helpers/client.js';
+import { prettyLine } from '../engine/server/log.js';
 
 guardHandles();
 
@@ -127,4 +128,10 @@ test('CLI logs: JSON lines with lifecycle events and fields, never a body', asyn
   assert.ok(typeof limits[0]!.conn === 'string');
   for (const l of logs) assert.equal(typeof l.level, 'number');
   assert.ok(!out.includes('SECRET-BODY-7f3a'), 'no message body in the logs');
+});
+
+test('pretty log lines: time, level, message, then the fields', () => {
+  const line = prettyLine(JSON.stringify({ level: 40, time: Date.UTC(2026, 0, 2, 3, 4, 5, 678), name: 'shardchat', event: 'limit_hit', conn: 'c1', msg: 'connection hit a limit' }));
+  assert.equal(line, '03:04:05.678 WARN  connection hit a limit event=limit_hit conn=c1\n');
+  assert.equal(prettyLine('not json'), 'not json');
 });

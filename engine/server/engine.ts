@@ -6,7 +6,8 @@
  * shutdown. The only other module that touches uWS is ./uws.ts (loading it).
  */
 import { Piscina } from 'piscina';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createLogger } from './log.js';
 import { pack as packBody } from 'msgpackr';
 import { EngineError, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG } from '../errors.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
@@ -126,7 +127,7 @@ export class Engine {
 
   constructor(opts: EngineOptions = {}, logger?: Logger) {
     this.options = resolveOptions(opts);
-    this.log = logger ?? pino({ level: this.options.logLevel, base: { name: 'shardchat' } });
+    this.log = logger ?? createLogger(this.options.logLevel, this.options.logPretty);
     const o = this.options;
     this.limits = { maxFrame: o.maxFrameBytes, maxRooms: o.maxRoomsPerConn, ratePerSec: o.ratePerSec, burst: o.rateBurst, maxBuffer: o.maxBufferBytes };
     this.links = Array.from({ length: o.shards }, (_, i) => new ShardLink(i, o.ringBytes));
