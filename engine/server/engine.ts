@@ -81,7 +81,7 @@ const OUT_BATCH = 2048;
 const IDLE_TURNS = 64;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
-/** One pub in FANOUT_SAMPLE (a power of two) feeds the receipt-to-fan-out histogram. */
+/** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
 const FANOUT_SAMPLE = 16;
 /** Main-thread microseconds mod 2^32 (both ends of the measurement are on the main thread). */
 const nowMicros = (): number => (performance.now() * 1000) >>> 0;
@@ -268,10 +268,8 @@ export class Engine {
   };
 
   private observeFanout(stamp: number): void {
-    // Receipt-to-fan-out latency, sampled: one pub in FANOUT_SAMPLE.
-    if (stamp !== 0 && (++this.fanoutCount & (FANOUT_SAMPLE - 1)) === 0) {
-      this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
-    }
+    // Receipt-to-fan-out latency of the sampled pubs (the ones that carry a stamp).
+    if (stamp !== 0) this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
   }
 
   private readonly onOut = (b: Uint8Array, off: number, len: number): void => {
@@ -556,7 +554,8 @@ export class Engine {
       else this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       return;
     }
-    const stamp = f.type === T_PUB && o.metrics ? (nowMicros() || 1) : 0;
+    // One pub in FANOUT_SAMPLE is stamped for the receipt-to-fan-out histogram.
+    const stamp = f.type === T_PUB && o.metrics && (++this.fanoutCount & (FANOUT_SAMPLE - 1)) === 0 ? (nowMicros() || 1) : 0;
     if (!link.writeFrame(c.id, null, u8, stamp)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
   }
 
