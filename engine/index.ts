@@ -6,7 +6,8 @@ import { Engine } from './server/engine.js';
 import type { EngineOptions } from './options.js';
 
 export { Engine } from './server/engine.js';
-export type { EngineStats, PublishResult, ShardStats } from './server/engine.js';
+export type { PublishResult } from './server/engine.js';
+export type { EngineStats, ShardStats } from './server/stats.js';
 export { EngineError, OptionError, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG } from './errors.js';
 export type { EngineErrorCode } from './errors.js';
 export { OPTION_SPECS, resolveOptions } from './options.js';

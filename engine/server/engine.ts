@@ -13,7 +13,7 @@ import { EngineError, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG } fro
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
-  E_TOO_MANY_ROOMS, ERR_NAMES, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
+  E_TOO_MANY_ROOMS, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
   type Limits,
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
@@ -22,8 +22,9 @@ import {
   OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
-import { SHARD_STAT_NAMES, S_ERR_BASE, S_MEMBERS, S_ROOMS, S_UP } from '../metrics/shard-stats.js';
+import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
+import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { parseUserQuery } from '../protocol/identity.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Histogram } from 'prom-client';
@@ -42,33 +43,6 @@ interface Conn {
   closed: boolean;
   /** When this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
   lastLimitLog: number;
-}
-
-export interface ShardStats {
-  index: number;
-  up: boolean;
-  restarts: number;
-  rooms: number;
-  members: number;
-  inboundDepth: number;
-  outboundDepth: number;
-  inboundHighWater: number;
-  outboundHighWater: number;
-  overloaded: number;
-  backlog: number;
-  [k: string]: number | boolean;
-}
-
-export interface EngineStats {
-  connections: number;
-  /** Sum of the connections' room sets as the main thread knows them. */
-  connRooms: number;
-  rooms: number;
-  members: number;
-  rateBuckets: number;
-  pendingPublishes: number;
-  draining: boolean;
-  shards: ShardStats[];
 }
 
 export interface PublishResult { seq: number; epoch: string }
@@ -413,25 +387,13 @@ export class Engine {
   /** The numbers /metrics shows, read from the same places as stats(). */
   metricsSnapshot(): MetricsSnapshot {
     const st = this.stats();
-    const errors = new Map<string, number>();
-    for (let code = 1; code < ERR_NAMES.length; code++) {
-      let n = this.counters.errors[code]!;
-      for (const l of this.links) n += l.stats[S_ERR_BASE + code]! + l.deadErrors[code]!;
-      if (n > 0) errors.set(ERR_NAMES[code]!, n);
-    }
     const lag = this.loopDelay === null ? 0 : this.loopDelay.percentile(99) / 1e9;
     this.loopDelay?.reset();
     return {
       connections: st.connections, opened: this.counters.opened, closedByCode: this.counters.closedByCode,
-      framesIn: this.counters.framesIn, errors, slowConsumers: this.counters.slowConsumers,
-      mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
-      shards: st.shards.map((s) => ({
-        index: s.index, up: s.up, restarts: s.restarts, rooms: s.rooms, members: s.members,
-        presentUsers: Number(s.presentUsers), published: Number(s.published), delivered: Number(s.delivered),
-        inboundDepth: s.inboundDepth, outboundDepth: s.outboundDepth, inboundHighWater: s.inboundHighWater,
-        outboundHighWater: s.outboundHighWater, loopLagMs: Number(s.loopLagMs), heapUsed: Number(s.heapUsed),
-        overloaded: s.overloaded,
-      })),
+      framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
+      slowConsumers: this.counters.slowConsumers, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
+      shards: st.shards.map(metricsShard),
     };
   }
 
@@ -635,17 +597,7 @@ export class Engine {
   stats(): EngineStats {
     let connRooms = 0;
     for (const ws of this.conns.values()) connRooms += ws.getUserData().rooms.size;
-    const shards = this.links.map((l) => {
-      const s: ShardStats = {
-        index: l.index, up: l.up && l.stats[S_UP] === 1, restarts: l.restarts,
-        rooms: l.stats[S_ROOMS]!, members: l.stats[S_MEMBERS]!,
-        inboundDepth: l.writer.depth(), outboundDepth: l.reader.depth(),
-        inboundHighWater: l.inboundHighWater, outboundHighWater: l.outboundHighWater,
-        overloaded: l.overloaded, backlog: l.backlogLength(),
-      };
-      for (const [slot, name] of Object.entries(SHARD_STAT_NAMES)) if (!(name in s)) s[name] = l.stats[Number(slot)]!;
-      return s;
-    });
+    const shards = this.links.map(shardStats);
     return {
       connections: this.conns.size, connRooms,
       rooms: shards.reduce((a, s) => a + s.rooms, 0), members: shards.reduce((a, s) => a + s.members, 0),
