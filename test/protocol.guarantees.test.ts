@@ -10,6 +10,7 @@ import type { Socket } from 'node:net';
 import type { Engine, EngineOptions } from '../engine/index.js';
 import { startEngine, openClient as open, joinRoom as join, pubTo as pub } from './helpers/engine.js';
 import { guardHandles } from './helpers/leaks.js';
+import { assertContiguous, ranges } from './helpers/seqs.js';
 import { TestClient, tryUpgrade, httpGet, encode, encodedSize, waitFor, describeFrames, assertMembers, type Frame } from './helpers/client.js';
 
 guardHandles();
@@ -39,25 +40,6 @@ function roomsPerShard(engine: Engine, shards: number, prefix: string, perShard 
 /** The frames of one room that carry delivery order: joined, msg, left. */
 function stream(c: TestClient, room: string): Frame[] {
   return c.frames.filter((f) => f.room === room && (f.t === 'joined' || f.t === 'msg' || f.t === 'left'));
-}
-
-/** "1..5, 9..12" */
-function ranges(seqs: number[]): string {
-  const out: string[] = [];
-  let i = 0;
-  while (i < seqs.length) {
-    let j = i;
-    while (j + 1 < seqs.length && seqs[j + 1] === seqs[j]! + 1) j++;
-    out.push(i === j ? `${seqs[i]}` : `${seqs[i]}..${seqs[j]}`);
-    i = j + 1;
-  }
-  return out.length > 20 ? `${out.slice(0, 20).join(', ')}, ... (${out.length} runs)` : out.join(', ') || '(none)';
-}
-
-function assertContiguous(seqs: number[], from: number, to: number, label: string): void {
-  if (seqs.length === to - from + 1 && seqs.every((s, i) => s === from + i)) return;
-  const firstBad = seqs.findIndex((s, i) => s !== from + i);
-  assert.fail(`${label}: want seqs ${from}..${to} in order exactly once, got ${seqs.length} seqs (${ranges(seqs)}); first mismatch at index ${firstBad}: ${JSON.stringify(seqs.slice(Math.max(0, firstBad - 3), firstBad + 5))}`);
 }
 
 interface Ack { n: number; seq: number; afterClose: boolean }

@@ -18,6 +18,7 @@ import type { Socket } from 'node:net';
 import type { Engine, EngineOptions } from '../engine/index.js';
 import { startEngine } from './helpers/engine.js';
 import { guardHandles } from './helpers/leaks.js';
+import { assertContiguous } from './helpers/seqs.js';
 import { TestClient, tryUpgrade, waitFor, type Frame } from './helpers/client.js';
 import { OP_BINARY, RawClient, wsFrame } from './helpers/raw-client.js';
 import { encode } from '@msgpack/msgpack';
@@ -27,23 +28,6 @@ guardHandles();
 
 function start(t: TestContext, opts: EngineOptions = {}): Promise<Engine> {
   return startEngine(t, { roomTtlMs: 0, ...opts });
-}
-
-function ranges(seqs: number[]): string {
-  const out: string[] = [];
-  let i = 0;
-  while (i < seqs.length) {
-    let j = i;
-    while (j + 1 < seqs.length && seqs[j + 1] === seqs[j]! + 1) j++;
-    out.push(i === j ? `${seqs[i]}` : `${seqs[i]}..${seqs[j]}`);
-    i = j + 1;
-  }
-  return out.length > 12 ? `${out.slice(0, 12).join(', ')}, ... (${out.length} runs)` : out.join(', ') || '(none)';
-}
-
-function assertContiguous(seqs: number[], from: number, to: number, label: string): void {
-  const ok = seqs.length === to - from + 1 && seqs.every((s, i) => s === from + i);
-  assert.ok(ok, `${label}: want seqs ${from}..${to} in order exactly once, got ${seqs.length}: ${ranges(seqs)}`);
 }
 
 function pct(xs: number[], p: number): number {
