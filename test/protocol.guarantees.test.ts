@@ -8,7 +8,7 @@ import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import type { Engine, EngineOptions } from '../engine/index.js';
-import { startEngine, openClient as open, joinRoom as join, pubTo as pub } from './helpers/engine.js';
+import { startEngine, openClient as open, joinRoom as join, pubTo as pub, roomsPerShard } from './helpers/engine.js';
 import { guardHandles } from './helpers/leaks.js';
 import { assertContiguous, ranges } from './helpers/seqs.js';
 import { TestClient, tryUpgrade, httpGet, encode, encodedSize, waitFor, describeFrames, assertMembers, type Frame } from './helpers/client.js';
@@ -23,19 +23,6 @@ function start(t: TestContext, opts: EngineOptions = {}): Promise<Engine> {
 const sorted = (xs: unknown): string[] => [...(xs as string[])].sort();
 const seqsOf = (fs: Frame[]): number[] => fs.map((f) => f.seq as number);
 const range = (a: number, b: number): number[] => Array.from({ length: Math.max(0, b - a + 1) }, (_, k) => a + k);
-
-/** Room names, `perShard` for every shard of the engine, chosen with engine.shardOf. */
-function roomsPerShard(engine: Engine, shards: number, prefix: string, perShard = 1): string[][] {
-  const by: string[][] = Array.from({ length: shards }, () => []);
-  for (let i = 0; i < 10_000 && by.some((b) => b.length < perShard); i++) {
-    const name = `${prefix}-${i}`;
-    const k = engine.shardOf(name);
-    assert.ok(Number.isInteger(k) && k >= 0 && k < shards, `shardOf(${name}) = ${k}`);
-    if (by[k]!.length < perShard) by[k]!.push(name);
-  }
-  assert.ok(by.every((b) => b.length === perShard), 'shardOf spreads names over every shard');
-  return by;
-}
 
 /** The frames of one room that carry delivery order: joined, msg, left. */
 function stream(c: TestClient, room: string): Frame[] {

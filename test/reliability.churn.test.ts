@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { encode } from '@msgpack/msgpack';
 import { createEngine } from '../engine/index.js';
 import { guardHandles } from './helpers/leaks.js';
+import { roomsPerShard } from './helpers/engine.js';
 import { TestClient, waitFor, type Frame } from './helpers/client.js';
 import { OP_BINARY, RawClient, rawUpgrade, upgradeRequest, wsFrame } from './helpers/raw-client.js';
 import net from 'node:net';
@@ -32,16 +33,6 @@ const SHARDS = 2;
  * 8 MB is the bound the brief suggests; it is ~800 bytes per cycle at 10,000 cycles.
  */
 const HEAP_BOUND = 8 << 20;
-
-function roomsByShard(engine: Engine, prefix: string, perShard: number): string[][] {
-  const by: string[][] = Array.from({ length: SHARDS }, () => []);
-  for (let i = 0; by.some((b) => b.length < perShard); i++) {
-    const name = `${prefix}${i}`;
-    const s = engine.shardOf(name);
-    if (by[s]!.length < perShard) by[s]!.push(name);
-  }
-  return by;
-}
 
 interface Tally {
   graceful: number;
@@ -219,7 +210,7 @@ test(`churn: ${CYCLES} cycles of connect / join / publish / disconnect (a third 
   t.after(() => engine.close());
   await engine.listen();
   const port = engine.port;
-  const pool = roomsByShard(engine, 'churn-', 8);
+  const pool = roomsPerShard(engine, SHARDS, 'churn', 8);
   const empty: Sizes = {
     connections: 0, connRooms: 0, pendingPublishes: 0,
     shards: Array.from({ length: SHARDS }, () => ({ rooms: 0, members: 0, conns: 0, presentUsers: 0, cursors: 0, poolInUse: 0, historyMessages: 0, inboundDepth: 0, outboundDepth: 0, backlog: 0, up: true, restarts: 0 })),

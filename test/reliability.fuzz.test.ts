@@ -20,6 +20,7 @@ import WebSocket from 'ws';
 import { decode } from '@msgpack/msgpack';
 import { createEngine } from '../engine/index.js';
 import { guardHandles } from './helpers/leaks.js';
+import { roomsPerShard } from './helpers/engine.js';
 import { TestClient, waitFor, type Frame } from './helpers/client.js';
 import { A, Bin, F, I, M, Raw, Rng, S, X, encodeV, expect, type Expectation, type V } from './helpers/fuzz-msgpack.js';
 import { OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, RawClient, closePayload, wsFrame } from './helpers/raw-client.js';
@@ -647,23 +648,13 @@ class FuzzConn {
   }
 }
 
-function roomsByShard(engine: Engine, prefix: string, perShard: number): string[][] {
-  const by: string[][] = Array.from({ length: SHARDS }, () => []);
-  for (let i = 0; by.some((b) => b.length < perShard); i++) {
-    const name = `${prefix}${i}`;
-    const s = engine.shardOf(name);
-    if (by[s]!.length < perShard) by[s]!.push(name);
-  }
-  return by;
-}
-
 function fmtMap(m: Map<string, number>): string {
   return [...m].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}=${v}`).join(' ');
 }
 
 test(`fuzz: ${TOTAL_FRAMES} generated and mutated frames from ${CONNS} connections; the engine answers each as the contract says and stays whole`, async (t) => {
   const engine = await start(t, { historyLimit: 200, maxBufferBytes: 64 << 20 });
-  const shared = roomsByShard(engine, 'fz-shared-', 4).flat();
+  const shared = roomsPerShard(engine, SHARDS, 'fz-shared', 4).flat();
   const conns: FuzzConn[] = [];
   t.after(async () => { await Promise.all(conns.map((c) => c.close())); });
   for (let i = 0; i < CONNS; i++) conns.push(new FuzzConn(engine.port, `fuzz${i}`));
@@ -672,7 +663,7 @@ test(`fuzz: ${TOTAL_FRAMES} generated and mutated frames from ${CONNS} connectio
   const perConn = Math.ceil(TOTAL_FRAMES / CONNS);
   const t0 = performance.now();
   await Promise.all(conns.map(async (c, i) => {
-    const privateRooms = roomsByShard(engine, `fz-c${i}-`, 1).flat();
+    const privateRooms = roomsPerShard(engine, SHARDS, `fz-c${i}`, 1).flat();
     const rng = new Rng(SEED + i * 7919);
     // Random refs (a tenth of them small, for the short integer encodings): a bit flip then
     // practically never turns one frame's ref into another's still waiting for its reply.

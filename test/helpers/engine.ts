@@ -38,3 +38,16 @@ export async function pubTo(c: TestClient, room: string, body: unknown): Promise
   assert.equal(r.t, 'ack', `pub to ${room} by ${c.label}: ${JSON.stringify(r)}`);
   return r;
 }
+
+/** Room names, `perShard` for every shard of the engine, chosen with engine.shardOf. */
+export function roomsPerShard(engine: Engine, shards: number, prefix: string, perShard = 1): string[][] {
+  const by: string[][] = Array.from({ length: shards }, () => []);
+  for (let i = 0; i < 10_000 && by.some((b) => b.length < perShard); i++) {
+    const name = `${prefix}-${i}`;
+    const k = engine.shardOf(name);
+    assert.ok(Number.isInteger(k) && k >= 0 && k < shards, `shardOf(${name}) = ${k}`);
+    if (by[k]!.length < perShard) by[k]!.push(name);
+  }
+  assert.ok(by.every((b) => b.length === perShard), 'shardOf spreads names over every shard');
+  return by;
+}
