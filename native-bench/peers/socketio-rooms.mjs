@@ -11,17 +11,9 @@
  */
 import { createServer } from 'node:http';
 import { Server } from 'socket.io';
+import { peerArgs } from './args.mjs';
 
-function arg(name, def) {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
-const port = Number(arg('--port', '9104'));
-const host = arg('--host', '127.0.0.1');
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  process.stderr.write('socketio-rooms: --port must be 1..65535\n');
-  process.exit(2);
-}
+const { port, host } = peerArgs('socketio-rooms', 9104);
 
 const http = createServer((req, res) => { res.writeHead(404); res.end(); });
 const io = new Server(http, { transports: ['websocket'], serveClient: false, perMessageDeflate: false, httpCompression: false, maxHttpBufferSize: 64 * 1024 });

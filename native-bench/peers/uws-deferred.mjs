@@ -11,20 +11,12 @@
  */
 import { createRequire } from 'node:module';
 import { URLSearchParams } from 'node:url';
+import { peerArgs } from './args.mjs';
 
 const require = createRequire(import.meta.url);
 const uws = require('@trufflesuite/uws-js-unofficial');
 
-function arg(name, def) {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
-const port = Number(arg('--port', '9102'));
-const host = arg('--host', '127.0.0.1');
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  process.stderr.write('uws-deferred: --port must be 1..65535 (port 0 is not supported)\n');
-  process.exit(2);
-}
+const { port, host } = peerArgs('uws-deferred', 9102);
 
 const app = uws.App();
 const queue = [];

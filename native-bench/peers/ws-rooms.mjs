@@ -10,17 +10,9 @@
  */
 import { URL } from 'node:url';
 import { WebSocketServer } from 'ws';
+import { peerArgs } from './args.mjs';
 
-function arg(name, def) {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
-const port = Number(arg('--port', '9103'));
-const host = arg('--host', '127.0.0.1');
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  process.stderr.write('ws-rooms: --port must be 1..65535\n');
-  process.exit(2);
-}
+const { port, host } = peerArgs('ws-rooms', 9103);
 
 /** room name -> Set of sockets */
 const rooms = new Map();
