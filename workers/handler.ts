@@ -5,11 +5,11 @@
  * needs (the loop waits for them and calls it again). Closing a connection is the one record done
  * room by room, and it resumes where it stopped, so a retry never repeats work.
  */
-import { BufferPool } from '../engine/pool/index.js';
+import { BufferPool, DEFAULT_CLASSES } from '../engine/pool/index.js';
 import { MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
 import {
   ClientFrame, E_INTERNAL, E_NOT_JOINED, T_HIST, T_JOIN, T_LEAVE, T_PUB, T_READ, T_WHO,
-  isAbsent, msgBound, writeErr, writeHead, writeMsg,
+  errBound, isAbsent, msgBound, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
   CRASH_EXIT, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_REPLAY, IN_SERVER_PUB,
@@ -30,7 +30,8 @@ const REC_SLACK = 320;
 
 export class Handler {
   readonly rooms: Rooms;
-  readonly pool = new BufferPool();
+  /** History buffers; the top class holds a msg frame around the largest body (maxFrameBytes <= 1 MiB). */
+  readonly pool = new BufferPool({ classes: [...DEFAULT_CLASSES, 2 << 20] });
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
@@ -57,7 +58,7 @@ export class Handler {
       case IN_SERVER_PUB: return this.onServerPub(b, off, end);
       case IN_REPLAY: return this.onReplay(b, off);
       case IN_DRAIN:
-        if (!this.fits(16)) return 16 * 2;
+        if (!this.fits(2 * (OUT_BODY + 8))) return 2 * (OUT_BODY + 8);
         this.begin(OUT_DRAINED, -1, null, 0);
         this.end();
         this.drained = true;
@@ -105,12 +106,19 @@ export class Handler {
   /** err replies sent, by error number. */
   readonly errors = new Float64Array(16);
 
-  private sendErr(conn: number, code: number, msg: string, ref: number): void {
+  /** Sends an `err`, or does nothing and returns the outbound bytes it needs. */
+  private sendErr(conn: number, code: number, msg: string, ref: number): number {
+    const bound = errBound(msg.length);
+    // Room for the record twice over: a record that does not fit in the tail also costs the tail.
+    const need = 2 * (OUT_BODY + bound + 8);
+    if (!this.fits(need)) return need;
     this.errors[code]!++;
-    const w = this.begin(OUT_SEND, conn, null, 96 + 3 * msg.length);
+    const w = this.begin(OUT_SEND, conn, null, bound);
     writeErr(w, code, msg, ref);
     this.end();
+    return 0;
   }
+
 
   // ---- client frames ------------------------------------------------------------------------
 
@@ -122,18 +130,14 @@ export class Handler {
     const f = this.frame;
     if (f.scan(b, fs, fe, this.opts.maxBodyDepth) !== 0) {
       // The main thread validated the frame already; a failure here is still answered, never dropped.
-      if (!this.fits(REC_SLACK * 2)) return REC_SLACK * 2;
-      this.sendErr(conn, f.error, f.message, f.ref);
-      return 0;
+      return this.sendErr(conn, f.error, f.message, f.ref);
     }
     const name = asciiString(b, f.roomStart, f.roomEnd);
     if (f.type === T_JOIN) return this.join(conn, asciiString(b, fe, end), name, f, b, false);
     const r = this.rooms.get(name);
     const user = r?.members.get(conn);
     if (r === undefined || user === undefined) {
-      if (!this.fits(REC_SLACK * 2)) return REC_SLACK * 2;
-      this.sendErr(conn, E_NOT_JOINED, `not joined to room ${name}`, f.ref);
-      return 0;
+      return this.sendErr(conn, E_NOT_JOINED, `not joined to room ${name}`, f.ref);
     }
     switch (f.type) {
       case T_PUB: return this.pub(r, user, b, f.bodyStart, f.bodyEnd, conn, f.ref, -1, stamp);
@@ -142,9 +146,7 @@ export class Handler {
       case T_READ: return this.read(r, user, conn, f);
       case T_WHO: return this.who(r, conn, f.ref);
       default:
-        if (!this.fits(REC_SLACK * 2)) return REC_SLACK * 2;
-        this.sendErr(conn, E_INTERNAL, 'unhandled frame type', f.ref);
-        return 0;
+        return this.sendErr(conn, E_INTERNAL, 'unhandled frame type', f.ref);
     }
   }
 

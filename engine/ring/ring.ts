@@ -235,6 +235,11 @@ export class RingWriter extends RingEnd {
     }
   }
 
+  /** Wakes this writer's own pending waitForSpace / waitForFree (the consumer is gone). */
+  wake(): void {
+    Atomics.notify(this.header, SLOT_READ);
+  }
+
   /** Bytes not yet holding unreleased records, as of a fresh load of the read counter. */
   freeBytes(): number {
     this.readCache = Atomics.load(this.header, SLOT_READ) >>> 0;

@@ -82,7 +82,6 @@ export class Engine {
   private stopped = false;
   private closing: Promise<void> | null = null;
   private readonly started: Promise<void>;
-  private readonly tasks: Promise<unknown>[] = [];
   private sweeper: NodeJS.Timeout | null = null;
   private fanoutCount = 0;
   private readonly fanoutLatency: Histogram;
@@ -155,7 +154,7 @@ export class Engine {
       index: link.index, inbound: link.inbound, outbound: link.outbound, stats: link.statsSab,
       historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
     });
-    this.tasks.push(task);
+    link.task = task;
     task.then(
       () => { if (link.generation === gen) link.up = false; },
       (err: Error) => this.onShardCrash(link, gen, err),
@@ -199,6 +198,10 @@ export class Engine {
         if (ws !== undefined) {
           const f = this.frame;
           f.scan(b, off + IN_FRAME_BODY, off + r.length - b[off + 1]!, this.options.maxBodyDepth);
+          // The main thread forgot the room when it queued this leave; the shard never handled
+          // it, so the socket is still subscribed: keep the room, so the replay below rejoins it
+          // and the client's retried leave works.
+          if (f.error === 0 && f.type === T_LEAVE) ws.getUserData().rooms.add(asciiString(b, f.roomStart, f.roomEnd));
           this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
         }
       } else if (b[off] === IN_SERVER_PUB) {
@@ -418,7 +421,7 @@ export class Engine {
     res.onAborted(() => { aborted = true; });
     this.authPending++;
     void (async () => {
-      let result: { user: string } | null = null;
+      let result: unknown = null;
       try {
         result = await auth({ url, query, headers });
       } catch (e) {
@@ -427,11 +430,14 @@ export class Engine {
         this.authPending--;
       }
       if (aborted) return;
+      // Anything but { user: valid id } (null, undefined, a bad id) refuses the upgrade with 401.
+      const claimed = result !== null && typeof result === 'object' ? (result as { user?: unknown }).user : undefined;
+      const user = isValidUser(claimed) ? claimed : null;
       res.cork(() => {
-        if (result === null || !isValidUser(result.user)) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
+        if (user === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
         if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
         if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        this.upgrade(res, result.user, key, protocol, extensions, ctx);
+        this.upgrade(res, user, key, protocol, extensions, ctx);
       });
     })();
   }
@@ -647,7 +653,8 @@ export class Engine {
     for (const l of this.links) l.reader.wake();
     for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
     await this.pool.destroy();
-    await Promise.allSettled(this.tasks);
+    await Promise.allSettled(this.links.map((l) => l.task));
+    for (const l of this.links) l.stop();
     this.app = null;
     if (forced) this.log.warn({ event: 'drain_forced', ms: Date.now() - started }, 'drain deadline passed; stopped what was left');
     this.log.info({ event: 'drain_finished', ms: Date.now() - started, forced }, 'drain finished');

@@ -6,7 +6,7 @@
  * frames are refused too, so that per-connection order is kept.
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
-import { S_ERR_BASE, createShardStats } from '../metrics/shard-stats.js';
+import { S_DELIVERED, S_ERR_BASE, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
 import { IN_CLOSE, IN_FRAME, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
@@ -26,6 +26,12 @@ export class ShardLink {
   overloaded = 0;
   /** err counts of earlier (crashed) incarnations, so the counters never go backwards. */
   readonly deadErrors = new Float64Array(16);
+  /** Messages published and deliveries made by earlier incarnations, for the same reason. */
+  deadPublished = 0;
+  deadDelivered = 0;
+  /** The running shard task (one per incarnation). */
+  task: Promise<unknown> = Promise.resolve();
+  private stopped = false;
   inboundHighWater = 0;
   outboundHighWater = 0;
   private backlog: Uint8Array[] = [];
@@ -40,13 +46,19 @@ export class ShardLink {
 
   /** New rings for a new shard incarnation. */
   fresh(): void {
+    this.deadPublished += this.stats[S_PUBLISHED]!;
+    this.deadDelivered += this.stats[S_DELIVERED]!;
+    this.stats[S_PUBLISHED] = 0;
+    this.stats[S_DELIVERED] = 0;
     for (let code = 0; code < this.deadErrors.length; code++) {
       this.deadErrors[code]! += this.stats[S_ERR_BASE + code]!;
       this.stats[S_ERR_BASE + code] = 0;
     }
     this.inbound = createRing(this.ringBytes);
     this.outbound = createRing(this.ringBytes);
+    const old = this.writer as RingWriter | undefined;
     this.writer = new RingWriter(this.inbound);
+    old?.wake(); // a flush waiting for room in the dead ring goes on with the new one at once
     this.reader = new RingReader(this.outbound);
     this.generation++;
     this.drained = false;
@@ -117,7 +129,7 @@ export class ShardLink {
   private async flush(): Promise<void> {
     this.flushing = true;
     try {
-      while (this.backlog.length > 0) {
+      while (this.backlog.length > 0 && !this.stopped) {
         const rec = this.backlog[0]!;
         if (this.writer.write(rec)) { this.backlog.shift(); continue; }
         const gen = this.generation;
@@ -127,6 +139,13 @@ export class ShardLink {
     } finally {
       this.flushing = false;
     }
+  }
+
+  /** The engine stopped: drop what is queued and end any flush. */
+  stop(): void {
+    this.stopped = true;
+    this.backlog.length = 0;
+    this.writer.wake();
   }
 
   backlogLength(): number {

@@ -44,6 +44,9 @@ export function shardStats(l: ShardLink): ShardStats {
     overloaded: l.overloaded, backlog: l.backlogLength(),
   };
   for (const [slot, name] of Object.entries(SHARD_STAT_NAMES)) if (!(name in s)) s[name] = l.stats[Number(slot)]!;
+  // Counters include earlier (crashed) incarnations: they never go backwards.
+  s.published = Number(s.published) + l.deadPublished;
+  s.delivered = Number(s.delivered) + l.deadDelivered;
   return s;
 }
 
