@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { encode } from '@msgpack/msgpack';
+import { decode, encode } from '@msgpack/msgpack';
 import { Handler } from '../workers/handler.js';
 import { RingReader, RingWriter, createRing } from '../engine/ring/index.js';
 import { IN_FRAME, IN_FRAME_BODY, OUT_BODY, getU32, putU32 } from '../engine/protocol/records.js';
@@ -67,4 +67,34 @@ test('a pub whose body is as large as the largest allowed frame (1 MiB) is publi
   assert.equal(h.rooms.get('big')!.seq, 1);
   h.rooms.dispose();
   assert.equal(h.pool.stats().inUse, 0);
+});
+
+test('a hist page holds at least one message even when that message alone is over maxHistBytes', () => {
+  const sab = createRing(1 << 20);
+  const out = new RingWriter(sab);
+  const reader = new RingReader(sab);
+  const h = new Handler(out, { ...OPTS, maxHistBytes: 4096 });
+  const join = inFrame(1, encode({ t: 'join', room: 'h' }), 'u');
+  assert.equal(h.handle(join, 0, join.byteLength), 0);
+  for (const size of [100, 6000, 100]) {
+    const pub = inFrame(1, encode({ t: 'pub', room: 'h', body: new Uint8Array(size) }));
+    assert.equal(h.handle(pub, 0, pub.byteLength), 0);
+  }
+  out.publish();
+  while (reader.next() >= 0) reader.release();
+  reader.syncRead();
+  const pages: number[][] = [];
+  for (const q of [{ before: 3 }, { before: 2 }, { after: 1 }]) {
+    const f = inFrame(1, encode({ t: 'hist', room: 'h', limit: 10, ...q }));
+    assert.equal(h.handle(f, 0, f.byteLength), 0);
+    out.publish();
+    assert.ok(reader.next() >= 0);
+    const frame = decode(reader.bytes.slice(reader.offset + OUT_BODY, reader.offset + reader.length)) as { msgs: { seq: number }[] };
+    pages.push(frame.msgs.map((m) => m.seq));
+    reader.release();
+    reader.syncRead();
+  }
+  // before 3: seq 2 (6 KB) alone is over 4096 but still comes back; before 2: seq 1; after 1: seq 2 alone.
+  assert.deepEqual(pages, [[2], [1], [2]]);
+  h.rooms.dispose();
 });

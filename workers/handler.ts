@@ -264,20 +264,21 @@ export class Handler {
     // Truncated: some of the range asked for existed once but history no longer keeps it.
     const truncated = lo < first && lo <= hi;
     if (lo < first) lo = first;
-    // Keep within maxHistBytes: the newest end for "latest"/"before" pages, the oldest for "after".
+    // Keep within maxHistBytes: the newest end for "latest"/"before" pages, the oldest for "after";
+    // a page always holds at least one message, however large, so paging never stalls.
     let bytes = 0;
     const fromNewest = isAbsent(f.after);
     let a = lo; let z = hi;
     if (fromNewest) {
       for (let s = hi; s >= lo; s--) {
         const l = r.histLens[this.rooms.slotOf(r, s)]!;
-        if (bytes + l > this.opts.maxHistBytes) { a = s + 1; break; }
+        if (bytes + l > this.opts.maxHistBytes && s !== hi) { a = s + 1; break; }
         bytes += l;
       }
     } else {
       for (let s = lo; s <= hi; s++) {
         const l = r.histLens[this.rooms.slotOf(r, s)]!;
-        if (bytes + l > this.opts.maxHistBytes) { z = s - 1; break; }
+        if (bytes + l > this.opts.maxHistBytes && s !== lo) { z = s - 1; break; }
         bytes += l;
       }
     }
