@@ -9,42 +9,8 @@
  *
  * Prints "listening <port>" on stdout once bound; SIGTERM/SIGINT close the listener and exit 0.
  */
-import { createRequire } from 'node:module';
-import { URLSearchParams } from 'node:url';
-import { peerArgs } from './args.mjs';
+import { runUwsPeer } from './uws-pubsub.mjs';
 
-const require = createRequire(import.meta.url);
-const uws = require('@trufflesuite/uws-js-unofficial');
-
-const { port, host } = peerArgs('uws-plain', 9101);
-
-const app = uws.App();
-app.ws('/*', {
-  compression: uws.DISABLED,
-  maxPayloadLength: 64 * 1024,
-  maxBackpressure: 16 << 20,
-  idleTimeout: 60,
-  upgrade: (res, req, ctx) => {
-    const q = new URLSearchParams(req.getQuery() ?? '');
-    const room = q.get('room') ?? 'lobby';
-    res.upgrade({ room }, req.getHeader('sec-websocket-key'), req.getHeader('sec-websocket-protocol'),
-      req.getHeader('sec-websocket-extensions'), ctx);
-  },
-  open: (ws) => { ws.subscribe(ws.getUserData().room); },
-  message: (ws, msg, isBinary) => { app.publish(ws.getUserData().room, msg, isBinary); },
+runUwsPeer('uws-plain', 9101, (app) => (ws, msg, isBinary) => {
+  app.publish(ws.getUserData().room, msg, isBinary);
 });
-app.get('/healthz', (res) => { res.end('ok'); });
-
-let listenSocket = null;
-app.listen(host, port, (ls) => {
-  if (!ls) { process.stderr.write(`uws-plain: cannot listen on ${host}:${port}\n`); process.exit(1); }
-  listenSocket = ls;
-  process.stdout.write(`listening ${port}\n`);
-});
-
-const stop = () => {
-  if (listenSocket) { uws.us_listen_socket_close(listenSocket); listenSocket = null; }
-  process.exit(0);
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
