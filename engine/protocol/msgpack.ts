@@ -147,14 +147,6 @@ export function asciiString(b: Uint8Array, start: number, end: number): string {
 }
 
 const utf8 = new TextEncoder();
-const utf8dec = new TextDecoder();
-
-/** Decodes UTF-8 bytes (a copy when they sit in shared memory, which TextDecoder refuses). */
-export function utf8String(b: Uint8Array, start: number, end: number): string {
-  const view = b.buffer instanceof SharedArrayBuffer ? b.slice(start, end) : b.subarray(start, end);
-  return utf8dec.decode(view);
-}
-
 /**
  * Writes MessagePack into a caller-owned buffer. The caller sizes the buffer (an upper bound is
  * fine); writing past its end throws RangeError rather than corrupting what follows.
@@ -258,9 +250,4 @@ export class MsgWriter {
     this.pos += end - start;
     return this;
   }
-}
-
-/** Upper bound of the encoded size of a str of `n` UTF-16 code units. */
-export function strBound(n: number): number {
-  return 5 + 3 * n;
 }

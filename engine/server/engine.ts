@@ -86,7 +86,6 @@ export class Engine {
   private fanoutCount = 0;
   private readonly fanoutLatency: Histogram;
   private readonly metrics: EngineMetrics;
-  private metricsApp: TemplatedApp | null = null;
   private metricsSocket: us_listen_socket | null = null;
   /** Main-thread event-loop delay; made in listen(), so an engine that never listened holds none. */
   private loopDelay: IntervalHistogram | null = null;
@@ -95,7 +94,7 @@ export class Engine {
   /** Counters the metrics module reads: closes by code, `err` replies by code, slow consumers closed. */
   readonly counters = {
     opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0,
-    framesIn: 0, bytesIn: 0, published: 0,
+    framesIn: 0,
   };
 
   constructor(opts: EngineOptions = {}, logger?: Logger) {
@@ -384,7 +383,6 @@ export class Engine {
         resolve();
       });
     });
-    this.metricsApp = app;
   }
 
   /** The numbers /metrics shows, read from the same places as stats(). */
@@ -647,7 +645,7 @@ export class Engine {
     if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
     for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
-    if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; this.metricsApp = null; }
+    if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; }
     this.loopDelay?.disable();
     this.loopDelay = null;
     for (const l of this.links) l.reader.wake();
