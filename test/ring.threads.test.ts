@@ -174,6 +174,18 @@ for (const direction of ['main->worker', 'worker->main'] as const) {
   });
 }
 
+test('lost-wake-up stress, the engine\'s pattern: notify deferred to once per turn, worker parked in the blocking waitForDataSync', async (t) => {
+  const r = await runAcross({
+    direction: 'main->worker',
+    capacity: 256,
+    startIndex: 0xffffff00 | 0,
+    traffic: { mode: 'stress', count: STRESS_RECORDS, seed: 606, engineWake: true },
+  });
+  t.diagnostic(describe(r));
+  assert.ok(r.consumer.parks > STRESS_RECORDS / 20, `the consumer parked only ${r.consumer.parks} times`);
+  assert.ok(r.producer.notifies > 0, 'the deferred notifies were made');
+});
+
 test('the watchdog catches a lost wake-up: a producer that clears SLEEPING itself deadlocks', async (t) => {
   const t0 = performance.now();
   await assert.rejects(runAcross({

@@ -534,6 +534,56 @@ test('waitForData: parked consumer is notified exactly once by the next publish'
   expectRecord(r, 2, 3);
 });
 
+test('publishDeferred: records visible at once, the notify owed only while the consumer is parked, settled by notify()', async () => {
+  const { w, r, sab } = pair(256);
+  assert.ok(w.push(payload(1, 3)));
+  assert.equal(w.publishDeferred(), false, 'an awake consumer is owed nothing');
+  assert.equal(w.notifies, 0);
+  expectRecord(r, 1, 3);                     // visible without any notify
+  const p = r.waitForData();
+  assert.ok(w.push(payload(2, 4)));
+  assert.equal(w.publishDeferred(), true, 'a parked consumer is owed a notify');
+  assert.equal(w.notifies, 0, 'publishDeferred itself never notifies');
+  assert.equal(Atomics.load(header(sab), SLOT_WRITE), 16 + 16, 'the write counter is published');
+  w.notify();
+  assert.equal(w.notifies, 1);
+  assert.equal(await p, true);
+  w.notify();
+  assert.equal(w.notifies, 1, 'notify() to an awake consumer is free');
+  expectRecord(r, 2, 4);
+});
+
+test('waitForDataSync: returns at once when data is there, false after its timeout on an empty ring', () => {
+  const { w, r, sab } = pair(256);
+  assert.equal(r.next(), -1);
+  assert.ok(w.write(payload(1, 5)));
+  assert.equal(r.waitForDataSync(10_000), true, 'the re-check after announcing sees the record');
+  assert.equal(r.parks, 0);
+  assert.equal(Atomics.load(header(sab), SLOT_SLEEPING), 0);
+  expectRecord(r, 1, 5);
+  const t0 = Date.now();
+  assert.equal(r.waitForDataSync(30), false);
+  assert.ok(Date.now() - t0 >= 25, 'it waited');
+  assert.equal(r.parks, 1);
+  assert.equal(Atomics.load(header(sab), SLOT_SLEEPING), 0, 'the consumer cleared its flag');
+});
+
+test('drain(beforeSync): runs after the last record while the producer still sees the bytes held', () => {
+  const { w, r } = pair(64);
+  assert.ok(w.write(payload(1, 8)));
+  assert.ok(w.write(payload(2, 8)));
+  let freeInside = -1;
+  const seen: number[] = [];
+  const n = r.drain((b, off) => { seen.push(b[off]!); }, Infinity, () => { freeInside = w.freeBytes(); });
+  assert.equal(n, 2);
+  assert.deepEqual(seen, [payload(1, 8)[0], payload(2, 8)[0]]);
+  assert.equal(freeInside, 64 - 32, 'no space handed back before beforeSync ran');
+  assert.equal(w.freeBytes(), 64, 'handed back after it');
+  let called = false;
+  assert.equal(r.drain(() => undefined, Infinity, () => { called = true; }), 0);
+  assert.equal(called, false, 'not called for an empty drain');
+});
+
 test('waitForData re-check: data published after the ring was seen empty returns at once', async () => {
   const { w, r } = pair(256);
   assert.equal(r.next(), -1);               // seen empty at write counter 0
