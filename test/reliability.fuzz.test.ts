@@ -764,9 +764,12 @@ test(`fuzz: ${TOTAL_FRAMES} generated and mutated frames from ${CONNS} connectio
         const msgs = c.framesOf('msg', 'after-fuzz');
         assert.deepEqual(msgs.map((m) => [m.seq, (m.body as { i: number }).i, m.from]), acks.map((_, i) => [i + 1, i, 'after-b']), `${c.label}: msgs in order`);
       }
-      // The sender sees each msg before its ack.
+      // The sender sees each msg before its ack (acks of one batch may follow all of its msgs).
       const order = b.frames.filter((f) => (f.t === 'msg' || f.t === 'ack') && f.room === 'after-fuzz').map((f) => `${f.t as string}${f.seq as number}`);
-      assert.deepEqual(order, acks.flatMap((_, i) => [`msg${i + 1}`, `ack${i + 1}`]), 'msg before ack on the sender');
+      assert.equal(order.length, 100, 'every msg and every ack, once');
+      for (let i = 1; i <= 50; i++) {
+        assert.ok(order.indexOf(`msg${i}`) >= 0 && order.indexOf(`msg${i}`) < order.indexOf(`ack${i}`), `msg${i} before ack${i} on the sender: ${order.join(' ')}`);
+      }
       assert.deepEqual([...a.violations, ...b.violations], []);
     } finally {
       await a.close();

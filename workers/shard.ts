@@ -4,9 +4,14 @@
  * main thread restarts the shard). It never touches a socket.
  *
  * The loop drains the inbound ring in batches, publishes outbound once per batch, yields to the
- * event loop between full batches (timers, GC), spins briefly when the ring runs dry, then parks
- * in Atomics.waitAsync. A ref'd interval keeps the thread alive while parked: on Node 20 a
- * pending waitAsync alone does not (nodejs/node#44729).
+ * event loop between full batches, spins briefly when the ring runs dry, then parks the thread in
+ * Atomics.wait until the main thread publishes more or the next housekeeping tick is due. A
+ * blocking wait is right here: the shard has no other work, and a notify that meets a blocked
+ * waiter is a plain futex wake, where one that meets Atomics.waitAsync posts a task to this
+ * thread's event loop (an eventfd write, a loop turn, a promise) on both threads' time. The tick
+ * (loop lag, heap, room TTLs, stats) therefore runs from the loop, not from a timer. While it
+ * waits for outbound room (waitForFree, async) a ref'd interval keeps the thread alive: on Node
+ * 20 a pending waitAsync alone does not (nodejs/node#44729).
  */
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
@@ -40,7 +45,6 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
   const h = new Handler(out, task);
   let records = 0;
   let outWaits = 0;
-  let lastTick = Date.now();
   const publishStats = (): void => {
     const rm = h.rooms;
     stats[S_ROOMS] = rm.rooms.size;
@@ -57,15 +61,20 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     stats[S_OUT_WAITS] = outWaits;
     stats.set(h.errors, S_ERR_BASE);
   };
-  // The tick measures event-loop lag, samples the heap and drops rooms past their TTL.
-  const tick = setInterval(() => {
+  // The tick measures how late the loop came round to it (the shard's loop lag), samples the
+  // heap and drops rooms past their TTL.
+  let nextTick = Date.now() + TICK_MS;
+  const tickIfDue = (): boolean => {
     const now = Date.now();
-    stats[S_LOOP_LAG_MS] = Math.max(0, now - lastTick - TICK_MS);
-    lastTick = now;
+    if (now < nextTick) return false;
+    stats[S_LOOP_LAG_MS] = now - nextTick;
+    nextTick = now + TICK_MS;
     stats[S_HEAP_USED] = process.memoryUsage().heapUsed;
     h.rooms.sweep(now);
     publishStats();
-  }, TICK_MS);
+    return true;
+  };
+  const keepAlive = setInterval(() => undefined, 1 << 30);
   stats[S_UP] = 1;
   try {
     for (;;) {
@@ -93,13 +102,14 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
         publishStats();
       }
       if (h.drained) return { index: task.index, records };
-      if (n === BATCH) { await yieldToLoop(); continue; }
+      // A full batch, or the tick, lets the event loop run (V8's posted GC tasks among others).
+      if (tickIfDue() || n === BATCH) { await yieldToLoop(); continue; }
       let spins = 0;
       while (spins < SPINS && !inbound.hasNext()) spins++;
-      if (!inbound.hasNext()) await inbound.waitForData();
+      if (!inbound.hasNext()) inbound.waitForDataSync(Math.max(1, nextTick - Date.now()));
     }
   } finally {
-    clearInterval(tick);
+    clearInterval(keepAlive);
     stats[S_UP] = 0;
     h.rooms.dispose();
     publishStats();

@@ -51,8 +51,6 @@ const HARD_PAYLOAD_CAP = 16 << 20;
 /** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
 const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
-/** Event-loop turns the outbound pump keeps polling after its last record before it parks. */
-const IDLE_TURNS = 64;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
@@ -169,7 +167,7 @@ export class Engine {
     if (this.stopped) return;
     this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
     // Deliver everything the dead shard published, then answer what it never handled.
-    link.reader.drain(this.onOut);
+    link.reader.drain(this.onOut, Infinity, this.flushAcks);
     const oldInbound = link.inbound;
     const oldReader = link.reader;
     link.fresh();
@@ -212,35 +210,53 @@ export class Engine {
     }
   }
 
-  /** Moves shard output to sockets until the link's generation changes or the engine stops. */
+  /**
+   * Moves shard output to sockets until the link's generation changes or the engine stops. It
+   * parks as soon as the ring is empty rather than polling once per event-loop turn: polling
+   * keeps the loop from blocking in epoll, so each turn reads only the few sockets that happen
+   * to be ready and a closed loop of clients splits into many small cohorts, each fanned out with
+   * its own write per subscriber. Parked, the loop waits for sockets or for the shard's notify
+   * (one per output batch), and each turn's fan-out carries what the turn gathered. Measured in
+   * fanout-10x100: 0.87x plain uWS's throughput and 1.07x its main-thread CPU per delivery,
+   * against 0.80x and 1.20x polling for 64 idle turns (native-bench, 5 runs each).
+   */
   private async pump(link: ShardLink, gen: number): Promise<void> {
     const reader = link.reader;
-    let idle = 0;
     while (!this.stopped && link.generation === gen) {
       const depth = reader.depth();
       if (depth > link.outboundHighWater) link.outboundHighWater = depth;
-      const n = reader.drain(this.onOut, OUT_BATCH);
-      if (n > 0) idle = 0;
+      const n = reader.drain(this.onOut, OUT_BATCH, this.flushAcks);
       if (n === OUT_BATCH) { await yieldToLoop(); continue; }
       if (reader.hasNext()) continue;
-      // While traffic flows, look again once per turn of the event loop instead of parking: the
-      // turn's socket reads reach the shard and come back as one batch of publishes, which uWS
-      // writes with one syscall per socket, and nobody pays a wake-up. Park after a quiet spell.
-      if (idle < IDLE_TURNS) { idle++; await yieldToLoop(); continue; }
-      idle = 0;
       await reader.waitForData();
     }
   }
 
-  // The arguments of publishAndAck, set just before ws.cork(publishAndAck): no closure per message.
-  private paWs: WebSocket<Conn> | null = null;
-  private paTopic: Uint8Array | null = null;
-  private paMsg: Uint8Array | null = null;
-  private paAck: Uint8Array | null = null;
-  /** Runs inside the sender's cork: its copy of the msg and its ack leave in one write. */
-  private readonly publishAndAck = (): void => {
-    this.app!.publish(this.paTopic!, this.paMsg!, true);
-    this.send(this.paWs!, this.paAck!);
+  // Acks of this drain batch, sent once the batch's publishes are in (flushAcks). Each sender's
+  // ack then leaves in the same write as every message of the batch its rooms got: uWS's send
+  // first drains the socket's queued pub/sub messages into the cork. Sent at once instead, the ack
+  // would cost the sender a write of its own before the end-of-turn pub/sub drain. The views point
+  // into the outbound ring, valid until the batch's read counter is published (after the flush).
+  private readonly ackConns: number[] = [];
+  private readonly ackFrames: Uint8Array[] = [];
+  private ackWs: WebSocket<Conn> | null = null;
+  private ackFrame: Uint8Array | null = null;
+  private readonly sendAck = (): void => { this.send(this.ackWs!, this.ackFrame!); };
+
+  /** Sends the queued acks, each corked with its socket's queued pub/sub messages. */
+  private readonly flushAcks = (): void => {
+    const ids = this.ackConns;
+    if (ids.length === 0) return;
+    const frames = this.ackFrames;
+    for (let i = 0; i < ids.length; i++) {
+      const ws = this.conns.get(ids[i]!);
+      if (ws === undefined) continue; // closed since (a slow consumer closed mid-batch, say)
+      this.ackWs = ws; this.ackFrame = frames[i]!;
+      ws.cork(this.sendAck);
+    }
+    this.ackWs = this.ackFrame = null;
+    ids.length = 0;
+    frames.length = 0;
   };
 
   private observeFanout(stamp: number): void {
@@ -262,29 +278,27 @@ export class Engine {
         const p = off + OUT_BODY;
         const ms = p + 8;
         const me = ms + getU32(b, p + 4);
-        const ws = this.conns.get(getU32(b, off + 4));
-        if (ws === undefined) {
-          this.app?.publish(b.subarray(rs, end), b.subarray(ms, me), true);
-        } else {
-          this.paWs = ws; this.paTopic = b.subarray(rs, end); this.paMsg = b.subarray(ms, me); this.paAck = b.subarray(me, rs);
-          ws.cork(this.publishAndAck);
-          this.paWs = null; this.paTopic = this.paMsg = this.paAck = null;
-        }
+        const id = getU32(b, off + 4);
+        this.app?.publish(b.subarray(rs, end), b.subarray(ms, me), true);
+        if (this.conns.has(id)) { this.ackConns.push(id); this.ackFrames.push(b.subarray(me, rs)); }
         this.observeFanout(getU32(b, p));
         return;
       }
       case OUT_SEND: {
+        this.flushAcks(); // replies to one connection leave in the order the shard made them
         const ws = this.conns.get(getU32(b, off + 4));
         if (ws !== undefined) this.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }
       case OUT_JOINED: {
+        this.flushAcks(); // replies to one connection leave in the order the shard made them
         const ws = this.conns.get(getU32(b, off + 4));
         if (ws === undefined) return;
         if (this.send(ws, b.subarray(off + OUT_BODY, rs))) ws.subscribe(b.subarray(rs, end));
         return;
       }
       case OUT_LEFT: {
+        this.flushAcks(); // replies to one connection leave in the order the shard made them
         const ws = this.conns.get(getU32(b, off + 4));
         if (ws === undefined) return;
         ws.unsubscribe(b.subarray(rs, end));
@@ -636,7 +650,7 @@ export class Engine {
     // Deliver as the shards drain (the pumps do too; this also catches a shard whose task has
     // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
     for (;;) {
-      for (const l of this.links) l.reader.drain(this.onOut);
+      for (const l of this.links) l.reader.drain(this.onOut, Infinity, this.flushAcks);
       if (this.links.every((l) => l.drained) || Date.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5));
     }

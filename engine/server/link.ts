@@ -36,6 +36,7 @@ export class ShardLink {
   outboundHighWater = 0;
   private backlog: Uint8Array[] = [];
   private flushing = false;
+  private wakeOwed = false;
   private readonly scratch = new Uint8Array(512);
 
   constructor(readonly index: number, private readonly ringBytes: number) {
@@ -80,10 +81,27 @@ export class ShardLink {
     const u = off + IN_FRAME_BODY + frame.byteLength;
     for (let i = 0; i < userLen; i++) b[u + i] = user!.charCodeAt(i);
     w.commit();
-    w.publish();
+    if (w.publishDeferred()) this.owe();
     this.noteInboundDepth();
     return true;
   }
+
+  /**
+   * The shard is parked and has records to read: wake it once, after this event-loop turn's
+   * socket callbacks have all written theirs. A notify costs the main thread a futex call and
+   * the shard a task post (and, when they share a core, a context switch), so one per turn
+   * instead of one per frame; the frames themselves were visible at once to a shard still awake.
+   */
+  private owe(): void {
+    if (this.wakeOwed) return;
+    this.wakeOwed = true;
+    setImmediate(this.settleWake);
+  }
+
+  private readonly settleWake = (): void => {
+    this.wakeOwed = false;
+    this.writer.notify();
+  };
 
   /** Writes a server-side publish; false when the ring is full. */
   writeServerPub(req: number, room: string, from: string, body: Uint8Array): boolean {
