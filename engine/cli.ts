@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1
 /**
  * `shardchat` / `npm start`: serves on port 9001 with defaults. Every option is a flag and an
  * environment variable (`--help`). SIGINT / SIGTERM drain cleanly; the process then exits by

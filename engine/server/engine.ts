@@ -51,6 +51,8 @@ const HARD_PAYLOAD_CAP = 16 << 20;
 /** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
 const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
+/** Young-generation cap of a shard worker (see the Piscina options). */
+const SHARD_YOUNG_GEN_MB = 4;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
@@ -108,6 +110,10 @@ export class Engine {
       concurrentTasksPerWorker: 1,
       idleTimeout: Infinity,
       atomics: 'disabled',
+      // A shard allocates little per message (pooled history, views), so a small young
+      // generation costs it nothing, while V8's default lets new space grow to 16 MiB per
+      // semi-space under a burst of joins and keep it: RSS that idle connections then pay for.
+      resourceLimits: { maxYoungGenerationSizeMb: SHARD_YOUNG_GEN_MB },
     });
     this.pool.on('error', (err: Error) => this.log.error({ event: 'pool_error', err: err.message }, 'worker pool error'));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());

@@ -188,7 +188,13 @@ const cliJs = join(root, 'dist', 'engine', 'cli.js');
 const profDir = join(resultsDir, 'tmp', 'prof');
 if (cpuProf) mkdirSync(profDir, { recursive: true });
 
+// shardchat runs as `npm start` runs it: the node flags of package.json's start script (the
+// young-generation cap the CLI's shebang also sets), then the CLI.
+const startScript = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts?.start ?? '';
+const startNodeFlags = (/^node((?:\s+--[\w-]+(?:=\S+)?)*)\s+dist\/engine\/cli\.js\b/.exec(startScript)?.[1] ?? '').trim().split(/\s+/).filter(Boolean);
+if (!/^node\b/.test(startScript)) fail(`package.json's start script is not "node [flags] dist/engine/cli.js": ${startScript}`);
 const shardchatArgs = (port, extra) => [
+  ...startNodeFlags,
   ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []),
   cliJs, '--port', String(port), '--host', '127.0.0.1', '--rate-per-sec', '1000000000', '--rate-burst', '1000000000',
   '--log-level', 'warn', '--max-connections', '50000', ...extra,
@@ -376,7 +382,7 @@ async function perfRun(s, sc) {
   const gen = runGenerator(s, sc);
   await sleep((warmup + 1) * 1000);
   const stat = spawn('perf', ['stat', '-x', ',', '-e', PERF_SYSCALLS.map((c) => `syscalls:sys_enter_${c}`).join(','), '-p', String(s.pid), '--', 'sleep', String(d)], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const rec = spawn('perf', ['record', '-F', '999', '-g', '-t', String(s.pid), '-o', dataFile, '--', 'sleep', String(d)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const rec = spawn('perf', ['record', '-F', '999', '-g', ...(process.env.PERF_ALL ? ['-p'] : ['-t']), String(s.pid), '-o', dataFile, '--', 'sleep', String(d)], { stdio: ['ignore', 'ignore', 'pipe'] });
   let statErr = '';
   stat.stderr.on('data', (b) => { statErr += b; });
   rec.stderr.on('data', () => undefined);
