@@ -89,7 +89,8 @@ if (flag('--help') || flag('-h')) {
   --no-pin      do not pin with taskset
   --wait-idle   before each run, wait up to this many seconds (default 4; at most 60 s in all) for other work under 25% of a core
   --cpu-prof    start shardchat with --cpu-prof and print its top self-time functions
-  --perf        one extra unmeasured run per peer of the first closed scenario with Linux perf attached (needs perf + root)
+  --perf        one extra unmeasured run per peer of the first closed scenario with Linux perf attached (needs perf + root;
+                perf record follows the main thread only, or every thread with PERF_ALL=1 in the environment)
 `);
   process.exit(0);
 }
