@@ -412,24 +412,38 @@ export class RingReader extends RingEnd {
   }
 
   /**
-   * Resolves when a record is published that was not there when the ring was seen empty, or after
-   * `timeoutMs` (resolving false). Never blocks the thread: uses Atomics.waitAsync.
-   * Call only when `hasNext()` is false.
+   * The consumer's announcement before it parks (docs/RING.md, "Wake-ups"): returns the write
+   * counter to wait on, or null when a publish raced the announcement (the flag is then cleared
+   * and the caller goes on reading). After a wait, the caller clears the flag with `unpark()`.
    */
-  async waitForData(timeoutMs = Infinity): Promise<boolean> {
+  private announcePark(): number | null {
     const seen = this.writeCache | 0;
     Atomics.store(this.header, SLOT_SLEEPING, 1);
     // Re-check after announcing: a publish that raced with the announcement is seen here, and
     // any publish after it sees SLEEPING == 1 and notifies.
     if ((Atomics.load(this.header, SLOT_WRITE) | 0) !== seen) {
       Atomics.store(this.header, SLOT_SLEEPING, 0);
-      return true;
+      return null;
     }
     this.parks++;
-    const res = Atomics.waitAsync(this.header, SLOT_WRITE, seen, timeoutMs);
-    const outcome = res.async ? await res.value : res.value;
+    return seen;
+  }
+
+  private unpark(outcome: string): boolean {
     Atomics.store(this.header, SLOT_SLEEPING, 0);
     return outcome !== 'timed-out' || this.hasNext();
+  }
+
+  /**
+   * Resolves when a record is published that was not there when the ring was seen empty, or after
+   * `timeoutMs` (resolving false). Never blocks the thread: uses Atomics.waitAsync.
+   * Call only when `hasNext()` is false.
+   */
+  async waitForData(timeoutMs = Infinity): Promise<boolean> {
+    const seen = this.announcePark();
+    if (seen === null) return true;
+    const res = Atomics.waitAsync(this.header, SLOT_WRITE, seen, timeoutMs);
+    return this.unpark(res.async ? await res.value : res.value);
   }
 
   /**
@@ -439,15 +453,8 @@ export class RingReader extends RingEnd {
    * between batches); never on the main thread. Returns false on timeout with nothing to read.
    */
   waitForDataSync(timeoutMs: number): boolean {
-    const seen = this.writeCache | 0;
-    Atomics.store(this.header, SLOT_SLEEPING, 1);
-    if ((Atomics.load(this.header, SLOT_WRITE) | 0) !== seen) {
-      Atomics.store(this.header, SLOT_SLEEPING, 0);
-      return true;
-    }
-    this.parks++;
-    const outcome = Atomics.wait(this.header, SLOT_WRITE, seen, timeoutMs);
-    Atomics.store(this.header, SLOT_SLEEPING, 0);
-    return outcome !== 'timed-out' || this.hasNext();
+    const seen = this.announcePark();
+    if (seen === null) return true;
+    return this.unpark(Atomics.wait(this.header, SLOT_WRITE, seen, timeoutMs));
   }
 }
