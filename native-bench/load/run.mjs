@@ -10,7 +10,7 @@
  * Scenarios are named parameter sets (SCENARIOS below). Closed-loop ones ("fanout-10x100",
  * "fanout-1x1000", "chat-1to1", "churn") start every peer's server as a child process on a free
  * 127.0.0.1 port (pinned to core 0 with taskset; the C generator to core 1) and interleave the
- * peers' runs (A1 B1 C1, B2 C2 A2, ...: the order rotates); "sweep" raises an open-loop offered rate until a peer saturates;
+ * peers' runs (in an order that changes each run); "sweep" raises an open-loop offered rate until a peer saturates;
  * "idle" starts a fresh server per run and measures its RSS per idle connection; "stall" runs
  * shardchat without and with one member that stops reading. Each server is stopped with SIGTERM
  * by its PID (shardchat must exit 0 by itself). Results: one JSON file per run under
@@ -492,10 +492,10 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
       }
     }
     for (let r = 0; r < n; r++) {
-      // The order rotates each run (A1 B1 C1, B2 C2 A2, C3 A3 B3, ...): a server that leaves work
-      // behind on the server core (Socket.IO after its run) would otherwise always slow the same
-      // next arm. Measured: whichever shardchat arm followed socketio-rooms lost 7-10%.
-      for (const a of arms.slice(r % arms.length).concat(arms.slice(0, r % arms.length))) {
+      // The order changes each run, so that no arm always follows the same one: a server that
+      // leaves work behind on the server core (Socket.IO after its run) slowed whichever arm came
+      // next by 7-10% (measured), and a plain rotation keeps every arm's predecessor.
+      for (const a of williamsRow(arms, r)) {
         stepNo++;
         const s = fresh ? await startServer(a.peer) : servers.get(a.peer);
         const q = waitIdle > 0 ? await quiet() : null;
@@ -526,6 +526,17 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
   }
   for (const a of Object.values(res)) a.summary = summarize(a.derived);
   return { arms: res, servers: serverInfo };
+}
+
+/**
+ * Row r of a Williams design: 0, 1, n-1, 2, n-2, ... shifted by r (mod n). Over n runs (n even)
+ * every arm comes right after every other arm exactly once; fewer runs still vary it.
+ */
+function williamsRow(arms, r) {
+  const n = arms.length;
+  const base = [];
+  for (let i = 0, lo = 1, hi = n - 1; i < n; i++) base.push(i === 0 ? 0 : i % 2 === 1 ? lo++ : hi--);
+  return base.map((x) => arms[(x + r) % n]);
 }
 
 function describe(sc, d) {
@@ -761,7 +772,7 @@ const rx = (x) => (x === null || x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
 md.push(`## shardchat load benchmarks (${quick ? 'quick' : 'suite'})`);
 md.push('');
 md.push(`${new Date().toISOString()}; ${pinNote}; ${os.cpus()[0]?.model?.trim() ?? 'cpu?'}, ${ncpu} cores, Node ${process.versions.node}; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; ` +
-  `machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start. Medians of ${runs} runs per arm, arms interleaved, the order rotating each run (A1 B1 C1, B2 C2 A2, ...). ` +
+  `machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start. Medians of ${runs} runs per arm, arms interleaved, in an order that changes each run (a Williams design: no arm always follows the same one). ` +
   `"other CPU %" above ~20 marks a disturbed run.`);
 for (const [name, r] of Object.entries(scenarioResults)) {
   const sc = r.params;
