@@ -604,27 +604,49 @@ async function runSweep(scName, sc, peers) {
     for (const p of peers) servers.set(p, await startServer(p));
     const alive = new Set(peers);
     const fails = Object.fromEntries(peers.map((p) => [p, 0]));
+    const attempt = async (p, rate) => {
+      stepNo++;
+      const q = waitIdle > 0 ? await quiet() : null;
+      const g = await runGenerator(servers.get(p), sc, ['--rate', String(rate / sc.members), '--drain', '3'], { warmup: sweepWarmup, duration: sweepDuration });
+      if (g.json === null) return null;
+      const d = derive(g.json);
+      if (q) d.busyBeforeRunPct = q.busyPct;
+      d.setupOk = g.json.setup_ok ? 1 : 0;
+      if ((d.otherCpuPct ?? 0) > 20) findings.push(`${scName}/${p} at ${kps(rate)}/s: DISTURBED (other work ${d.otherCpuPct}% of a core)`);
+      return d;
+    };
+    const verdict = (d, rate) => {
+      const why = [];
+      if (!d.setupOk) why.push('setup');
+      if (d.skipped > 0) why.push(`${d.skipped} sends skipped`);
+      if (d.sentPerSec < 0.97 * (rate / sc.members)) why.push('generator below the offered rate');
+      if (d.deliveredPerSec < 0.97 * d.sentPerSec * sc.members) why.push('delivered < 97% of sent x members');
+      if (!(d.p99ms <= p99BoundMs)) why.push(`p99 ${f1(d.p99ms, 1)} ms > ${p99BoundMs} ms`);
+      const errs = d.errorsSum ?? d.errors; // medians of three runs: any err in any of them counts
+      if (errs > 0) why.push(`${errs} err`);
+      return why;
+    };
     for (const rate of sweepRates) {
       for (const p of peers) {
         if (!alive.has(p)) continue;
-        stepNo++;
-        const q = waitIdle > 0 ? await quiet() : null;
-        const g = await runGenerator(servers.get(p), sc, ['--rate', String(rate / sc.members), '--drain', '3'], { warmup: sweepWarmup, duration: sweepDuration });
-        if (g.json === null) { findings.push(`${scName}/${p} at ${rate}/s: the load generator failed (exit ${g.code})`); alive.delete(p); continue; }
-        const d = derive(g.json);
-        if (q) d.busyBeforeRunPct = q.busyPct;
-        const j = g.json;
-        const why = [];
-        if (!j.setup_ok) why.push('setup');
-        if (d.skipped > 0) why.push(`${d.skipped} sends skipped`);
-        if (d.sentPerSec < 0.97 * (rate / sc.members)) why.push('generator below the offered rate');
-        if (d.deliveredPerSec < 0.97 * d.sentPerSec * sc.members) why.push('delivered < 97% of sent x members');
-        if (!(d.p99ms <= p99BoundMs)) why.push(`p99 ${f1(d.p99ms, 1)} ms > ${p99BoundMs} ms`);
-        if (d.errors > 0) why.push(`${d.errors} err`);
+        // A point that fails is run twice more and judged on the medians of its three runs: on
+        // this shared machine one disturbed 3 s window pushes p99 over the bound now and then,
+        // and a single run would then end a peer's sweep early.
+        const tries = [];
+        let d = await attempt(p, rate);
+        if (d === null) { findings.push(`${scName}/${p} at ${rate}/s: the load generator failed`); alive.delete(p); continue; }
+        tries.push(d);
+        let why = verdict(d, rate);
+        if (why.length > 0) {
+          progress(`${scName}/${p} offered ${kps(rate)}/s: ${describe(sc, d)} -> failed (${why.join(', ')}); two more runs, judged on the medians`);
+          stepTotal += 2;
+          for (let k = 0; k < 2; k++) { const e = await attempt(p, rate); if (e !== null) tries.push(e); }
+          d = summarize(tries);
+          why = verdict(d, rate);
+        }
         const ok = why.length === 0;
-        if ((d.otherCpuPct ?? 0) > 20) findings.push(`${scName}/${p} at ${kps(rate)}/s: DISTURBED (other work ${d.otherCpuPct}% of a core)`);
-        points[p].push({ offeredPerSec: rate, ok, why, ...d });
-        progress(`${scName}/${p} offered ${kps(rate)}/s: ${describe(sc, d)} -> ${ok ? 'ok' : `saturated (${why.join(', ')})`}`);
+        points[p].push({ offeredPerSec: rate, ok, why, attempts: tries.length, p99msRuns: tries.map((x) => x.p99ms), ...d });
+        progress(`${scName}/${p} offered ${kps(rate)}/s: ${describe(sc, d)}${tries.length > 1 ? ` (medians of ${tries.length})` : ''} -> ${ok ? 'ok' : `saturated (${why.join(', ')})`}`);
         if (ok) { fails[p] = 0; saturation[p] = Math.max(saturation[p] ?? 0, rate); } else if (++fails[p] >= 2) alive.delete(p);
       }
     }
@@ -813,12 +835,12 @@ for (const [name, r] of Object.entries(scenarioResults)) {
       md.push(`| ${a.label} | ${f1(m.cyclesPerSec, 0)} | ${a.derived.map((d) => f1(d.cyclesPerSec, 0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ${f1(m.serverCpuPct, 0)} | ${m.closesSum} / ${a.runs.reduce((x, j) => x + j.totals.conn_failures, 0)} | ${a.peer !== 'shardchat' && sc0 ? `shardchat ${rx(ratio(sc0, m.cyclesPerSec))}` : ''} |`);
     }
   } else if (r.kind === 'open') {
-    md.push(`### ${name}: ${sc.about} (${sweepWarmup} s warmup + ${sweepDuration} s window per point; saturated = delivered < 97% of offered, sends skipped, or p99 > ${p99BoundMs} ms)`);
+    md.push(`### ${name}: ${sc.about} (${sweepWarmup} s warmup + ${sweepDuration} s window per point; saturated = delivered < 97% of offered, sends skipped, or p99 > ${p99BoundMs} ms; a point that fails is run twice more and judged on the medians of its three runs, marked "(3)")`);
     md.push('');
     md.push(`| peer | saturation (highest ok offered deliveries/s) | ${sweepRates.map(kps).join(' | ')} |`);
     md.push(`|---|---|${sweepRates.map(() => '---').join('|')}|`);
     for (const [p, pts] of Object.entries(r.points)) {
-      md.push(`| ${peerDef(p).label} | ${kps(r.saturation[p] ?? null)} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}` : ''; }).join(' | ')} |`);
+      md.push(`| ${peerDef(p).label} | ${kps(r.saturation[p] ?? null)} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}${q.attempts > 1 ? ` (${q.attempts})` : ''}` : ''; }).join(' | ')} |`);
     }
     if (r.atHalf) {
       md.push('');
