@@ -88,9 +88,9 @@ export class ShardLink {
 
   /**
    * The shard is parked and has records to read: wake it once, after this event-loop turn's
-   * socket callbacks have all written theirs. A notify costs the main thread a futex call and
-   * the shard a task post (and, when they share a core, a context switch), so one per turn
-   * instead of one per frame; the frames themselves were visible at once to a shard still awake.
+   * socket callbacks have all written theirs. A notify costs the main thread a futex call (and,
+   * when the two threads share a core, a context switch), so one per turn instead of one per
+   * frame; the frames themselves were visible at once to a shard still awake.
    */
   private owe(): void {
     if (this.wakeOwed) return;
