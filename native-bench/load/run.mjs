@@ -474,6 +474,19 @@ async function stopAll(scName, servers, out) {
   }
 }
 
+/** Runs a scenario's body: a runner error becomes a finding (and fails the run); its servers are stopped either way. */
+async function guarded(scName, servers, serverInfo, body) {
+  try {
+    await body();
+  } catch (e) {
+    failed = true;
+    findings.push(`${scName}: runner: ${e.message}`);
+    log(`run.mjs: ${e.message}`);
+  } finally {
+    await stopAll(scName, [...servers.values()], serverInfo);
+  }
+}
+
 /**
  * Runs arms (each: key, peer = server name, extra generator flags, stall) `n` times, interleaved.
  * fresh: a new server per run (idle memory); otherwise one server per distinct peer, shared by its arms.
@@ -483,7 +496,7 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
   const serverInfo = {};
   for (const a of arms) res[a.key] = { label: a.label, peer: a.peer, derived: [], runs: [] };
   const servers = new Map();
-  try {
+  await guarded(scName, servers, serverInfo, async () => {
     if (!fresh) for (const a of arms) if (!servers.has(a.peer)) servers.set(a.peer, await startServer(a.peer));
     if (perfMode && sc.kind === 'closed' && scName === scenarioNames.find((x) => SCENARIOS[x].kind === 'closed')) {
       for (const s of servers.values()) {
@@ -517,13 +530,7 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
       }
     }
     if (beforeStop) await beforeStop(servers);
-  } catch (e) {
-    failed = true;
-    findings.push(`${scName}: runner: ${e.message}`);
-    log(`run.mjs: ${e.message}`);
-  } finally {
-    await stopAll(scName, [...servers.values()], serverInfo);
-  }
+  });
   for (const a of Object.values(res)) a.summary = summarize(a.derived);
   return { arms: res, servers: serverInfo };
 }
@@ -600,10 +607,11 @@ async function runSweep(scName, sc, peers) {
   const serverInfo = {};
   const saturation = {};
   let atHalf = null;
-  try {
+  await guarded(scName, servers, serverInfo, async () => {
     for (const p of peers) servers.set(p, await startServer(p));
     const alive = new Set(peers);
     const fails = Object.fromEntries(peers.map((p) => [p, 0]));
+    /** One open-loop generator run against peer p at `rate` deliveries/s: { d, json }, or null. */
     const attempt = async (p, rate) => {
       stepNo++;
       const q = waitIdle > 0 ? await quiet() : null;
@@ -611,9 +619,15 @@ async function runSweep(scName, sc, peers) {
       if (g.json === null) return null;
       const d = derive(g.json);
       if (q) d.busyBeforeRunPct = q.busyPct;
-      d.setupOk = g.json.setup_ok ? 1 : 0;
-      if ((d.otherCpuPct ?? 0) > 20) findings.push(`${scName}/${p} at ${kps(rate)}/s: DISTURBED (other work ${d.otherCpuPct}% of a core)`);
-      return d;
+      return { d, json: g.json };
+    };
+    /** A run of a sweep point: its derived figures (with setupOk, for the medians), or null. */
+    const pointRun = async (p, rate) => {
+      const a = await attempt(p, rate);
+      if (a === null) return null;
+      a.d.setupOk = a.json.setup_ok ? 1 : 0;
+      if ((a.d.otherCpuPct ?? 0) > 20) findings.push(`${scName}/${p} at ${kps(rate)}/s: DISTURBED (other work ${a.d.otherCpuPct}% of a core)`);
+      return a.d;
     };
     const verdict = (d, rate) => {
       const why = [];
@@ -633,14 +647,14 @@ async function runSweep(scName, sc, peers) {
         // this shared machine one disturbed 3 s window pushes p99 over the bound now and then,
         // and a single run would then end a peer's sweep early.
         const tries = [];
-        let d = await attempt(p, rate);
+        let d = await pointRun(p, rate);
         if (d === null) { findings.push(`${scName}/${p} at ${rate}/s: the load generator failed`); alive.delete(p); continue; }
         tries.push(d);
         let why = verdict(d, rate);
         if (why.length > 0) {
           progress(`${scName}/${p} offered ${kps(rate)}/s: ${describe(sc, d)} -> failed (${why.join(', ')}); two more runs, judged on the medians`);
           stepTotal += 2;
-          for (let k = 0; k < 2; k++) { const e = await attempt(p, rate); if (e !== null) tries.push(e); }
+          for (let k = 0; k < 2; k++) { const e = await pointRun(p, rate); if (e !== null) tries.push(e); }
           d = summarize(tries);
           why = verdict(d, rate);
         }
@@ -657,28 +671,19 @@ async function runSweep(scName, sc, peers) {
       const res = Object.fromEntries(halfPeers.map((p) => [p, { label: peerDef(p).label, peer: p, derived: [], runs: [] }]));
       for (let r = 0; r < runs; r++) {
         for (const p of halfPeers) {
-          stepNo++;
-          const q = waitIdle > 0 ? await quiet() : null;
-          const g = await runGenerator(servers.get(p), sc, ['--rate', String(half / sc.members), '--drain', '3'], { warmup: sweepWarmup, duration: sweepDuration });
-          if (g.json === null) { findings.push(`${scName}/${p} at half saturation: the load generator failed`); continue; }
-          const d = derive(g.json);
-          if (q) d.busyBeforeRunPct = q.busyPct;
+          const a = await attempt(p, half);
+          if (a === null) { findings.push(`${scName}/${p} at half saturation: the load generator failed`); continue; }
+          const { d, json } = a;
           res[p].derived.push(d);
-          res[p].runs.push(g.json);
-          for (const f of findingsOf(`${scName}-half/${p} run ${r + 1}`, g.json, { mode: 'open' })) findings.push(f);
+          res[p].runs.push(json);
+          for (const f of findingsOf(`${scName}-half/${p} run ${r + 1}`, json, { mode: 'open' })) findings.push(f);
           progress(`${scName}/${p} at half plain uWS's saturation (${kps(half)}/s) run ${r + 1}/${runs}: ${describe(sc, d)}`);
         }
       }
       for (const a of Object.values(res)) a.summary = summarize(a.derived);
       atHalf = { offeredPerSec: half, arms: res };
     }
-  } catch (e) {
-    failed = true;
-    findings.push(`${scName}: runner: ${e.message}`);
-    log(`run.mjs: ${e.message}`);
-  } finally {
-    await stopAll(scName, [...servers.values()], serverInfo);
-  }
+  });
   return { points, saturation, atHalf, p99BoundMs, servers: serverInfo };
 }
 
