@@ -669,6 +669,7 @@ async function runSweep(scName, sc, peers) {
     const halfPeers = peers.filter((p) => p === 'uws-plain' || peerDef(p).shardchat);
     if (half && halfPeers.length) {
       const res = Object.fromEntries(halfPeers.map((p) => [p, { label: peerDef(p).label, peer: p, derived: [], runs: [] }]));
+      stepTotal += runs * halfPeers.length;
       for (let r = 0; r < runs; r++) {
         for (const p of halfPeers) {
           const a = await attempt(p, half);
