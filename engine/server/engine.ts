@@ -265,6 +265,12 @@ export class Engine {
     frames.length = 0;
   };
 
+  /** The connection a direct reply record is for; queued acks leave first, so a connection's replies keep the shard's order. */
+  private replyTo(b: Uint8Array, off: number): WebSocket<Conn> | undefined {
+    this.flushAcks();
+    return this.conns.get(getU32(b, off + 4));
+  }
+
   private observeFanout(stamp: number): void {
     // Receipt-to-fan-out latency of the sampled pubs (the ones that carry a stamp).
     if (stamp !== 0) this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
@@ -291,21 +297,18 @@ export class Engine {
         return;
       }
       case OUT_SEND: {
-        this.flushAcks(); // replies to one connection leave in the order the shard made them
-        const ws = this.conns.get(getU32(b, off + 4));
+        const ws = this.replyTo(b, off);
         if (ws !== undefined) this.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }
       case OUT_JOINED: {
-        this.flushAcks(); // replies to one connection leave in the order the shard made them
-        const ws = this.conns.get(getU32(b, off + 4));
+        const ws = this.replyTo(b, off);
         if (ws === undefined) return;
         if (this.send(ws, b.subarray(off + OUT_BODY, rs))) ws.subscribe(b.subarray(rs, end));
         return;
       }
       case OUT_LEFT: {
-        this.flushAcks(); // replies to one connection leave in the order the shard made them
-        const ws = this.conns.get(getU32(b, off + 4));
+        const ws = this.replyTo(b, off);
         if (ws === undefined) return;
         ws.unsubscribe(b.subarray(rs, end));
         this.send(ws, b.subarray(off + OUT_BODY, rs));
