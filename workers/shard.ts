@@ -56,7 +56,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     stats[S_PUBLISHED] = h.published;
     stats[S_DELIVERED] = h.delivered;
     stats[S_RECORDS_IN] = records;
-    stats[S_POOL_IN_USE] = h.pool.stats().inUse;
+    stats[S_POOL_IN_USE] = h.pool.inUse;
     stats[S_PARKS] = inbound.parks;
     stats[S_OUT_WAITS] = outWaits;
     stats.set(h.errors, S_ERR_BASE);
