@@ -63,14 +63,15 @@ test('compileRooms(): bad claims are refused with the entry named', () => {
   for (const [claim, re] of bad) assert.throws(() => compileRooms(claim), re, JSON.stringify(claim).slice(0, 80));
 });
 
-test('allows() with 256 prefixes: 20,000 checks, each well under 50 us', () => {
-  const id = ident(Array.from({ length: 256 }, (_, i) => ({ match: `p${i}:*`, allow: ['join'] })));
-  const t0 = process.hrtime.bigint();
-  let n = 0;
-  for (let i = 0; i < 20_000; i++) if (allows(id, 'join', `p${i & 255}:room`)) n++;
-  const ns = Number(process.hrtime.bigint() - t0) / 20_000;
-  assert.equal(n, 20_000);
-  assert.ok(ns < 50_000, `${ns} ns per check`);
+test('allows() with 256 prefixes: every prefix matches its own rooms only', () => {
+  const id = ident(Array.from({ length: 256 }, (_, i) => ({ match: `p${i}:*`, allow: i % 2 === 0 ? ['join'] : ['pub'] })));
+  for (let i = 0; i < 256; i++) {
+    assert.equal(allows(id, 'join', `p${i}:room`), i % 2 === 0, `join p${i}`);
+    assert.equal(allows(id, 'pub', `p${i}:room`), i % 2 === 1, `pub p${i}`);
+  }
+  assert.ok(!allows(id, 'join', 'p256:room'));
+  assert.ok(!allows(id, 'join', 'p1'), 'the prefix includes its colon');
+  // Its cost (O(patterns), no allocation) is measured by native-bench/auth/verify.ts, not here.
 });
 
 const JWT = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln';
