@@ -212,6 +212,36 @@ test('JWKS: an endpoint that fails is `unavailable` (503), not a bad token', asy
   });
 });
 
+test('JWKS: an endpoint that does not answer is `unavailable` after jwksTimeoutMs', async (t) => {
+  const held: http.ServerResponse[] = [];
+  const server = http.createServer((_req, res) => { held.push(res); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/jwks.json`;
+  const v = await verifier({ jwksUrl: url, jwksTimeoutMs: 300 });
+  const k = await generateKeyPair('ES256');
+  const token = await new SignJWT({ sub: 'u', exp: nowSec() + 60 }).setProtectedHeader({ alg: 'ES256', kid: 'k' }).sign(k.privateKey);
+  const t0 = Date.now();
+  await refusedWith(v, token, 'unavailable', /TIMEOUT/);
+  const took = Date.now() - t0;
+  assert.ok(took >= 290 && took < 3000, `gave up after ${took} ms`);
+  assert.equal(held.length, 1, 'the request reached the endpoint');
+});
+
+test('verifyUpgrade(): the token from Sec-WebSocket-Protocol or ?token=, and the protocol to answer', async () => {
+  const v = await verifier({ jwtSecret: SECRET });
+  const token = await hs({ sub: 'erin', exp: nowSec() + 60 });
+  const viaHeader = await v.verifyUpgrade(`shardchat.v1, bearer.${token}`, 'user=mallory');
+  assert.deepEqual([viaHeader.identity.user, viaHeader.protocol], ['erin', 'shardchat.v1'], '?user= names no one');
+  const viaQuery = await v.verifyUpgrade('', `token=${token}`);
+  assert.deepEqual([viaQuery.identity.user, viaQuery.protocol], ['erin', '']);
+  await assert.rejects(v.verifyUpgrade('shardchat.v1', 'user=erin'), (e: unknown) => e instanceof AuthError && e.reason === 'missing');
+  await assert.rejects(v.verifyUpgrade(`bearer.${token}`, ''), (e: unknown) => e instanceof AuthError && e.reason === 'invalid');
+  await assert.rejects(v.verifyUpgrade(`shardchat.v1, bearer.${token}`, `token=${token}`), (e: unknown) => e instanceof AuthError && e.reason === 'invalid');
+  const st = v.stats();
+  assert.deepEqual([st.verified, st.refused.missing, st.refused.invalid], [2, 1, 2]);
+});
+
 test('refusal bodies name the reason', () => {
   for (const reason of ['missing', 'expired', 'invalid'] as const) {
     const r = refusal(new AuthError(reason, 'detail not shown'));

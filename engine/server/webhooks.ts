@@ -206,8 +206,11 @@ export class WebhookSender {
         },
       }, (res) => {
         const status = res.statusCode ?? 0;
+        const outcome: Outcome = status >= 200 && status < 300 ? 'ok' : status === 408 || status === 429 || status >= 500 ? 'retry' : 'reject';
         res.resume();
-        res.on('end', () => resolve(status >= 200 && status < 300 ? 'ok' : status === 408 || status === 429 || status >= 500 ? 'retry' : 'reject'));
+        res.on('end', () => resolve(outcome));
+        // A response cut short is a failure, whatever its status said (the first resolve wins).
+        res.on('close', () => resolve(res.complete ? outcome : 'retry'));
         res.on('error', () => resolve('retry'));
       });
       this.req = req;
