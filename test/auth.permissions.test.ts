@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  AuthError, MAX_ROOM_PATTERNS, MAX_TOKEN_BYTES, TokenCache, allows, bearerProtocols, compileRooms, extractToken,
+  AuthError, MAX_ROOM_PATTERNS, MAX_TOKEN_BYTES, TokenCache, allows, bearerProtocols, compileRooms, extractToken, identityFromHook,
   type Identity, type RoomAction,
 } from '../engine/auth/index.js';
 
@@ -136,4 +136,21 @@ test('TokenCache: bounded by entries and bytes, least recently used out, never p
   for (let i = 0; i < 10_000; i++) big.set(`tok-${i}`, id(100), 0);
   assert.equal(big.stats().entries, 1000);
   assert.ok(big.get('tok-9999', 1) && !big.get('tok-0', 1));
+});
+
+test('identityFromHook(): an authenticate hook can return the same permissions as a token', () => {
+  const id = identityFromHook({ user: 'hooked', rooms: [{ match: 'a:*', allow: ['join'] }], info: { role: 'mod' } });
+  assert.equal(id.user, 'hooked');
+  assert.equal(id.exp, Infinity, 'no exp: never expires');
+  assert.ok(allows(id, 'join', 'a:1') && !allows(id, 'join', 'b:1') && !allows(id, 'pub', 'a:1'));
+  assert.deepEqual(id.info, { role: 'mod' });
+  assert.ok(allows(identityFromHook({ user: 'plain' }), 'pub', 'any'), 'no rooms: everything');
+  assert.equal(identityFromHook({ user: 'anon-legacy' }).user, 'anon-legacy', 'hooks keep today\'s user rules');
+  const bad = (r: Parameters<typeof identityFromHook>[0], re: RegExp): void => {
+    assert.throws(() => identityFromHook(r), (e: unknown) => e instanceof AuthError && e.reason === 'invalid' && re.test(e.detail));
+  };
+  bad({ user: 'no spaces' }, /user/);
+  bad({ user: 'u', rooms: 'a:*' }, /array/);
+  bad({ user: 'u', info: { x: 'y'.repeat(2000) } }, /info/);
+  bad({ user: 'u', exp: Number.NaN }, /exp/);
 });
