@@ -90,6 +90,7 @@ test('extractToken(): Sec-WebSocket-Protocol and ?token=', () => {
     [`shardchat.v1, bearer.${JWT}`, `token=${JWT}`, /both/],
     ['', `token=${JWT}&token=${JWT}`, /more than once/],
     ['', 'token=%E0%A4%A', /percent-encoded/],
+    ['', 'token', /compact JWT/],
     ['', 'token=', /compact JWT/],
     ['', 'token=abc', /compact JWT/],
     ['', `token=${JWT}%20`, /compact JWT/],

@@ -4,5 +4,5 @@ export { identityFromClaims, identityFromHook, DEFAULT_MAX_INFO_BYTES, type Hook
 export { ACTIONS, ACTION_BIT, MAX_ROOM_PATTERNS, RoomsClaimError, allows, compileRooms, roomMask, type RoomAction, type RoomMatcher } from './permissions.js';
 export { TokenCache, type TokenCacheStats } from './cache.js';
 export { BEARER_PREFIX, MAX_TOKEN_BYTES, SUBPROTOCOL, bearerProtocols, extractToken, tokenQuery, type ExtractedToken } from './transport.js';
-export { AUTH_OPTION_SPECS, MIN_SECRET_BYTES, resolveAuthOptions, type AuthOptionSpec, type AuthOptions, type KeySource, type ResolvedAuthOptions } from './options.js';
+export { AUTH_OPTION_SPECS, MIN_SECRET_BYTES, checkOptionValue, resolveAuthOptions, type AuthOptionSpec, type AuthOptions, type KeySource, type ResolvedAuthOptions } from './options.js';
 export { JWKS_ALGORITHMS, createVerifier, type TokenVerifier, type VerifierStats } from './verifier.js';

@@ -123,14 +123,22 @@ function keySource(opts: AuthOptions): KeySource {
 }
 
 function checkType(s: AuthOptionSpec, v: unknown): void {
-  if (v === undefined) return;
+  if (v !== undefined) checkOptionValue(s.key, s, v);
+}
+
+/**
+ * Checks one value against a string/int spec, throwing as engine/options.ts does (OptionError,
+ * or a RangeError with the same code and option). Shared with the webhook options; when the
+ * specs join OPTION_SPECS, engine/options.ts's own check() can take this over.
+ */
+export function checkOptionValue(option: string, s: { kind: 'string' | 'int'; min?: number; max?: number }, v: unknown): void {
   if (s.kind === 'string') {
-    if (typeof v !== 'string' || v.length === 0) throw new OptionError(s.key, `must be a non-empty string, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string' || v.length === 0) throw new OptionError(option, `must be a non-empty string, got ${JSON.stringify(v)}`);
     return;
   }
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw new OptionError(s.key, `must be an integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new OptionError(option, `must be an integer, got ${JSON.stringify(v)}`);
   if (v < s.min! || v > s.max!) {
-    const e = new RangeError(`options.${s.key} must be between ${s.min} and ${s.max}, got ${v}`);
-    throw Object.assign(e, { code: 'SHARDCHAT_INVALID_OPTION', option: s.key });
+    const e = new RangeError(`options.${option} must be between ${s.min} and ${s.max}, got ${v}`);
+    throw Object.assign(e, { code: 'SHARDCHAT_INVALID_OPTION', option });
   }
 }

@@ -8,6 +8,7 @@
  * - `?token=<token>` (percent-encoded): for clients that can set neither.
  * Giving both, or either twice, is refused (`invalid`) rather than guessing which one counts.
  */
+import { queryParam } from '../protocol/identity.js';
 import { AuthError } from './errors.js';
 
 export const SUBPROTOCOL = 'shardchat.v1';
@@ -56,20 +57,10 @@ export function extractToken(protocolHeader: string, query: string): ExtractedTo
   return { token, protocol: offersV1 ? SUBPROTOCOL : (others[0] ?? '') };
 }
 
-/** `?token=` from a query string: null when absent; throws when repeated, empty or badly encoded. */
+/** `?token=` from a query string: null when absent; throws when repeated or badly encoded. */
 export function tokenQuery(query: string): string | null {
-  if (query === '') return null;
-  let token: string | null = null;
-  for (const part of query.split('&')) {
-    const eq = part.indexOf('=');
-    if ((eq < 0 ? part : part.slice(0, eq)) !== 'token') continue;
-    if (token !== null) throw new AuthError('invalid', '?token= given more than once');
-    try {
-      token = decodeURIComponent(eq < 0 ? '' : part.slice(eq + 1));
-    } catch {
-      throw new AuthError('invalid', '?token= is badly percent-encoded');
-    }
-  }
+  const token = queryParam(query, 'token');
+  if (token === false) throw new AuthError('invalid', '?token= given more than once, or badly percent-encoded');
   return token;
 }
 

@@ -2,6 +2,7 @@
  * Webhook options: names, CLI flags, environment variables, defaults and validation, naming the
  * option. Pure. engine/options.ts appends WEBHOOK_OPTION_SPECS to its list (docs/API.md).
  */
+import { checkOptionValue } from '../auth/options.js';
 import { OptionError } from '../errors.js';
 
 export interface WebhookOptions {
@@ -64,15 +65,8 @@ export function resolveWebhookOptions(opts: WebhookOptions): ResolvedWebhookOpti
     if (v === undefined) {
       if (s.def === null) throw new OptionError(s.engineKey, 'is required for webhooks');
       out[s.key] = s.def;
-    } else if (s.kind === 'string') {
-      if (typeof v !== 'string' || v.length === 0) throw new OptionError(s.engineKey, `must be a non-empty string, got ${JSON.stringify(v)}`);
-      out[s.key] = v;
     } else {
-      if (typeof v !== 'number' || !Number.isInteger(v)) throw new OptionError(s.engineKey, `must be an integer, got ${JSON.stringify(v)}`);
-      if (v < s.min! || v > s.max!) {
-        const e = new RangeError(`options.${s.engineKey} must be between ${s.min} and ${s.max}, got ${v}`);
-        throw Object.assign(e, { code: 'SHARDCHAT_INVALID_OPTION', option: s.engineKey });
-      }
+      checkOptionValue(s.engineKey, s, v);
       out[s.key] = v;
     }
   }
