@@ -1,8 +1,9 @@
 /** The pure parts of token auth: the permission table, token extraction, and the cache's bounds. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import {
-  AuthError, MAX_ROOM_PATTERNS, MAX_TOKEN_BYTES, TokenCache, allows, bearerProtocols, compileRooms, extractToken, identityFromHook,
+  ACTIONS, AuthError, MAX_ROOM_PATTERNS, MAX_TOKEN_BYTES, TokenCache, allows, bearerProtocols, compileRooms, extractToken, identityFromHook,
   type Identity, type RoomAction,
 } from '../engine/auth/index.js';
 
@@ -72,6 +73,17 @@ test('allows() with 256 prefixes: every prefix matches its own rooms only', () =
   assert.ok(!allows(id, 'join', 'p256:room'));
   assert.ok(!allows(id, 'join', 'p1'), 'the prefix includes its colon');
   // Its cost (O(patterns), no allocation) is measured by native-bench/auth/verify.ts, not here.
+});
+
+test('allows() agrees with a naive reading of the claim on random claims and rooms', () => {
+  const seg = fc.constantFrom('a', 'b', 'team-42', 'x.y', '1', '');
+  const room = fc.array(seg, { minLength: 1, maxLength: 3 }).map((p) => p.join(':')).filter((r) => r.length > 0);
+  const pattern = fc.oneof(room, fc.array(seg, { maxLength: 3 }).map((p) => (p.length ? `${p.join(':')}:*` : '*')));
+  const entry = fc.record({ match: pattern, allow: fc.subarray([...ACTIONS]) });
+  fc.assert(fc.property(fc.array(entry, { maxLength: 12 }), room, fc.constantFrom(...ACTIONS), (claim, r, action) => {
+    const naive = claim.some((e) => (e.match.endsWith('*') ? r.startsWith(e.match.slice(0, -1)) : r === e.match) && e.allow.includes(action));
+    return allows(ident(claim), action, r) === naive;
+  }), { numRuns: 2000, seed: 14 });
 });
 
 const JWT = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln';
