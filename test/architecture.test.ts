@@ -47,6 +47,18 @@ test('leaf modules import nothing of the project outside themselves', () => {
   }
 });
 
+test('engine/auth imports only itself, protocol/, errors.ts, jose and node builtins', () => {
+  const auth = all.filter((x) => x.startsWith(path.join('engine', 'auth')));
+  assert.ok(auth.length > 0, 'engine/auth was found');
+  const allowed = [path.join('engine', 'auth'), path.join('engine', 'protocol'), path.join('engine', 'errors.ts')];
+  for (const f of auth) {
+    for (const i of imports(f)) {
+      if (i.startsWith('engine') || i.startsWith('workers')) assert.ok(allowed.some((a) => i.startsWith(a)), `${f} imports ${i}`);
+      else assert.ok(i === 'jose' || i.startsWith('node:'), `${f} imports ${i}: engine/auth uses only jose and node builtins`);
+    }
+  }
+});
+
 test('workers never import the server, uWebSockets.js or piscina', () => {
   for (const f of all.filter((x) => x.startsWith('workers'))) {
     for (const i of imports(f)) {
