@@ -87,15 +87,16 @@ test('hostile mix against the default limits: no crash, the normal client served
     `rooms ${engine.stats().rooms}`);
   t.diagnostic(`normal client: ${n.sent} sent, ${n.acked} acked, ${n.retries} retries, ack p50 ${n.p50Ms.toFixed(1)} ` +
     `p99 ${n.p99Ms.toFixed(1)} max ${n.maxMs.toFixed(1)} ms, errors ${JSON.stringify(n.errors)}`);
-  t.diagnostic(`attack: partial ${JSON.stringify(r.partial)}, flood ${r.flood.cycles} conns / ${r.flood.replies} joins, ` +
+  t.diagnostic(`attack: partial ${JSON.stringify(r.partial)}, flood ${r.flood.cycles} conns / ${r.flood.replies} of ${r.flood.answered} joins ok, ` +
     `push ${r.push.cycles} conns, churn ${r.churn.cycles} users, hist ${r.hist.replies} replies, who ${r.who.replies} replies`);
 
   await t.test('the attack ran: every kind of attacker got through to the engine', () => {
     assert.ok(r.partial.opened >= 1, `partial frames held: ${JSON.stringify(r.partial)}`);
-    assert.ok(r.flood.replies > 1000, `room flood joins answered: ${r.flood.replies}`);
-    assert.ok(r.push.items > 8 * MiB, `history pushed: ${r.push.items} bytes`);
-    assert.ok(r.churn.cycles > 50, `cursor churn users: ${r.churn.cycles}`);
-    assert.ok(r.hist.replies > 10 && r.who.replies > 10, `hist ${r.hist.replies} / who ${r.who.replies} replies`);
+    // Counted as answered, refusals included: a limit that refuses the attack is the point.
+    assert.ok(r.flood.answered > 1000, `room flood joins answered: ${r.flood.answered}`);
+    assert.ok(r.push.answered > 1000, `history pushes answered: ${r.push.answered} (${r.push.items} bytes acked)`);
+    assert.ok(r.churn.answered > 100, `cursor churn requests answered: ${r.churn.answered}`);
+    assert.ok(r.hist.answered > 10 && r.who.answered > 10, `hist ${r.hist.answered} / who ${r.who.answered} answered`);
   });
 
   await t.test('no shard crashes or restarts during the attack', () => {

@@ -35,8 +35,11 @@ export interface MixOptions {
   tag?: string;
 }
 
-/** `items`: body bytes acked (push), messages pulled (hist), users listed (who). */
-export interface LoopStats { cycles: number; replies: number; items: number; errors: Record<string, number> }
+/**
+ * `answered`: replies of any kind, `err` included (the engine saw the request); `replies`: the
+ * successful ones; `items`: body bytes acked (push), messages pulled (hist), users listed (who).
+ */
+export interface LoopStats { cycles: number; answered: number; replies: number; items: number; errors: Record<string, number> }
 
 export interface NormalStats {
   sent: number; acked: number; lost: number; errors: Record<string, number>;
@@ -52,13 +55,13 @@ export interface MixResult {
   flood: LoopStats; push: LoopStats; churn: LoopStats; hist: LoopStats; who: LoopStats;
 }
 
-const newStats = (): LoopStats => ({ cycles: 0, replies: 0, items: 0, errors: {} });
+const newStats = (): LoopStats => ({ cycles: 0, answered: 0, replies: 0, items: 0, errors: {} });
 const count = (m: Record<string, number>, k: string): void => { m[k] = (m[k] ?? 0) + 1; };
 const errKey = (e: unknown): string => (e instanceof Error ? e.message.replace(/\d+ ms/, 'N ms') : String(e)).slice(0, 60);
 
 /** A reply's outcome: its `t`, or `err:<code>`. */
 function outcome(f: Frame): string {
-  return f.t === 'err' ? `err:${String(f.code)}` : String(f.t);
+  return f.t === 'err' || f.t === 'failed' ? `${String(f.t)}:${String(f.code)}` : String(f.t);
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -81,9 +84,10 @@ async function loop(until: number, s: LoopStats, cycle: () => Promise<void>): Pr
 
 /** Sends `frames` pipelined and tallies the replies; returns them. */
 async function burst(c: Conn, frames: Frame[], s: LoopStats): Promise<Frame[]> {
-  const replies = await Promise.all(frames.map((f) => c.request(f).catch((e: unknown) => ({ t: 'err', code: errKey(e) }))));
+  const replies = await Promise.all(frames.map((f) => c.request(f).catch((e: unknown) => ({ t: 'failed', code: errKey(e) }))));
   for (const r of replies) {
-    if (r.t === 'err') count(s.errors, outcome(r));
+    if (r.t !== 'failed') s.answered++;
+    if (r.t === 'err' || r.t === 'failed') count(s.errors, outcome(r));
     else s.replies++;
   }
   return replies;

@@ -100,7 +100,7 @@ const rows = [
   ['normal client: sent / acked / lost (retries)', `${n.sent} / ${n.acked} / ${n.lost} (${n.retries})${Object.keys(n.errors).length ? ` ${JSON.stringify(n.errors)}` : ''}`],
   ['normal client ack ms: p50 / p99 / max', `${n.p50Ms.toFixed(2)} / ${n.p99Ms.toFixed(2)} / ${n.maxMs.toFixed(2)}`],
   ['partial 16 MiB frames: held / closed by server / refused', `${result.partial.opened} / ${result.partial.closedByServer} / ${result.partial.failed}`],
-  ['room flood: connections / joins answered', `${result.flood.cycles} / ${result.flood.replies}`],
+  ['room flood: connections / joins ok / answered', `${result.flood.cycles} / ${result.flood.replies} / ${result.flood.answered}`],
   ['history pushes: connections / MiB acked', `${result.push.cycles} / ${mib(result.push.items)}`],
   ['cursor churn: users', `${result.churn.cycles}`],
   ['hist pulls: replies / msgs', `${result.hist.replies} / ${result.hist.items}`],
