@@ -3,7 +3,7 @@
  * lifts the rate limit, so the defaults are passed back explicitly), attacked for 20 s
  * (SHARDCHAT_HOSTILE_MS overrides) by native-bench/hostile/mix.ts from a child process, so that
  * this process's RSS is the engine's: partial 16 MiB frames held open, room-creation floods
- * across reconnects, 64 KiB history pushes into many rooms (64 MiB acked at most), cursor churn,
+ * across reconnects, 64 KiB history pushes into many rooms (a 64 MiB budget), cursor churn,
  * big `hist` and `who` pulls; meanwhile one normal client publishes 5 small messages a second in
  * its own room and retries `overloaded` / `rate_limited` as the protocol tells it to.
  *

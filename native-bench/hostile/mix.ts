@@ -22,7 +22,10 @@ export interface MixOptions {
   partialSendBytes?: number;
   floodConns?: number;
   pushConns?: number;
-  /** Total body bytes the push loops may get acked, over all of them. */
+  /**
+   * Body bytes the push loops stop at, over all of them: checked before each connection's burst,
+   * so the total acked may pass it by up to one burst per loop (46 x ~64 KiB each).
+   */
   pushBudgetBytes?: number;
   /** Rooms each push loop spreads its bodies over. */
   pushRooms?: number;
