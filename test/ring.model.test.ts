@@ -83,7 +83,7 @@ function tools(t: TestContext): Tools | null {
 test('SPIN model check of the ring handshakes (docs/ring.pml)', async (t) => {
   const found = tools(t);
   if (found === null) return;
-  const run = async (name: string, fn: (st: TestContext) => Promise<void>): Promise<void> => { await t.test(name, fn); };
+  const sub = async (name: string, fn: (st: TestContext) => Promise<void>): Promise<void> => { await t.test(name, fn); };
   const passes = async (st: TestContext, defines: string[]): Promise<void> => {
     const r = await check(found, defines);
     st.diagnostic(`${defines.join(' ') || 'default'}: errors: ${r.errors}, ${r.stored} states`);
@@ -111,38 +111,38 @@ test('SPIN model check of the ring handshakes (docs/ring.pml)', async (t) => {
   };
   const SIZES = [[], ['N=6', 'CAP=3'], ['N=8', 'CAP=1'], ['N=7', 'CAP=4']];
 
-  await run('spin is available', async () => {
+  await sub('spin is available', async () => {
     const out = await tool(found.spin, ['-V'], tmpdir());
     assert.match(out, /Spin Version/);
   });
 
   // The ring's own ends: publish / waitForData (waitAsync) / waitForSpace.
   for (const size of SIZES) {
-    await run(`the ring's handshake passes: no lost wake-up, no deadlock (${size.join(' ') || 'N=4 CAP=2'})`,
+    await sub(`the ring's handshake passes: no lost wake-up, no deadlock (${size.join(' ') || 'N=4 CAP=2'})`,
       (st) => passes(st, size));
   }
-  await run('the explicit re-check is an optimisation: waiting on WRITE with the seen value suffices',
+  await sub('the explicit re-check is an optimisation: waiting on WRITE with the seen value suffices',
     (st) => passes(st, ['NO_RECHECK']));
-  await run('the model is not vacuous: both sides really park in some runs', (st) => probes(st, []));
+  await sub('the model is not vacuous: both sides really park in some runs', (st) => probes(st, []));
   const BROKEN = {
     BROKEN_PRODUCER_CLEARS: 'the producer clears SLEEPING after notifying',
     BROKEN_DOORBELL: 'the consumer blocks on a doorbell instead of waitAsync(WRITE, seen)',
     BROKEN_CONSUMER_CLEARS: 'syncRead clears PRODUCER_WAITING after notifying',
   };
   for (const [variant, what] of Object.entries(BROKEN)) {
-    await run(`spin catches the lost wake-up when ${what} (${variant})`,
+    await sub(`spin catches the lost wake-up when ${what} (${variant})`,
       (st) => fails(st, [variant], /assertion violated .*(cblocked|pblocked)/));
   }
 
   // LINK: ShardLink's deferred notify (publishDeferred, settled once per turn) against the shard's
   // blocking park (waitForDataSync), mixed with publish() and a control record's waitForSpace.
   for (const size of SIZES) {
-    await run(`the deferred notify and the blocking park pass (LINK ${size.join(' ') || 'N=4 CAP=2'})`,
+    await sub(`the deferred notify and the blocking park pass (LINK ${size.join(' ') || 'N=4 CAP=2'})`,
       (st) => passes(st, ['LINK', ...size]));
   }
-  await run('LINK is not vacuous: the shard parks and a control record waits for space in some runs',
+  await sub('LINK is not vacuous: the shard parks and a control record waits for space in some runs',
     (st) => probes(st, ['LINK']));
-  await run('the blocking park may re-check before announcing: Atomics.wait compares with the value found empty (PARK_LATE_ANNOUNCE)',
+  await sub('the blocking park may re-check before announcing: Atomics.wait compares with the value found empty (PARK_LATE_ANNOUNCE)',
     (st) => passes(st, ['LINK', 'PARK_LATE_ANNOUNCE']));
   const BROKEN_LINK = {
     BROKEN_DEFERRED_FIRST_ONLY: 'the link forgets a wake owed by a later frame of the turn',
@@ -150,7 +150,7 @@ test('SPIN model check of the ring handshakes (docs/ring.pml)', async (t) => {
     BROKEN_PARK_RELOAD: 'the blocking park waits on a freshly loaded WRITE',
   };
   for (const [variant, what] of Object.entries(BROKEN_LINK)) {
-    await run(`spin catches the lost wake-up when ${what} (LINK ${variant})`,
+    await sub(`spin catches the lost wake-up when ${what} (LINK ${variant})`,
       (st) => fails(st, ['LINK', variant], /assertion violated .*cblocked/));
   }
 });
