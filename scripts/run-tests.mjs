@@ -2,8 +2,12 @@
 // Runs every compiled `*.test.js` under dist/test with Node's own test runner and exits with its
 // exit code. Files are listed explicitly because Node 20's directory search would also run every
 // helper and worker fixture that lives below a folder named `test`.
+// A TAP copy of the run goes to a temp file so that, at the end, every skipped test and every
+// todo is listed again with its reason (a "skipped: install spin ..." line is easy to miss among
+// hundreds of results); the console keeps Node's usual reporter (spec on a terminal, else TAP).
 import { spawn } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const root = 'dist/test';
@@ -24,5 +28,24 @@ if (files.length === 0) {
   process.exit(1);
 }
 const timeout = process.env.SHARDCHAT_SOAK ? 3_600_000 : 300_000;
-const child = spawn(process.execPath, ['--expose-gc', '--test', `--test-timeout=${timeout}`, ...files], { stdio: 'inherit' });
-child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+const tapDir = mkdtempSync(join(tmpdir(), 'shardchat-tests-'));
+const tapFile = join(tapDir, 'run.tap');
+const reporters = [
+  `--test-reporter=${process.stdout.isTTY ? 'spec' : 'tap'}`, '--test-reporter-destination=stdout',
+  '--test-reporter=tap', `--test-reporter-destination=${tapFile}`,
+];
+const child = spawn(process.execPath, ['--expose-gc', '--test', `--test-timeout=${timeout}`, ...reporters, ...files], { stdio: 'inherit' });
+child.on('exit', (code, signal) => {
+  try {
+    const notes = readFileSync(tapFile, 'utf8').split('\n').filter((l) => /^\s*(not )?ok \d+ - .* # (SKIP|TODO)\b/.test(l));
+    if (notes.length > 0) {
+      console.log(`\nskipped and todo (${notes.length}):`);
+      for (const l of notes) console.log(`  ${l.trim().replace(/^(not )?ok \d+ - /, '')}`);
+    }
+  } catch (e) {
+    console.error(`run-tests: could not list skipped tests: ${e.message}`);
+  } finally {
+    rmSync(tapDir, { recursive: true, force: true });
+  }
+  process.exit(code ?? (signal ? 1 : 0));
+});

@@ -76,3 +76,14 @@ test('one module loads uWebSockets.js; only engine/server uses piscina', () => {
     if (imports(f).includes('piscina')) assert.ok(f.startsWith(path.join('engine', 'server')), `${f} imports piscina`);
   }
 });
+
+test('the hostile-mix harness speaks only the protocol: it imports nothing of the engine or workers', () => {
+  const harness = sources(path.join('native-bench', 'hostile'));
+  assert.ok(harness.includes(path.join('native-bench', 'hostile', 'mix.ts')), 'native-bench/hostile/mix.ts was found');
+  for (const f of harness) {
+    for (const i of imports(f)) {
+      assert.ok(!i.startsWith('engine') && !i.startsWith('workers'), `${f} imports ${i}`);
+      assert.ok(!/uws|uWebSockets|piscina/i.test(i), `${f} imports ${i}`);
+    }
+  }
+});
