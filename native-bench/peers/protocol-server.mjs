@@ -18,6 +18,7 @@
  */
 import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
+import { TextDecoder } from 'node:util';
 import { peerArgs } from './args.mjs';
 import { WireError, scan, readStr, readInt, Writer } from './mp-wire.mjs';
 
