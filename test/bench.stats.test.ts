@@ -40,3 +40,19 @@ test('the point order is a permutation that changes with the seed', () => {
   assert.deepEqual([...a].sort((x, y) => x - y), xs);
   assert.notDeepEqual(a, stats.shuffled(xs, 2));
 });
+
+test('derived throughput: the smallest of main thread, busiest shard and all cores, named', async () => {
+  const scale = (await import(pathToFileURL(path.join(root, 'native-bench', 'load', 'scale.mjs')).href)) as typeof import('../native-bench/load/scale.mjs');
+  // main 1 us, shard 0.5 us per delivery: one shard on its own core leaves the main thread the limit
+  const a = scale.deriveScale({ mainUs: 1, shardUs: 0.5, rooms: 10 }, 1, 2)!;
+  assert.deepEqual([Math.round(a.perSec), a.bottleneck], [1e6, 'main thread']);
+  // both on one core: 1.5 us per delivery on one core
+  const b = scale.deriveScale({ mainUs: 1, shardUs: 0.5, rooms: 10 }, 1, 1)!;
+  assert.deepEqual([Math.round(b.perSec), b.bottleneck], [666667, 'all cores']);
+  // expensive shards: two share the work; one room cannot be split over shards
+  const c = scale.deriveScale({ mainUs: 1, shardUs: 3, rooms: 10 }, 2, 3)!;
+  assert.deepEqual([Math.round(c.perSec), c.bottleneck], [666667, 'busiest shard']);
+  const d = scale.deriveScale({ mainUs: 1, shardUs: 3, rooms: 1 }, 4, 5)!;
+  assert.deepEqual([Math.round(d.perSec), d.bottleneck], [333333, 'busiest shard']);
+  assert.equal(scale.scaleTable({ mainUs: 1, shardUs: 0.5, rooms: 10 }, 3, 1, { 1: 5e5 }).length, 5);
+});

@@ -9,7 +9,7 @@
  *  2. the 4 KiB copy ceiling: Uint8Array.prototype.set of 4 KiB into a SharedArrayBuffer.
  *  3. wake-up latency from an idle ring, both directions.
  *  4. BufferPool acquire+release vs new Uint8Array(n) (benchmark.js).
- * It prints a table and writes native-bench/results/micro-latest.json.
+ * It prints a table and writes native-bench/results/local/micro-latest.json (git-ignored).
  *
  * Knobs (environment): MICRO_REPS (7), MICRO_REP_MS (300), MICRO_LAT_SAMPLES (3000),
  * MICRO_BENCH_MAX_TIME (seconds per benchmark.js benchmark, 1), MICRO_RING_CAPACITY (1 MiB).
@@ -78,7 +78,7 @@ const repoRoot = resolve(here, '..', '..', '..');
 const PARTIAL = ['MICRO_SECTIONS', 'MICRO_ARMS', 'MICRO_SIZES'].some((k) => (process.env[k] ?? '').trim() !== '');
 const resultsPath = PARTIAL
   ? join(repoRoot, 'native-bench', 'results', 'tmp', 'micro-partial.json')
-  : join(repoRoot, 'native-bench', 'results', 'micro-latest.json');
+  : join(repoRoot, 'native-bench', 'results', 'local', 'micro-latest.json');
 
 const progress = (msg: string): void => { process.stderr.write(`[bench:micro] ${msg}\n`); };
 
