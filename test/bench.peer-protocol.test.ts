@@ -11,6 +11,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import Database from 'better-sqlite3';
+import { decode } from '@msgpack/msgpack';
 import { TestClient, tryUpgrade, type Frame } from './helpers/client.js';
 import { guardHandles } from './helpers/leaks.js';
 
@@ -18,10 +22,11 @@ guardHandles();
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const peerFile = path.join(root, 'native-bench', 'peers', 'uws-protocol.mjs');
+const sqlitePeerFile = path.join(root, 'native-bench', 'peers', 'uws-protocol-sqlite.mjs');
 
 /** Starts the peer (killed after the test by its PID) and returns its port. */
-async function startPeer(t: TestContext, args: string[] = []): Promise<number> {
-  const child = spawn(process.execPath, [peerFile, '--port', '0', '--host', '127.0.0.1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startPeer(t: TestContext, args: string[] = [], file = peerFile): Promise<number> {
+  const child = spawn(process.execPath, [file, '--port', '0', '--host', '127.0.0.1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   t.after(async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
@@ -154,4 +159,23 @@ test('the single-threaded peer rate-limits per connection with retryAfterMs', as
   const limited = await a.next((f) => f.t === 'err' && f.code === 'rate_limited', 3000, 'rate_limited');
   assert.ok((limited.retryAfterMs as number) > 0 && (limited.retryAfterMs as number) <= 1000, `retryAfterMs ${limited.retryAfterMs}`);
   assert.equal(a.framesOf('err').filter((f) => f.code === 'not_joined').length, 3, 'the first three frames were acted on');
+});
+
+test('the SQLite variant of the peer has every acked message in its database file', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'shardchat-peer-sqlite-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'peer.db');
+  const port = await startPeer(t, ['--rate-per-sec', '100000', '--rate-burst', '100000', '--db', file, '--keep-db'], sqlitePeerFile);
+  const a = await open(t, port, 'alice');
+  await a.request({ t: 'join', room: 'r1' });
+  const refs = [a.takeRef(), a.takeRef(), a.takeRef()];
+  for (const [i, ref] of refs.entries()) a.send({ t: 'pub', ref, room: 'r1', body: { n: i } });
+  await a.next((f) => f.t === 'ack' && f.ref === refs[2], 3000, 'third ack');
+  // acked means kept: another connection to the file sees all three, committed
+  const db = new Database(file, { readonly: true });
+  t.after(() => db.close());
+  const rows = db.prepare('SELECT room, seq, from_user, frame FROM messages ORDER BY seq').all() as { room: string; seq: number; from_user: string; frame: Uint8Array }[];
+  assert.deepEqual(rows.map((r) => [r.room, r.seq, r.from_user]), [['r1', 1, 'alice'], ['r1', 2, 'alice'], ['r1', 3, 'alice']]);
+  const f = decode(rows[2]!.frame) as Frame;
+  assert.deepEqual([f.t, f.seq, (f.body as { n: number }).n], ['msg', 3, 2]);
 });
