@@ -30,6 +30,9 @@ test('met only when the whole interval clears the limit; otherwise not met or in
   assert.ok(v.runsNeeded === null || v.runsNeeded > 6, `runs needed ${v.runsNeeded}`);
   assert.equal(stats.verdictOf(tight, 1.0, '>=', { generatorBound: true }).verdict, 'generator-bound');
   assert.equal(stats.verdictOf(stats.pairedRatioInterval(pairs([1.2])), 1.0, '>=').verdict, 'not measured');
+  // too few pairs for any verdict, however clear the runs look
+  const few = stats.verdictOf(stats.pairedRatioInterval(pairs([0.2, 0.21, 0.19])), 1.0, '>=');
+  assert.deepEqual([few.verdict, few.runsNeeded! >= stats.MIN_PAIRS], ['inconclusive', true]);
   // deterministic
   assert.deepEqual(stats.pairedRatioInterval(pairs([0.81, 1.34, 0.95])), stats.pairedRatioInterval(pairs([0.81, 1.34, 0.95])));
 });

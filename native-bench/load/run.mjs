@@ -94,7 +94,15 @@ const VS_ORDER = ['echo-1x2', 'inflight-w1', 'inflight-w4', 'inflight-w16', 'inf
 const QUICK_ORDER = ['fanout-10x100', 'echo-1x2', 'inflight-w16', 'roomsize-1000', 'many-small-2000x2', 'open-light'];
 const QUICK_PEERS = { 'fanout-10x100': ['uws-protocol', 'uws-protocol-aa', 'shardchat', 'uws-plain'] };
 const SCALE_SCENARIOS = ['roomsize-10', 'many-small-2000x2'];
-const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, 'sweep', 'idle', 'churn', 'stall'];
+// Durable storage: once the engine has --store sqlite, shardchat's writes happen in its shard while
+// the single-threaded peer does them inline. In the default suite only when the CLI offers --store.
+SCENARIOS['durable-10x100'] = { kind: 'closed', rooms: 10, members: 100, senders: 2, size: 128, window: 4, peers: ['uws-protocol-sqlite', 'shardchat-sqlite', 'uws-protocol'],
+  about: '10 rooms x 100 members, 2 senders per room, 4 in flight each, 128 B, every message stored in SQLite (WAL) before its ack' };
+const engineHasStore = () => {
+  const r = spawnSync(process.execPath, [join(root, 'dist', 'engine', 'cli.js'), '--help'], { encoding: 'utf8', timeout: 10000 });
+  return /--store\b/.test(`${r.stdout ?? ''}${r.stderr ?? ''}`);
+};
+const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(engineHasStore() ? ['durable-10x100'] : []), 'sweep', 'idle', 'churn', 'stall'];
 const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-protocol', 'uws-protocol-aa', 'uws-protocol-sqlite', 'uws-deferred', 'ws-rooms', 'socketio-rooms',
   'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite'];
 for (const k of ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn']) SCENARIOS[k].peers.splice(1, 0, 'uws-protocol');
@@ -113,7 +121,7 @@ if (flag('--help') || flag('-h')) {
   --scale 1..N  run shardchat with 1..N shards, unpinned, on ${SCALE_SCENARIOS.join(', ')}, and print measured against derived throughput
   --peers       comma list overriding every scenario's peers: ${PEER_NAMES.join(', ')}
   --shards      shard counts of shardchat to run besides 1 (e.g. 2,4 adds shardchat-s2, shardchat-s4 to the closed scenarios)
-  --runs        generator runs per arm (median reported; default 3)
+  --runs        generator runs per arm (default 5, --quick 3; a verdict needs at least 5 pairs)
   --duration    measured window of each run, seconds (default 5; sweep points: 3)
   --warmup      seconds of load before the window opens (default 1.5; sweep points: 1)
   --window      messages in flight per sender, for scenarios that do not set their own (closed loop; default 1)
@@ -135,7 +143,7 @@ const reference = flag('--reference');
 const scaleArg = opt('--scale', null);
 const scaleMax = scaleArg === null ? 0 : Number(/^1\.\.(\d+)$/.exec(scaleArg)?.[1] ?? scaleArg);
 if (scaleArg !== null && !(Number.isInteger(scaleMax) && scaleMax >= 1 && scaleMax <= 64)) fail('--scale takes 1..N (N = 1..64)');
-const runs = num('--runs', 3, 1, 50);
+const runs = num('--runs', quick ? 3 : 5, 1, 50);
 const duration = num('--duration', quick ? 3 : 5, 0.5, 600);
 const warmup = num('--warmup', quick ? 1 : 1.5, 0, 120);
 const sweepDuration = num('--sweep-duration', 3, 0.5, 60);
@@ -152,7 +160,7 @@ const sweepRuns = num('--sweep-runs', 2, 1, 20);
 const shardCounts = scaleMax ? Array.from({ length: scaleMax }, (_, i) => i + 1).filter((n) => n !== 1) : list('--shards', []).map(Number).filter((n) => n !== 1);
 for (const n of shardCounts) if (!Number.isInteger(n) || n < 1 || n > 64) fail('--shards takes integers 1..64');
 const scenarioNames = list('--scenarios', scaleMax ? SCALE_SCENARIOS : quick ? QUICK_ORDER : FULL_ORDER);
-for (const s of scenarioNames) if (!(s in SCENARIOS)) fail(`unknown scenario ${s} (known: ${FULL_ORDER.join(', ')})`);
+for (const s of scenarioNames) if (!(s in SCENARIOS)) fail(`unknown scenario ${s} (known: ${[...FULL_ORDER, 'durable-10x100'].filter((x, i, a) => a.indexOf(x) === i).join(', ')})`);
 const peerOverride = list('--peers', scaleMax ? ['uws-protocol', 'shardchat'] : null);
 const mode = scaleMax ? 'scale' : quick ? 'quick' : 'suite';
 const stamp = new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d{3}Z$/, 'Z');
@@ -226,6 +234,7 @@ log(`building the load generator (${relative(root, join(here, 'build.sh'))})`);
 }
 const loadgen = join(here, 'build', 'loadgen');
 const cliJs = join(root, 'dist', 'engine', 'cli.js');
+mkdirSync(paths.tmp, { recursive: true }); // server scratch files (SQLite databases of the durable peers, profiles)
 const profDir = join(paths.tmp, 'prof');
 if (cpuProf) mkdirSync(profDir, { recursive: true });
 
@@ -687,7 +696,7 @@ const metricsRatio = (arms) => (arms.shardchat && arms['shardchat-nometrics'] ? 
 /**
  * The open-loop rate sweep: every (peer, offered rate) point is run alike, `sweepRuns` times, in
  * an order shuffled per run (seeded), so drift on the machine hits every point and peer alike. A
- * point is saturated by delivery and CPU, not by a latency bound: delivered < 97% of offered, sends
+ * point is saturated by delivery and CPU, not by a latency bound: delivered < 97% of sent x members, sends
  * skipped (a sender's output over 128 KiB or > 50 ms behind schedule), or the server at >= 95% of
  * its core. A point where the generator was at its own limit is marked generator-bound. A peer's
  * saturation point is the highest offered rate below its first saturated one. Latency is compared
@@ -726,10 +735,12 @@ async function runSweep(scName, sc, peers) {
         const why = [];
         if (runsHere.some((d) => !d.setupOk)) why.push('setup');
         if (m.skipped > 0) why.push(`${m.skipped} sends skipped`);
-        if (m.deliveredPerSec < 0.97 * rate) why.push('delivered < 97% of offered');
+        // the server's share: what it delivered of what the generator sent; the generator's
+        // share: whether it sent what was offered (if not, the point is generator-bound)
+        if (m.deliveredPerSec < 0.97 * m.sentPerSec * sc.members) why.push('delivered < 97% of sent x members');
         if (pin && m.serverCpuPct >= 95) why.push(`server at ${f1(m.serverCpuPct, 0)}% of its core`);
         if (m.errorsSum > 0) why.push(`${m.errorsSum} err`);
-        const genBound = m.generatorBoundRuns > 0;
+        const genBound = m.generatorBoundRuns > 0 || m.sentPerSec < 0.97 * (rate / sc.members);
         const ok = why.length === 0 && !genBound;
         points[p].push({ offeredPerSec: rate, ok, generatorBound: genBound, why, attempts: runsHere.length, p99msRuns: runsHere.map((x) => x.p99ms), derived: runsHere, ...m });
         if (!ok) open = false;
@@ -882,7 +893,8 @@ for (const [name, r] of Object.entries(scenarioResults)) {
       md.push(`Derived from shardchat's CPU per delivery here (main ${f1(cost.mainUs, 3)} us, shard ${f1(cost.shardUs, 3)} us; ${sc.rooms} room(s) spread evenly): what N shards on N+1 cores should reach.`);
       md.push('');
       const measured = Object.fromEntries(Object.values(r.arms).filter((a) => peerDef(a.peer)?.shardchat && !a.peer.includes('nometrics') && !peerDef(a.peer).durable).map((a) => [shardsOf(a.peer), a.summary.deliveredPerSec]));
-      for (const row of scaleTable(cost, Math.max(4, scaleMax), pin ? 1 : ncpu, measured)) md.push(row);
+      // pinned: the server has core 0; unpinned: every core but the one the generator keeps busy
+      for (const row of scaleTable(cost, Math.max(4, scaleMax), pin ? 1 : Math.max(1, ncpu - 1), measured)) md.push(row);
       r.derivedScale = Object.fromEntries([1, 2, 4, 8].map((n) => [n, deriveScale(cost, n, n + 1)]));
     }
   } else if (r.kind === 'idle') {
@@ -906,7 +918,7 @@ for (const [name, r] of Object.entries(scenarioResults)) {
       md.push(`| ${a.label} | ${f1(m.cyclesPerSec, 0)} | ${a.derived.map((d) => f1(d.cyclesPerSec, 0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ${f1(m.serverCpuPct, 0)} | ${m.closesSum} / ${a.runs.reduce((x, j) => x + j.totals.conn_failures, 0)} | ${a.peer !== 'shardchat' && sc0 ? `shardchat ${rx(ratio(sc0, m.cyclesPerSec))}` : ''} |`);
     }
   } else if (r.kind === 'open') {
-    md.push(`### ${name}: ${sc.about} (${sweepWarmup} s warmup + ${sweepDuration} s window per point; every point run ${sweepRuns} times, in an order shuffled per run; saturated = delivered < 97% of offered, sends skipped, or the server at >= 95% of its core; "gen" = the generator was at its own limit: no verdict)`);
+    md.push(`### ${name}: ${sc.about} (${sweepWarmup} s warmup + ${sweepDuration} s window per point; every point run ${sweepRuns} times, in an order shuffled per run; saturated = delivered < 97% of sent x members, sends skipped, or the server at >= 95% of its core; "gen" = the generator was at its own limit or sent < 97% of the offered rate: no verdict)`);
     md.push('');
     md.push(`| peer | saturation (highest offered rate below the first saturated point) | ${sweepRates.map(kps).join(' | ')} |`);
     md.push(`|---|---|${sweepRates.map(() => '---').join('|')}|`);
@@ -926,7 +938,7 @@ const targets = [];
 function target(name, x, key, limit, dir, note = '') {
   const ci = x?.ci?.[key] ?? null;
   const v = verdictOf(ci, limit, dir, { generatorBound: !!x?.generatorBound });
-  targets.push({ name, value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: `${dir} ${limit}x`, verdict: v.verdict, runsNeeded: v.runsNeeded, note });
+  targets.push({ name, value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: `${dir} ${limit}x`, verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note });
 }
 const rto = (scName, of, to) => scenarioResults[scName]?.ratios?.find((x) => x.of === of && x.to === to) ?? null;
 for (const name of scenarioNames) {
@@ -951,7 +963,7 @@ for (const name of scenarioNames) {
     // no more than today's 1,348 bytes per idle connection (issue 15): an interval of the runs' values
     const ci = pairedRatioInterval(id.map((d) => ({ runId: d.runId, a: 1, b: d.kbPerIdleConn, ratio: d.kbPerIdleConn })));
     const v = verdictOf(ci, 1.348, '<=');
-    targets.push({ name: 'idle: KB per idle connection, shardchat (<= 1.348 KB, today\'s)', value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: '<= 1.348 KB', verdict: v.verdict, runsNeeded: v.runsNeeded, note: '', kb: true });
+    targets.push({ name: 'idle: KB per idle connection, shardchat (<= 1.348 KB, today\'s)', value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: '<= 1.348 KB', verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note: '', kb: true });
   }
   const fx = (name, x) => { if (x) targets.push({ name, value: x.point, lo: x.lo, hi: x.hi, n: x.n, limit: '-', verdict: 'noise floor', runsNeeded: null, note: '' }); };
   for (const n of scenarioNames) fx(`${n}: A/A throughput (noise floor)`, scenarioResults[n]?.aa?.ci?.throughput);
@@ -965,7 +977,7 @@ for (const t of targets) {
   const f2 = (x) => (x === null || x === undefined ? '?' : t.kb ? x.toFixed(3) : x.toFixed(2));
   const v = t.value === null ? 'not measured' : `${f2(t.value)}${t.kb ? ' KB' : 'x'}${t.lo === null ? ` (${t.n} run)` : ` [${f2(t.lo)}, ${f2(t.hi)}]`}`;
   const verdict = t.verdict === 'met' ? 'met' : t.verdict === 'not met' ? '**not met**' : t.verdict;
-  md.push(`| ${t.name} | ${v}${t.note ?? ''} | ${t.limit} | ${verdict} | ${t.verdict === 'inconclusive' ? (t.runsNeeded === null ? 'none: the point sits on the limit' : `about ${t.runsNeeded} pairs`) : ''} |`);
+  md.push(`| ${t.name} | ${v}${t.note ?? ''} | ${t.limit} | ${verdict} | ${t.verdict !== 'inconclusive' ? '' : t.tooFew ? `at least ${t.runsNeeded} pairs (this run: ${t.n})` : t.runsNeeded === null ? 'none: the point sits on the limit' : `about ${t.runsNeeded} pairs`} |`);
 }
 if (scrape) md.push(`\n/metrics scrape of shardchat after ${scrape.scenario}: HTTP ${scrape.status}, ${scrape.bytes} bytes -> native-bench/results/sample-scrape.txt`);
 md.push('');

@@ -43,7 +43,7 @@ const kps = (x) => (x === null || x === undefined || !Number.isFinite(x) ? 'n/a'
  * measured with N shards (measured[N], or absent).
  */
 export function scaleTable(cost, maxN, hereCores, measured = {}) {
-  const rows = ['| shards N | derived on N+1 cores (saturates first) | derived on this machine\'s ' + hereCores + ' server core(s) | measured here |', '|---|---|---|---|'];
+  const rows = [`| shards N | derived on N+1 cores (saturates first) | derived on the ${hereCores} core(s) the server has here | measured here |`, '|---|---|---|---|'];
   for (let n = 1; n <= maxN; n++) {
     const a = deriveScale(cost, n, n + 1);
     const b = deriveScale(cost, n, hereCores);

@@ -69,13 +69,20 @@ export function pairedRatioInterval(pairs, { iters = 4000, seed = 1 } = {}) {
 }
 
 /**
+ * Fewest pairs a verdict may rest on: a percentile bootstrap of fewer runs cannot leave the range
+ * of the runs themselves, so its interval is too narrow to trust.
+ */
+export const MIN_PAIRS = 5;
+
+/**
  * Verdict of an interval against a limit. dir '>=' (the ratio must be at least limit) or '<='.
  * generatorBound: the load generator was at its own limit in one of the runs: no verdict.
  * Returns { verdict: 'met'|'not met'|'inconclusive'|'generator-bound'|'not measured', runsNeeded }.
  */
 export function verdictOf(ci, limit, dir, { generatorBound = false } = {}) {
   if (generatorBound) return { verdict: 'generator-bound', runsNeeded: null };
-  if (!ci || ci.lo === null || ci.hi === null) return { verdict: 'not measured', runsNeeded: ci ? 3 : null };
+  if (!ci || ci.lo === null || ci.hi === null) return { verdict: 'not measured', runsNeeded: ci ? MIN_PAIRS : null };
+  if (ci.n < MIN_PAIRS) return { verdict: 'inconclusive', runsNeeded: Math.max(MIN_PAIRS, runsNeeded(ci, limit) ?? MIN_PAIRS), tooFew: true };
   const clears = dir === '>=' ? ci.lo >= limit : ci.hi <= limit;
   const fails = dir === '>=' ? ci.hi < limit : ci.lo > limit;
   if (clears) return { verdict: 'met', runsNeeded: null };
