@@ -988,7 +988,7 @@ const table = md.join('\n');
 
 const strip = (arms) => Object.fromEntries(Object.entries(arms ?? {}).map(([k, a]) => [k, { label: a.label, peer: a.peer, summary: a.summary, derived: a.derived, runs: a.runs, perf: a.perf }]));
 const out = {
-  schema: 'shardchat-load-bench/2',
+  schema: 'shardchat-load-bench/3',
   mode,
   date: new Date().toISOString(), elapsedS: (Date.now() - t0Suite) / 1000, commit, engineDirty: dirty,
   machine: { cpu: os.cpus()[0]?.model?.trim(), cores: ncpu, node: process.versions.node, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg(), busyBeforePctOfCore: busyBefore, pinning: pinNote },
