@@ -94,6 +94,10 @@ const VS_ORDER = ['echo-1x2', 'inflight-w1', 'inflight-w4', 'inflight-w16', 'inf
 const QUICK_ORDER = ['fanout-10x100', 'echo-1x2', 'inflight-w16', 'roomsize-1000', 'many-small-2000x2', 'open-light'];
 const QUICK_PEERS = { 'fanout-10x100': ['uws-protocol', 'uws-protocol-aa', 'shardchat', 'uws-plain'] };
 const SCALE_SCENARIOS = ['roomsize-10', 'many-small-2000x2'];
+// History memory: a fresh server per run, rooms filled past their history limit (1000 messages,
+// both servers' default), RSS after minus before per stored message.
+SCENARIOS['history-200x1'] = { kind: 'history', rooms: 200, members: 1, senders: 1, size: 128, window: 16, peers: ['uws-protocol', 'shardchat'], historyLimit: 1000,
+  about: '200 rooms x 1 member sending 128 B bodies, 16 in flight, until every room holds its 1000-message history: server RSS per stored message' };
 // Durable storage: once the engine has --store sqlite, shardchat's writes happen in its shard while
 // the single-threaded peer does them inline. In the default suite only when the CLI offers --store.
 SCENARIOS['durable-10x100'] = { kind: 'closed', rooms: 10, members: 100, senders: 2, size: 128, window: 4, peers: ['uws-protocol-sqlite', 'shardchat-sqlite', 'uws-protocol'],
@@ -102,7 +106,7 @@ const engineHasStore = () => {
   const r = spawnSync(process.execPath, [join(root, 'dist', 'engine', 'cli.js'), '--help'], { encoding: 'utf8', timeout: 10000 });
   return /--store\b/.test(`${r.stdout ?? ''}${r.stderr ?? ''}`);
 };
-const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(engineHasStore() ? ['durable-10x100'] : []), 'sweep', 'idle', 'churn', 'stall'];
+const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(engineHasStore() ? ['durable-10x100'] : []), 'sweep', 'idle', 'history-200x1', 'churn', 'stall'];
 const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-protocol', 'uws-protocol-aa', 'uws-protocol-sqlite', 'uws-deferred', 'ws-rooms', 'socketio-rooms',
   'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite'];
 for (const k of ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn']) SCENARIOS[k].peers.splice(1, 0, 'uws-protocol');
@@ -569,7 +573,7 @@ async function guarded(scName, servers, serverInfo, body) {
  * Runs arms (each: key, peer = server name, extra generator flags, stall) `n` times, interleaved.
  * fresh: a new server per run (idle memory); otherwise one server per distinct peer, shared by its arms.
  */
-async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, beforeStop = null } = {}) {
+async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, beforeStop = null, measure = null } = {}) {
   const res = {};
   const serverInfo = {};
   for (const a of arms) res[a.key] = { label: a.label, peer: a.peer, derived: [], runs: [] };
@@ -592,7 +596,9 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
         stepNo++;
         const s = fresh ? await startServer(a.peer) : servers.get(a.peer);
         const q = waitIdle > 0 ? await quiet() : null;
+        const m0 = measure ? await measure.before(s) : null;
         const g = await runGenerator(s, sc, a.extra ?? [], times);
+        const m1 = measure && g.json ? await measure.after(s, m0, g.json) : null;
         if (fresh) await stopAll(scName, [s], serverInfo);
         if (g.json === null) {
           failed = true;
@@ -604,6 +610,7 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
         const d = derive(g.json, shardsOf(a.peer));
         d.runId = r; // pairs are matched by this, not by position: a failed run shifts nothing
         if (q) { d.busyBeforeRunPct = q.busyPct; d.waitedForIdleMs = q.waitedMs; }
+        if (m1) Object.assign(d, m1);
         res[a.key].runs.push(g.json);
         res[a.key].derived.push(d);
         for (const f of findingsOf(`${scName}/${a.key} run ${r + 1}`, g.json, { stall: a.stall ?? 0, mode: sc.open ? 'open' : sc.kind })) findings.push(f);
@@ -627,7 +634,32 @@ function williamsRow(arms, r) {
   return base.map((x) => arms[(x + r) % n]);
 }
 
+/** VmRSS of a process in KiB, or null. */
+function rssKb(pid) {
+  try { return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN); } catch { return null; }
+}
+async function rssSettled(pid) {
+  await sleep(2000);
+  const xs = [];
+  for (let i = 0; i < 3; i++) { xs.push(rssKb(pid)); await sleep(300); }
+  return median(xs);
+}
+/** History memory: RSS before the load and 2 s after it, per message the rooms' histories hold. */
+function historyMeasure(sc) {
+  return {
+    before: async (s) => rssSettled(s.pid),
+    after: async (s, before, j) => {
+      const after = await rssSettled(s.pid);
+      // the generator spreads sends evenly over the rooms' senders; a room keeps its last historyLimit
+      const stored = sc.rooms * Math.min(sc.historyLimit, Math.floor(j.totals.sent / sc.rooms));
+      return { rssBeforeKb: before, rssAfterKb: after, storedMsgs: stored,
+        bytesPerStoredMsg: before > 0 && after > 0 && stored > 0 ? ((after - before) * 1024) / stored : null };
+    },
+  };
+}
+
 function describe(sc, d) {
+  if (sc.kind === 'history') return `${d.storedMsgs} messages kept, server RSS ${f1(d.rssBeforeKb / 1024, 1)} -> ${f1(d.rssAfterKb / 1024, 1)} MB: ${f1(d.bytesPerStoredMsg, 0)} B per stored message`;
   if (sc.kind === 'idle') return `${d.connections} connections in ${f1(d.setupS, 2)} s, server RSS ${f1(d.rssBeforeKb / 1024, 1)} -> ${f1(d.rssAfterKb / 1024, 1)} MB: ${f1(d.kbPerIdleConn, 2)} KB per connection`;
   if (sc.kind === 'churn') return `${f1(d.cyclesPerSec, 0)} connect+close cycles/s, connect-to-ready p50 ${f1(d.p50ms, 2)} ms, p99 ${f1(d.p99ms, 2)} ms, server ${f1(d.serverCpuPct, 0)}% CPU`;
   return `${kps(d.deliveredPerSec)} delivered/s${d.offeredPerSec ? ` of ${kps(d.offeredPerSec)} offered` : ''}, p50 ${f1(d.p50ms, 2)} ms, p99 ${f1(d.p99ms, 2)} ms, ` +
@@ -662,7 +694,7 @@ function ratiosOf(arms, b, a) {
     pairsMatched: pairsOf('deliveredPerSec').length,
     generatorBound: [...arms[b].derived, ...arms[a].derived].some((d) => d.generatorBound) ? 1 : 0,
     ci: { throughput: ci('deliveredPerSec'), p50: ci('p50ms'), p99: ci('p99ms'), serverCpuPerMsg: ci('serverCpuMsPer1k'), mainThreadCpuPerMsg: ci('mainCpuMsPer1k'),
-      cyclesPerSec: ci('cyclesPerSec'), kbPerIdleConn: ci('kbPerIdleConn') },
+      cyclesPerSec: ci('cyclesPerSec'), kbPerIdleConn: ci('kbPerIdleConn'), bytesPerStoredMsg: ci('bytesPerStoredMsg') },
     throughput: ratio(B.deliveredPerSec, A.deliveredPerSec),
     throughputPerPairMedian: pairs('deliveredPerSec'),
     p50: ratio(B.p50ms, A.p50ms),
@@ -841,6 +873,10 @@ for (const name of scenarioNames) {
     const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label, extra: ['--idle-hold', '2', '--connect-inflight', '256', '--setup-timeout', '60'] }));
     const r = await runArms(name, sc, arms, { fresh: true });
     scenarioResults[name] = { kind: sc.kind, params: sc, ...r, ratios: closedRatios(r.arms) };
+  } else if (sc.kind === 'history') {
+    const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label }));
+    const r = await runArms(name, sc, arms, { fresh: true, times: { warmup: 0.5, duration: Math.max(duration, 3) }, measure: historyMeasure(sc) });
+    scenarioResults[name] = { kind: 'history', params: sc, ...r, ratios: closedRatios(r.arms) };
   } else if (sc.kind === 'stall') {
     const arms = peers.flatMap((p) => [
       { key: p, peer: p, label: `${peerDef(p).label}, no stalled member` },
@@ -897,6 +933,16 @@ for (const [name, r] of Object.entries(scenarioResults)) {
       for (const row of scaleTable(cost, Math.max(4, scaleMax), pin ? 1 : Math.max(1, ncpu - 1), measured)) md.push(row);
       r.derivedScale = Object.fromEntries([1, 2, 4, 8].map((n) => [n, deriveScale(cost, n, n + 1)]));
     }
+  } else if (r.kind === 'history') {
+    md.push(`### ${name}: ${sc.about} (a fresh server per run; RSS sampled 2 s after start and 2 s after the load, median of 3)`);
+    md.push('');
+    md.push('| peer | messages kept | server RSS before, MB | after, MB | bytes per stored message | runs |');
+    md.push('|---|---|---|---|---|---|');
+    for (const a of Object.values(r.arms)) {
+      const m = a.summary;
+      md.push(`| ${a.label} | ${f1(m.storedMsgs, 0)} | ${f1(m.rssBeforeKb / 1024, 1)} | ${f1(m.rssAfterKb / 1024, 1)} | ${f1(m.bytesPerStoredMsg, 0)} | ${a.derived.map((d) => f1(d.bytesPerStoredMsg, 0)).join(' / ')} |`);
+    }
+    for (const x of r.ratios ?? []) md.push(`\n${r.arms[x.of]?.label} / ${r.arms[x.to]?.label}: bytes per stored message ${fmtInterval(x.ci?.bytesPerStoredMsg)}`);
   } else if (r.kind === 'idle') {
     md.push(`### ${name}: ${sc.about.replace('10,000', idleConns.toLocaleString('en'))}`);
     md.push('');
@@ -966,6 +1012,13 @@ for (const name of scenarioNames) {
     const ci = pairedRatioInterval(id.map((d) => ({ runId: d.runId, a: 1, b: d.kbPerIdleConn, ratio: d.kbPerIdleConn })));
     const v = verdictOf(ci, 1.348, '<=');
     targets.push({ name: 'idle: KB per idle connection, shardchat (<= 1.348 KB, today\'s)', value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: '<= 1.348 KB', verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note: '', kb: true });
+  }
+  const hs = scenarioResults['history-200x1'];
+  if (hs) {
+    const x = rto('history-200x1', 'shardchat', 'uws-protocol');
+    const ci = x?.ci?.bytesPerStoredMsg ?? null;
+    const v = verdictOf(ci, 1, '<=');
+    targets.push({ name: 'history-200x1: memory per stored message, shardchat / same protocol 1 thread', value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: '<= 1x', verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note: '' });
   }
   const fx = (name, x) => { if (x) targets.push({ name, value: x.point, lo: x.lo, hi: x.hi, n: x.n, limit: '-', verdict: 'noise floor', runsNeeded: null, note: '' }); };
   for (const n of scenarioNames) fx(`${n}: A/A throughput (noise floor)`, scenarioResults[n]?.aa?.ci?.throughput);
