@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import Database from 'better-sqlite3';
 import { decode } from '@msgpack/msgpack';
@@ -178,4 +178,18 @@ test('the SQLite variant of the peer has every acked message in its database fil
   assert.deepEqual(rows.map((r) => [r.room, r.seq, r.from_user]), [['r1', 1, 'alice'], ['r1', 2, 'alice'], ['r1', 3, 'alice']]);
   const f = decode(rows[2]!.frame) as Frame;
   assert.deepEqual([f.t, f.seq, (f.body as { n: number }).n], ['msg', 3, 2]);
+});
+
+test('the peers are independent of the engine: they import nothing of engine/, workers/ or dist/', () => {
+  const dir = path.join(root, 'native-bench', 'peers');
+  const files = readdirSync(dir).filter((f) => f.endsWith('.mjs'));
+  assert.ok(files.includes('uws-protocol.mjs') && files.includes('protocol-server.mjs'));
+  const all: string[] = [];
+  for (const f of files) {
+    const text = readFileSync(path.join(dir, f), 'utf8');
+    const specs = [...text.matchAll(/(?:from\s+|require\()\s*'([^']+)'/g)].map((m) => m[1]!);
+    all.push(...specs);
+    for (const sp of specs) assert.ok(!/(^|\/)(engine|workers|dist)(\/|$)/.test(sp) && !sp.startsWith('../'), `${f} imports ${sp}`);
+  }
+  assert.ok(all.includes('@trufflesuite/uws-js-unofficial') && all.includes('./mp-wire.mjs'), `imports found: ${all.join(', ')}`);
 });
