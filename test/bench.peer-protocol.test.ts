@@ -147,6 +147,14 @@ test('the single-threaded peer speaks the v1 protocol: order, resume, history, c
   assert.equal((await a.nextOf('err')).code, 'bad_frame');
   const e5 = await a.request({ t: 'pub', room: 'r1' });
   assert.equal(e5.code, 'bad_request', 'pub without a body');
+  // raw frames: a known key twice; an extension type; a key as str8 is still the key
+  const enc = (...parts: (number | string)[]): Uint8Array => Uint8Array.from(parts.flatMap((x) => (typeof x === 'number' ? [x] : [...Buffer.from(x)])));
+  a.sendRaw(enc(0x83, 0xa1, 't', 0xa3, 'who', 0xa4, 'room', 0xa2, 'r1', 0xa4, 'room', 0xa2, 'r1'));
+  assert.equal((await a.nextOf('err')).code, 'bad_request', 'a key given twice');
+  a.sendRaw(enc(0x83, 0xa1, 't', 0xa3, 'pub', 0xa4, 'room', 0xa2, 'r1', 0xa4, 'body', 0xd4, 0x01, 0x00));
+  assert.equal((await a.nextOf('err')).code, 'bad_frame', 'an extension type');
+  a.sendRaw(enc(0x82, 0xa1, 't', 0xa3, 'who', 0xd9, 0x04, 'room', 0xa2, 'r1'));
+  assert.equal((await a.nextOf('who', 'r1')).t, 'who', 'room as str8');
   const bad = await tryUpgrade(port, '/ws?user=no%20spaces');
   assert.equal(bad.status, 400);
 });

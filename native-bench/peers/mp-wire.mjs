@@ -67,10 +67,40 @@ const latin = (u8, a, e) => {
 };
 
 /**
- * Checks a whole client frame and returns { keys: Map<name, [start, end]> } for its string keys
- * (unknown and non-string keys are skipped; a known key given twice is bad_request).
+ * The spans of a frame's known top-level keys, reused from frame to frame (valid until the next
+ * scan): get(name) returns [start, end) of the value, or undefined. No allocation per frame.
  */
-export function scan(u8, known, maxDepth) {
+export class Keys {
+  constructor(names) {
+    this.names = names;
+    this.bytes = names.map((n) => Uint8Array.from(n, (c) => c.charCodeAt(0)));
+    this.index = new Map(names.map((n, i) => [n, i]));
+    this.spans = names.map(() => [0, 0]);
+    this.seen = new Uint8Array(names.length);
+  }
+  get(name) {
+    const i = this.index.get(name);
+    return this.seen[i] ? this.spans[i] : undefined;
+  }
+  /** Index of the key whose bytes are u8[a, e), or -1. */
+  find(u8, a, e) {
+    const n = e - a;
+    for (let i = 0; i < this.bytes.length; i++) {
+      const k = this.bytes[i];
+      if (k.length !== n) continue;
+      let j = 0;
+      while (j < n && k[j] === u8[a + j]) j++;
+      if (j === n) return i;
+    }
+    return -1;
+  }
+}
+
+/**
+ * Checks a whole client frame and fills `keys` with the spans of its known string keys (unknown
+ * and non-string keys are skipped; a known key given twice is bad_request).
+ */
+export function scan(u8, keys, maxDepth) {
   if (u8.length === 0) throw new WireError('bad_frame', 'empty frame');
   const b = u8[0];
   let n;
@@ -79,22 +109,25 @@ export function scan(u8, known, maxDepth) {
   else if (b === 0xde && u8.length >= 3) { n = dv(u8).getUint16(1); p = 3; }
   else if (b === 0xdf && u8.length >= 5) { n = dv(u8).getUint32(1); p = 5; }
   else throw new WireError('bad_frame', 'a frame is exactly one MessagePack map');
-  const keys = new Map();
+  keys.seen.fill(0);
   for (let i = 0; i < n; i++) {
-    const ks = strSpan(u8, p);
+    const kb = u8[p];
     const kEnd = skip(u8, p, 1, maxDepth);
     const vEnd = skip(u8, kEnd, 1, maxDepth);
-    if (ks) {
-      const name = latin(u8, ks[0], ks[1]);
-      if (known.has(name)) {
-        if (keys.has(name)) throw new WireError('bad_request', `key ${name} given twice`);
-        keys.set(name, [kEnd, vEnd]);
+    // keys are short strings: fixstr without allocating; longer string keys are unknown keys
+    if ((kb >= 0xa0 && kb <= 0xbf) || kb === 0xd9) {
+      const k = keys.find(u8, p + (kb === 0xd9 ? 2 : 1), kEnd);
+      if (k >= 0) {
+        if (keys.seen[k]) throw new WireError('bad_request', `key ${keys.names[k]} given twice`);
+        keys.seen[k] = 1;
+        keys.spans[k][0] = kEnd;
+        keys.spans[k][1] = vEnd;
       }
     }
     p = vEnd;
   }
   if (p !== u8.length) throw new WireError('bad_frame', 'trailing bytes after the map');
-  return { keys };
+  return keys;
 }
 
 /** The string at span, as latin1 when ASCII (names here are ASCII), else utf8; null when not a string. */

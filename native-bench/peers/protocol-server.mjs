@@ -20,14 +20,14 @@ import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
 import { TextDecoder } from 'node:util';
 import { peerArgs } from './args.mjs';
-import { WireError, scan, readStr, readInt, Writer } from './mp-wire.mjs';
+import { WireError, Keys, scan, readStr, readInt, Writer } from './mp-wire.mjs';
 
 const require = createRequire(import.meta.url);
 const uws = require('@trufflesuite/uws-js-unofficial');
 
 const ROOM_RE = /^[A-Za-z0-9_.:@-]{1,128}$/;
 const USER_RE = /^[A-Za-z0-9_.@-]{1,64}$/;
-const KNOWN = new Set(['t', 'ref', 'room', 'body', 'since', 'epoch', 'before', 'after', 'limit', 'seq']);
+const KNOWN = ['t', 'room', 'body', 'ref', 'since', 'epoch', 'before', 'after', 'limit', 'seq'];
 const num = (flag, def) => { const i = process.argv.indexOf(flag); const v = i >= 0 ? Number(process.argv[i + 1]) : def; if (!Number.isFinite(v) || v <= 0) { process.stderr.write(`${flag} must be a positive number\n`); process.exit(2); } return v; };
 
 export function runProtocolPeer(name, defaultPort, store = null) {
@@ -38,6 +38,7 @@ export function runProtocolPeer(name, defaultPort, store = null) {
     maxHistBytes: num('--max-hist-bytes', 1 << 20), maxBodyDepth: num('--max-body-depth', 32), roomTtlMs: num('--room-ttl-ms', 300000),
   };
   const dec = new TextDecoder();
+  const frameKeys = new Keys(KNOWN);
   const out = new Writer();
   /** name -> { name, epoch, seq, hist: Buffer[] (ring, historyLimit slots), users: Map<user, conns>, cursors: Map<user, seq>, conns, emptyAt } */
   const rooms = new Map();
@@ -214,7 +215,7 @@ export function runProtocolPeer(name, defaultPort, store = null) {
 
   const onFrame = (ws, ud, u8) => {
     let keys;
-    try { ({ keys } = scan(u8, KNOWN, L.maxBodyDepth)); } catch (e) {
+    try { keys = scan(u8, frameKeys, L.maxBodyDepth); } catch (e) {
       if (e instanceof WireError) return err(ws, e.code, e.message, undefined);
       throw e;
     }
