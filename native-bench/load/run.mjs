@@ -900,7 +900,7 @@ const rx = (x) => (x === null || x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
 md.push(`## shardchat load benchmarks (${mode})`);
 md.push('');
 md.push(`${new Date().toISOString()}; ${pinNote}; ${os.cpus()[0]?.model?.trim() ?? 'cpu?'}, ${ncpu} cores, Node ${process.versions.node}; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; ` +
-  `machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start. Medians of ${runs} runs per arm, arms interleaved, in an order that changes each run (a Williams design: no arm always follows the same one). ` +
+  `machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start. Medians of ${runs} runs per arm, arms interleaved, in an order that changes each run (a Williams design for an even number of arms, a seeded shuffle for an odd one: no arm always follows the same one). Ratios: medians of run-id-paired ratios with bootstrap 95% intervals; a verdict needs 5 pairs. ` +
   `"other CPU %" above ~20 marks a disturbed run.`);
 for (const [name, r] of Object.entries(scenarioResults)) {
   const sc = r.params;
@@ -1054,7 +1054,7 @@ const out = {
   targets, scrape, findings, failed,
   table,
 };
-const machineNote = `Machine: ${out.machine.cpu ?? 'cpu?'}, ${ncpu} cores, ${os.totalmem() >> 20} MiB, ${os.type()} ${os.release()}, Node ${process.versions.node}; ${pinNote}; ` +
+const machineNote = `Machine: ${out.machine.cpu ?? 'cpu?'}, ${ncpu} cores, ${Math.round(os.totalmem() / 2 ** 20)} MiB, ${os.type()} ${os.release()}, Node ${process.versions.node}; ${pinNote}; ` +
   `${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; \`${process.argv.slice(2).join(' ') || '(no flags)'}\`.`;
 const written = writeResults(paths, out, table, { outFile, reference, machineNote });
 process.stdout.write(`\n${table}\n\nwrote ${written.map((f) => relative(root, f)).join(', ')}${scenarioResults.sweep ? `, ${relative(root, paths.sweepSvg)}` : ''} in ${out.elapsedS.toFixed(0)} s\n`);
