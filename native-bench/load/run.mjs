@@ -2,34 +2,37 @@
 /**
  * shardchat load benchmark suite (see native-bench/README.md, "Load benchmarks").
  *
- *   npm run bench:quick   # fanout-10x100: plain uWS, plain uWS again (A/A), shardchat; 3 runs; < 2 min
- *   npm run bench         # the whole suite (about 15 min): every scenario, every peer
- *   node native-bench/load/run.mjs [--quick] [--scenarios a,b] [--peers p,q] [--shards 1,2] [--runs N]
+ *   npm run bench:quick   # every kind of scenario once, small: the same-protocol peer (+ A/A), shardchat, plain uWS
+ *   npm run bench         # the whole suite: every scenario, every peer
+ *   npm run bench -- --scale 1..N   # shardchat with 1..N shards, unpinned: measured against derived throughput
+ *   node native-bench/load/run.mjs [--quick] [--scenarios a,b] [--peers p,q] [--shards 1,2] [--runs N] [--reference]
  *        [--duration S] [--warmup S] [--window W] [--threads T] [--no-pin] [--wait-idle S] [--cpu-prof] [--perf] [--out FILE]
  *
- * Scenarios are named parameter sets (SCENARIOS below). Closed-loop ones ("fanout-10x100",
- * "fanout-1x1000", "chat-1to1", "churn") start every peer's server as a child process on a free
- * 127.0.0.1 port (pinned to core 0 with taskset; the C generator to core 1) and interleave the
- * peers' runs (in an order that changes each run); "sweep" raises an open-loop offered rate until a peer saturates;
- * "idle" starts a fresh server per run and measures its RSS per idle connection; "stall" runs
- * shardchat without and with one member that stops reading. Each server is stopped with SIGTERM
- * by its PID (shardchat must exit 0 by itself). Results: one JSON file per run under
- * native-bench/results/runs/, a copy as results/latest.json (quick-latest.json), the tables as
- * results/latest.md (quick-latest.md), the sweep chart as results/sweep.svg, and a /metrics scrape
- * of shardchat as results/sample-scrape.txt.
+ * Scenarios are named parameter sets (SCENARIOS below). Closed-loop ones start every peer's server
+ * as a child process on a free 127.0.0.1 port (pinned to core 0 with taskset; the C generator to
+ * core 1), all with the same node flags, and interleave the peers' runs (in an order that changes
+ * each run); the open-* ones do the same at a fixed offered rate; "sweep" runs every offered rate
+ * alike, in a shuffled order; "idle" starts a fresh server per run and measures its RSS per idle
+ * connection; "stall" runs shardchat without and with one member that stops reading. Each server
+ * is stopped with SIGTERM by its PID (shardchat must exit 0 by itself). Ratios get bootstrap
+ * intervals from paired runs (stats.mjs) and verdicts only when the interval decides them.
+ * Results go to native-bench/results/local/ (git-ignored; results.mjs); --reference also writes a
+ * small committable summary under native-bench/results/reference/.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, existsSync, readdirSync, readFileSync, copyFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pairByRunId, pairedRatioInterval, verdictOf, shuffled, fmtInterval } from './stats.mjs';
+import { resultPaths, writeResults } from './results.mjs';
+import { deriveScale, scaleTable } from './scale.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
 const benchDir = resolve(here, '..');
-const resultsDir = join(benchDir, 'results');
 
 // ---- arguments ---------------------------------------------------------------------------------
 
@@ -67,23 +70,67 @@ const SCENARIOS = {
   stall: { kind: 'stall', rooms: 1, members: 100, senders: 10, size: 1024, peers: ['shardchat'],
     about: '1 room x 100 members, 10 senders, 1 KiB bodies, closed loop, without and with one member (not a sender) that stops reading' },
 };
-const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn', 'stall'];
-const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-deferred', 'ws-rooms', 'socketio-rooms', 'shardchat', 'shardchat-nometrics', 'shardchat-sN'];
+// The bar: shardchat against the single-threaded server of the same protocol (uws-protocol), in
+// every operating point (issue 15): messages in flight per room, room size, many small rooms,
+// echo-style, and open-loop latency at fixed offered rates. uws-plain (no protocol) for scale.
+const PEERS_VS = ['uws-protocol', 'shardchat', 'uws-plain'];
+SCENARIOS['echo-1x2'] = { kind: 'closed', rooms: 1, members: 2, senders: 2, size: 128, window: 500, peers: PEERS_VS, target: 2,
+  about: '1 room x 2 members, both send, 500 in flight each (1000 per room: echo-style), 128 B, closed loop' };
+for (const w of [1, 4, 16, 32]) {
+  SCENARIOS[`inflight-w${w}`] = { kind: 'closed', rooms: 10, members: 100, senders: 1, size: 128, window: w, peers: PEERS_VS, target: 1,
+    about: `10 rooms x 100 members, 1 sender per room with ${w} in flight (${w} per room), 128 B, closed loop` };
+}
+for (const m of [2, 10, 100, 1000]) {
+  SCENARIOS[`roomsize-${m}`] = { kind: 'closed', rooms: Math.max(1, 1000 / m), members: m, senders: 2, size: 128, window: 4, peers: PEERS_VS, target: 1,
+    about: `${Math.max(1, 1000 / m)} room${m === 1000 ? '' : 's'} x ${m} members, 2 senders per room, 4 in flight each (8 per room), 128 B, closed loop` };
+}
+SCENARIOS['many-small-2000x2'] = { kind: 'closed', rooms: 2000, members: 2, senders: 2, size: 128, window: 4, peers: PEERS_VS, target: 1, p99Target: 1.2,
+  about: '2,000 rooms x 2 members, both send, 4 in flight each, 128 B, closed loop: how evenly many small rooms are served' };
+for (const [nm, rate] of [['light', 10000], ['moderate', 100000]]) {
+  SCENARIOS[`open-${nm}`] = { kind: 'closed', open: true, rate, rooms: 10, members: 100, senders: 10, size: 128, peers: PEERS_VS, p99Target: 1.2,
+    about: `fanout-10x100 open loop at a fixed ${rate / 1000} k deliveries/s offered (${nm} load): latency at the same offered rate for every peer` };
+}
+const VS_ORDER = ['echo-1x2', 'inflight-w1', 'inflight-w4', 'inflight-w16', 'inflight-w32', 'roomsize-2', 'roomsize-10', 'roomsize-100', 'roomsize-1000', 'many-small-2000x2', 'open-light', 'open-moderate'];
+const QUICK_ORDER = ['fanout-10x100', 'echo-1x2', 'inflight-w16', 'roomsize-1000', 'many-small-2000x2', 'open-light'];
+const QUICK_PEERS = { 'fanout-10x100': ['uws-protocol', 'uws-protocol-aa', 'shardchat', 'uws-plain'] };
+const SCALE_SCENARIOS = ['roomsize-10', 'many-small-2000x2'];
+// History memory: a fresh server per run, rooms filled past their history limit (1000 messages,
+// both servers' default), RSS after minus before per stored message.
+SCENARIOS['history-200x1'] = { kind: 'history', rooms: 200, members: 1, senders: 1, size: 128, window: 16, peers: ['uws-protocol', 'shardchat'], historyLimit: 1000,
+  about: '200 rooms x 1 member sending 128 B bodies, 16 in flight, until every room holds its 1000-message history: server RSS per stored message' };
+// Durable storage: once the engine has --store sqlite, shardchat's writes happen in its shard while
+// the single-threaded peer does them inline. In the default suite only when the CLI offers --store.
+SCENARIOS['durable-10x100'] = { kind: 'closed', rooms: 10, members: 100, senders: 2, size: 128, window: 4, peers: ['uws-protocol-sqlite', 'shardchat-sqlite', 'uws-protocol'],
+  about: '10 rooms x 100 members, 2 senders per room, 4 in flight each, 128 B, every message stored in SQLite (WAL) before its ack' };
+const engineHasStore = () => {
+  const r = spawnSync(process.execPath, [join(root, 'dist', 'engine', 'cli.js'), '--help'], { encoding: 'utf8', timeout: 10000 });
+  return /--store\b/.test(`${r.stdout ?? ''}${r.stderr ?? ''}`);
+};
+const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(engineHasStore() ? ['durable-10x100'] : []), 'sweep', 'idle', 'history-200x1', 'churn', 'stall'];
+const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-protocol', 'uws-protocol-aa', 'uws-protocol-sqlite', 'uws-deferred', 'ws-rooms', 'socketio-rooms',
+  'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite'];
+for (const k of ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn']) SCENARIOS[k].peers.splice(1, 0, 'uws-protocol');
+SCENARIOS['fanout-10x100'].peers.splice(2, 0, 'uws-protocol-aa');
+SCENARIOS['chat-1to1'].target = 1;
+SCENARIOS['fanout-1x1000'].target = 1;
+SCENARIOS['fanout-10x100'].target = 1;
 
 if (flag('--help') || flag('-h')) {
   process.stdout.write(`usage: node native-bench/load/run.mjs [--quick] [--scenarios LIST] [--peers LIST] [--shards LIST] [--runs N]
   [--duration S] [--warmup S] [--window W] [--threads T] [--no-pin] [--wait-idle S] [--cpu-prof] [--perf] [--out FILE]
-  [--sweep-rates LIST] [--p99-bound-ms MS] [--idle-conns N]
-  --quick       fanout-10x100 with uws-plain, uws-plain-aa (A/A) and shardchat, 3 runs x (1.5 s warmup + 5 s window)
-  --scenarios   comma list of: ${FULL_ORDER.join(', ')} (default: all of them; --quick: fanout-10x100)
+  [--sweep-rates LIST] [--sweep-runs N] [--idle-conns N] [--reference] [--scale 1..N]
+  --quick       ${QUICK_ORDER.join(', ')}: the same-protocol peer (and its A/A arm), shardchat, plain uWS; 3 runs x (1 s warmup + 3 s window)
+  --scenarios   comma list of: ${FULL_ORDER.join(', ')} (default: all of them; --quick: the list above)
+  --reference   also write a small committable summary (summary.json + summary.md) to native-bench/results/reference/<time>-<mode>/
+  --scale 1..N  run shardchat with 1..N shards, unpinned, on ${SCALE_SCENARIOS.join(', ')}, and print measured against derived throughput
   --peers       comma list overriding every scenario's peers: ${PEER_NAMES.join(', ')}
   --shards      shard counts of shardchat to run besides 1 (e.g. 2,4 adds shardchat-s2, shardchat-s4 to the closed scenarios)
-  --runs        generator runs per arm (median reported; default 3)
+  --runs        generator runs per arm (default 5, --quick 3; a verdict needs at least 5 pairs)
   --duration    measured window of each run, seconds (default 5; sweep points: 3)
   --warmup      seconds of load before the window opens (default 1.5; sweep points: 1)
-  --window      messages in flight per sender (closed loop; default 1)
-  --sweep-rates offered deliveries/s of the sweep, comma list (default 20000,40000,...,1500000)
-  --p99-bound-ms  the sweep's latency bound for "saturated" (default 20)
+  --window      messages in flight per sender, for scenarios that do not set their own (closed loop; default 1)
+  --sweep-rates offered deliveries/s of the sweep, comma list (default 20000,50000,100000,...,1500000)
+  --sweep-runs  runs of every sweep point (default 2), in an order shuffled per run
   --idle-conns  connections of the idle scenario (default 10000; one process holds at most ~19,990)
   --threads     load generator threads (default 1: it has one core)
   --no-pin      do not pin with taskset
@@ -96,9 +143,13 @@ if (flag('--help') || flag('-h')) {
 }
 
 const quick = flag('--quick');
-const runs = num('--runs', 3, 1, 50);
-const duration = num('--duration', 5, 0.5, 600);
-const warmup = num('--warmup', 1.5, 0, 120);
+const reference = flag('--reference');
+const scaleArg = opt('--scale', null);
+const scaleMax = scaleArg === null ? 0 : Number(/^1\.\.(\d+)$/.exec(scaleArg)?.[1] ?? scaleArg);
+if (scaleArg !== null && !(Number.isInteger(scaleMax) && scaleMax >= 1 && scaleMax <= 64)) fail('--scale takes 1..N (N = 1..64)');
+const runs = num('--runs', quick ? 3 : 5, 1, 50);
+const duration = num('--duration', quick ? 3 : 5, 0.5, 600);
+const warmup = num('--warmup', quick ? 1 : 1.5, 0, 120);
 const sweepDuration = num('--sweep-duration', 3, 0.5, 60);
 const sweepWarmup = num('--sweep-warmup', 1, 0, 60);
 const window = num('--window', 1, 1, 1000);
@@ -107,17 +158,18 @@ const cpuProf = flag('--cpu-prof');
 const perfMode = flag('--perf');
 const waitIdle = num('--wait-idle', 4, 0, 600);
 const waitBudgetMs = 60000;
-const p99BoundMs = num('--p99-bound-ms', 20, 0.1, 10000);
 const idleConns = num('--idle-conns', 10000, 100, 19900);
-const sweepRates = list('--sweep-rates', ['20000', '40000', '70000', '100000', '150000', '200000', '300000', '400000', '600000', '800000', '1000000', '1250000', '1500000']).map(Number);
-const shardCounts = list('--shards', []).map(Number).filter((n) => n !== 1);
+const sweepRates = list('--sweep-rates', ['20000', '50000', '100000', '200000', '400000', '700000', '1000000', '1500000']).map(Number);
+const sweepRuns = num('--sweep-runs', 2, 1, 20);
+const shardCounts = scaleMax ? Array.from({ length: scaleMax }, (_, i) => i + 1).filter((n) => n !== 1) : list('--shards', []).map(Number).filter((n) => n !== 1);
 for (const n of shardCounts) if (!Number.isInteger(n) || n < 1 || n > 64) fail('--shards takes integers 1..64');
-const scenarioNames = list('--scenarios', quick ? ['fanout-10x100'] : FULL_ORDER);
-for (const s of scenarioNames) if (!(s in SCENARIOS)) fail(`unknown scenario ${s} (known: ${FULL_ORDER.join(', ')})`);
-const peerOverride = list('--peers', quick ? ['uws-plain', 'uws-plain-aa', 'shardchat'] : null);
+const scenarioNames = list('--scenarios', scaleMax ? SCALE_SCENARIOS : quick ? QUICK_ORDER : FULL_ORDER);
+for (const s of scenarioNames) if (!(s in SCENARIOS)) fail(`unknown scenario ${s} (known: ${[...FULL_ORDER, 'durable-10x100'].filter((x, i, a) => a.indexOf(x) === i).join(', ')})`);
+const peerOverride = list('--peers', scaleMax ? ['uws-protocol', 'shardchat'] : null);
+const mode = scaleMax ? 'scale' : quick ? 'quick' : 'suite';
 const stamp = new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d{3}Z$/, 'Z');
-const outFile = resolve(opt('--out', join(resultsDir, 'runs', `${stamp}-${quick ? 'quick' : 'suite'}.json`)));
-const latestBase = join(resultsDir, quick ? 'quick-latest' : 'latest');
+const paths = resultPaths(benchDir, stamp, mode);
+const outFile = opt('--out', null) === null ? null : resolve(opt('--out', null));
 
 // ---- helpers -----------------------------------------------------------------------------------
 
@@ -171,11 +223,11 @@ const kps = (x) => (x === null || x === undefined ? 'n/a' : x >= 1e6 ? `${(x / 1
 // ---- setup -------------------------------------------------------------------------------------
 
 const ncpu = os.availableParallelism?.() ?? os.cpus().length;
-const pin = !flag('--no-pin') && ncpu >= 2 && haveTaskset();
+const pin = !flag('--no-pin') && !scaleMax && ncpu >= 2 && haveTaskset();
 const SERVER_CPU = 0;
 const GEN_CPU = 1;
 const pinNote = pin ? `server on core ${SERVER_CPU}, generator on core ${GEN_CPU} (taskset)`
-  : flag('--no-pin') ? 'not pinned (--no-pin)'
+  : flag('--no-pin') ? 'not pinned (--no-pin)' : scaleMax ? 'not pinned (--scale: shards may use every core)'
     : ncpu < 2 ? 'not pinned (one core)' : 'not pinned (taskset not found: install util-linux)';
 const withPin = (cpu, cmd, args) => (pin ? ['taskset', ['-c', String(cpu), cmd, ...args]] : [cmd, args]);
 
@@ -186,7 +238,8 @@ log(`building the load generator (${relative(root, join(here, 'build.sh'))})`);
 }
 const loadgen = join(here, 'build', 'loadgen');
 const cliJs = join(root, 'dist', 'engine', 'cli.js');
-const profDir = join(resultsDir, 'tmp', 'prof');
+mkdirSync(paths.tmp, { recursive: true }); // server scratch files (SQLite databases of the durable peers, profiles)
+const profDir = join(paths.tmp, 'prof');
 if (cpuProf) mkdirSync(profDir, { recursive: true });
 
 // shardchat runs as `npm start` runs it: the node flags of package.json's start script (the
@@ -203,10 +256,18 @@ const shardchatArgs = (port, extra) => [
 const SIO_PATH = '/socket.io/?EIO=4&transport=websocket';
 /** Peers: each a server started as a child process; proto is what the C generator speaks to it. */
 function peerDef(name) {
-  const peerFile = (f) => (port) => [join(benchDir, 'peers', f), '--port', String(port), '--host', '127.0.0.1'];
+  // every peer runs with the same node flags as shardchat (npm start's), e.g. --max-semi-space-size=1
+  const peerFile = (f, extra = []) => (port) => [...startNodeFlags, join(benchDir, 'peers', f), '--port', String(port), '--host', '127.0.0.1', ...extra];
+  const noRate = ['--rate-per-sec', '1000000000', '--rate-burst', '1000000000', '--max-buffer-bytes', String(64 << 20)];
   switch (name) {
     case 'uws-plain': return { label: 'plain uWS pub/sub (1 thread)', proto: 'plain', args: peerFile('uws-plain.mjs') };
     case 'uws-plain-aa': return { label: 'plain uWS again (A/A)', proto: 'plain', args: peerFile('uws-plain.mjs'), aaOf: 'uws-plain' };
+    case 'uws-protocol': return { label: 'same protocol, 1 thread (uws-protocol)', proto: 'shardchat', args: peerFile('uws-protocol.mjs', noRate) };
+    case 'uws-protocol-aa': return { label: 'same protocol again (A/A)', proto: 'shardchat', args: peerFile('uws-protocol.mjs', noRate), aaOf: 'uws-protocol' };
+    case 'uws-protocol-sqlite': return { label: 'same protocol + SQLite inline (1 thread)', proto: 'shardchat', durable: true,
+      args: (p) => peerFile('uws-protocol-sqlite.mjs', [...noRate, '--db', join(paths.tmp, `peer-sqlite-${p}.db`)])(p) };
+    case 'shardchat-sqlite': return { label: 'shardchat --shards 1 --store sqlite', proto: 'shardchat', shardchat: true, durable: true, args: (p) => shardchatArgs(p, ['--shards', '1', '--store', 'sqlite',
+      ...(process.env.SHARDCHAT_BENCH_STORE_ARGS ?? '').split(/\s+/).filter(Boolean).map((a) => a.replace('{port}', String(p)))]) };
     case 'uws-deferred': return { label: 'uWS pub/sub, publish deferred (diagnostic)', proto: 'plain', args: peerFile('uws-deferred.mjs') };
     case 'ws-rooms': return { label: 'ws + room map', proto: 'plain', args: peerFile('ws-rooms.mjs'), npm: true };
     case 'socketio-rooms': return { label: 'Socket.IO 4 rooms', proto: 'socketio', path: SIO_PATH, args: peerFile('socketio-rooms.mjs'), npm: true };
@@ -221,8 +282,8 @@ function peerDef(name) {
 }
 
 function peersOf(sc) {
-  const base = peerOverride ?? SCENARIOS[sc].peers;
-  const extra = SCENARIOS[sc].kind === 'closed' && !peerOverride ? shardCounts.map((n) => `shardchat-s${n}`) : [];
+  const base = peerOverride ?? (quick ? QUICK_PEERS[sc] ?? ['uws-protocol', 'shardchat'] : SCENARIOS[sc].peers);
+  const extra = SCENARIOS[sc].kind === 'closed' && (!peerOverride || scaleMax) ? shardCounts.map((n) => `shardchat-s${n}`) : [];
   const out = [...base, ...extra];
   for (const p of out) if (!peerDef(p)) fail(`unknown peer ${p} (known: ${PEER_NAMES.join(', ')})`);
   return out;
@@ -282,7 +343,7 @@ function runGenerator(s, sc, extra = [], times = {}) {
   const a = [
     '--port', String(s.port), '--host', '127.0.0.1', '--proto', s.peer.proto, ...(s.peer.path ? ['--path', s.peer.path] : []),
     '--rooms', String(sc.rooms), '--members', String(sc.members), '--senders', String(sc.senders),
-    '--size', String(sc.size), '--window', String(window), '--threads', String(genThreads),
+    '--size', String(sc.size), '--window', String(sc.window ?? window), '--threads', String(genThreads),
     '--warmup', String(w), '--duration', String(d), '--drain', '10', '--server-pid', String(s.pid), ...extra,
   ];
   const [cmd, args] = withPin(GEN_CPU, loadgen, a);
@@ -303,12 +364,27 @@ function runGenerator(s, sc, extra = [], times = {}) {
   });
 }
 
-/** Derived numbers of one generator run. */
-function derive(j) {
+/** Shard threads of a peer: shardchat-sN has N, shardchat 1, the single-threaded peers none. */
+function shardsOf(peerName) {
+  const def = peerDef(peerName);
+  if (!def?.shardchat) return 0;
+  return Number(/-s(\d+)$/.exec(peerName)?.[1] ?? 1);
+}
+
+/**
+ * Derived numbers of one generator run. Per-thread CPU comes from /proc/PID/task/TID/stat (the
+ * generator reads it; the engine exposes no per-thread CPU of its own). Node names every thread
+ * "node", so the shards are taken to be the `nShards` busiest threads other than the main one
+ * (a shard does all of a room's work; V8's and libuv's helper threads use little).
+ */
+function derive(j, nShards = 0) {
   const d = j.window_delivered;
   const main = j.server.threads.find((t) => t.main);
   const others = j.server.threads.filter((t) => !t.main).sort((a, b) => b.cpu_s - a.cpu_s);
   const per1k = (s) => (d > 0 ? (s / (d / 1000)) * 1000 : null); // ms of CPU per 1000 delivered
+  const shards = others.slice(0, nShards);
+  const shardSum = shards.reduce((a, t) => a + t.cpu_s, 0);
+  const rest = others.slice(nShards).reduce((a, t) => a + t.cpu_s, 0);
   const core = (c) => j.cores.find((x) => x.cpu === c)?.busy_pct ?? null;
   const idleConnsReady = j.idle?.connections ?? 0;
   return {
@@ -322,6 +398,12 @@ function derive(j) {
     serverCpuMsPer1k: per1k(j.server.cpu_s),
     mainCpuMsPer1k: main ? per1k(main.cpu_s) : null,
     busiestOtherThreadCpuMsPer1k: others.length ? per1k(others[0].cpu_s) : null,
+    shardCpuMsPer1k: nShards ? per1k(shardSum) : null,
+    perShardCpuMsPer1k: shards.map((t) => per1k(t.cpu_s)),
+    busiestShardShare: nShards && shardSum > 0 ? shards[0].cpu_s / shardSum : null,
+    helperThreadsCpuMsPer1k: per1k(rest),
+    threadComms: [...new Set(j.server.threads.map((t) => t.comm))].join(','),
+    generatorBound: j.generator.cpu_pct > 85 ? 1 : 0,
     serverCpuPct: j.window_s > 0 ? (100 * j.server.cpu_s) / j.window_s : null,
     mainCpuPct: main && j.window_s > 0 ? (100 * main.cpu_s) / j.window_s : null,
     serverCoreBusyPct: pin ? core(SERVER_CPU) : null,
@@ -378,7 +460,7 @@ function perfReportLines(file, args) {
 /** One unmeasured generator run with perf stat (whole server) and perf record (its main thread) attached mid-window. */
 async function perfRun(s, sc) {
   const d = Math.max(1, duration - 1.5);
-  const dataFile = join(resultsDir, 'tmp', `perf-${s.name}.data`);
+  const dataFile = join(paths.tmp, `perf-${s.name}.data`);
   mkdirSync(dirname(dataFile), { recursive: true });
   const gen = runGenerator(s, sc);
   await sleep((warmup + 1) * 1000);
@@ -491,7 +573,7 @@ async function guarded(scName, servers, serverInfo, body) {
  * Runs arms (each: key, peer = server name, extra generator flags, stall) `n` times, interleaved.
  * fresh: a new server per run (idle memory); otherwise one server per distinct peer, shared by its arms.
  */
-async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, beforeStop = null } = {}) {
+async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, beforeStop = null, measure = null } = {}) {
   const res = {};
   const serverInfo = {};
   for (const a of arms) res[a.key] = { label: a.label, peer: a.peer, derived: [], runs: [] };
@@ -508,11 +590,15 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
       // The order changes each run, so that no arm always follows the same one: a server that
       // leaves work behind on the server core (Socket.IO after its run) slowed whichever arm came
       // next by 7-10% (measured), and a plain rotation keeps every arm's predecessor.
-      for (const a of williamsRow(arms, r)) {
+      // Williams rows balance who follows whom for an even number of arms; the seeded shuffle on
+      // top (per run) keeps an odd number of arms from always running in one rotation.
+      for (const a of arms.length % 2 ? shuffled(arms, 7919 * (r + 1) + scenarioNames.indexOf(scName)) : williamsRow(arms, r)) {
         stepNo++;
         const s = fresh ? await startServer(a.peer) : servers.get(a.peer);
         const q = waitIdle > 0 ? await quiet() : null;
+        const m0 = measure ? await measure.before(s) : null;
         const g = await runGenerator(s, sc, a.extra ?? [], times);
+        const m1 = measure && g.json ? await measure.after(s, m0, g.json) : null;
         if (fresh) await stopAll(scName, [s], serverInfo);
         if (g.json === null) {
           failed = true;
@@ -521,11 +607,13 @@ async function runArms(scName, sc, arms, { n = runs, fresh = false, times = {}, 
           continue;
         }
         if (g.stderr) for (const l of g.stderr.split('\n').slice(0, 8)) if (!/connections ready/.test(l)) log(`  [loadgen ${a.key}] ${l}`);
-        const d = derive(g.json);
+        const d = derive(g.json, shardsOf(a.peer));
+        d.runId = r; // pairs are matched by this, not by position: a failed run shifts nothing
         if (q) { d.busyBeforeRunPct = q.busyPct; d.waitedForIdleMs = q.waitedMs; }
+        if (m1) Object.assign(d, m1);
         res[a.key].runs.push(g.json);
         res[a.key].derived.push(d);
-        for (const f of findingsOf(`${scName}/${a.key} run ${r + 1}`, g.json, { stall: a.stall ?? 0, mode: sc.kind })) findings.push(f);
+        for (const f of findingsOf(`${scName}/${a.key} run ${r + 1}`, g.json, { stall: a.stall ?? 0, mode: sc.open ? 'open' : sc.kind })) findings.push(f);
         progress(`${scName}/${a.key} run ${r + 1}/${n}: ${describe(sc, d)}`);
       }
     }
@@ -546,7 +634,32 @@ function williamsRow(arms, r) {
   return base.map((x) => arms[(x + r) % n]);
 }
 
+/** VmRSS of a process in KiB, or null. */
+function rssKb(pid) {
+  try { return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN); } catch { return null; }
+}
+async function rssSettled(pid) {
+  await sleep(2000);
+  const xs = [];
+  for (let i = 0; i < 3; i++) { xs.push(rssKb(pid)); await sleep(300); }
+  return median(xs);
+}
+/** History memory: RSS before the load and 2 s after it, per message the rooms' histories hold. */
+function historyMeasure(sc) {
+  return {
+    before: async (s) => rssSettled(s.pid),
+    after: async (s, before, j) => {
+      const after = await rssSettled(s.pid);
+      // the generator spreads sends evenly over the rooms' senders; a room keeps its last historyLimit
+      const stored = sc.rooms * Math.min(sc.historyLimit, Math.floor(j.totals.sent / sc.rooms));
+      return { rssBeforeKb: before, rssAfterKb: after, storedMsgs: stored,
+        bytesPerStoredMsg: before > 0 && after > 0 && stored > 0 ? ((after - before) * 1024) / stored : null };
+    },
+  };
+}
+
 function describe(sc, d) {
+  if (sc.kind === 'history') return `${d.storedMsgs} messages kept, server RSS ${f1(d.rssBeforeKb / 1024, 1)} -> ${f1(d.rssAfterKb / 1024, 1)} MB: ${f1(d.bytesPerStoredMsg, 0)} B per stored message`;
   if (sc.kind === 'idle') return `${d.connections} connections in ${f1(d.setupS, 2)} s, server RSS ${f1(d.rssBeforeKb / 1024, 1)} -> ${f1(d.rssAfterKb / 1024, 1)} MB: ${f1(d.kbPerIdleConn, 2)} KB per connection`;
   if (sc.kind === 'churn') return `${f1(d.cyclesPerSec, 0)} connect+close cycles/s, connect-to-ready p50 ${f1(d.p50ms, 2)} ms, p99 ${f1(d.p99ms, 2)} ms, server ${f1(d.serverCpuPct, 0)}% CPU`;
   return `${kps(d.deliveredPerSec)} delivered/s${d.offeredPerSec ? ` of ${kps(d.offeredPerSec)} offered` : ''}, p50 ${f1(d.p50ms, 2)} ms, p99 ${f1(d.p99ms, 2)} ms, ` +
@@ -564,6 +677,7 @@ function summarize(derived) {
   m.missingSum = derived.reduce((a, d) => a + d.missing, 0);
   m.orderSum = derived.reduce((a, d) => a + d.gaps, 0);
   m.maxOtherCpuPct = derived.reduce((a, d) => Math.max(a, d.otherCpuPct ?? 0), 0);
+  m.generatorBoundRuns = derived.reduce((a, d) => a + (d.generatorBound ?? 0), 0);
   return m;
 }
 
@@ -572,9 +686,15 @@ function ratiosOf(arms, b, a) {
   const A = arms[a]?.summary;
   const B = arms[b]?.summary;
   if (!A || !B || !A.runs || !B.runs) return null;
-  const pairs = (k) => median(arms[b].derived.map((d, i) => ratio(d[k], arms[a].derived[i]?.[k])));
+  const pairsOf = (k) => pairByRunId(arms[b].derived.map((d) => ({ runId: d.runId, value: d[k] })), arms[a].derived.map((d) => ({ runId: d.runId, value: d[k] })));
+  const pairs = (k) => median(pairsOf(k).map((x) => x.ratio));
+  const ci = (k) => pairedRatioInterval(pairsOf(k));
   return {
     of: b, to: a,
+    pairsMatched: pairsOf('deliveredPerSec').length,
+    generatorBound: [...arms[b].derived, ...arms[a].derived].some((d) => d.generatorBound) ? 1 : 0,
+    ci: { throughput: ci('deliveredPerSec'), p50: ci('p50ms'), p99: ci('p99ms'), serverCpuPerMsg: ci('serverCpuMsPer1k'), mainThreadCpuPerMsg: ci('mainCpuMsPer1k'),
+      cyclesPerSec: ci('cyclesPerSec'), kbPerIdleConn: ci('kbPerIdleConn'), bytesPerStoredMsg: ci('bytesPerStoredMsg') },
     throughput: ratio(B.deliveredPerSec, A.deliveredPerSec),
     throughputPerPairMedian: pairs('deliveredPerSec'),
     p50: ratio(B.p50ms, A.p50ms),
@@ -596,96 +716,71 @@ function closedRatios(arms) {
   }
   return out;
 }
-const aaRatio = (arms) => (arms['uws-plain-aa'] && arms['uws-plain'] ? ratiosOf(arms, 'uws-plain-aa', 'uws-plain') : null);
+/** The A/A arm: the same server twice (uws-protocol-aa, else uws-plain-aa); its interval is the noise floor. */
+const aaRatio = (arms) => {
+  for (const k of ['uws-protocol-aa', 'uws-plain-aa']) if (arms[k] && arms[peerDef(k).aaOf]) return ratiosOf(arms, k, peerDef(k).aaOf);
+  return null;
+};
 const metricsRatio = (arms) => (arms.shardchat && arms['shardchat-nometrics'] ? ratiosOf(arms, 'shardchat', 'shardchat-nometrics') : null);
 
 // ---- sweep -------------------------------------------------------------------------------------
 
+/**
+ * The open-loop rate sweep: every (peer, offered rate) point is run alike, `sweepRuns` times, in
+ * an order shuffled per run (seeded), so drift on the machine hits every point and peer alike. A
+ * point is saturated by delivery and CPU, not by a latency bound: delivered < 97% of sent x members, sends
+ * skipped (a sender's output over 128 KiB or > 50 ms behind schedule), or the server at >= 95% of
+ * its core. A point where the generator was at its own limit is marked generator-bound. A peer's
+ * saturation point is the highest offered rate below its first saturated one. Latency is compared
+ * at fixed offered rates (the open-* scenarios), not at a fraction of someone's saturation.
+ */
 async function runSweep(scName, sc, peers) {
   const points = Object.fromEntries(peers.map((p) => [p, []]));
   const servers = new Map();
   const serverInfo = {};
   const saturation = {};
-  let atHalf = null;
   await guarded(scName, servers, serverInfo, async () => {
     for (const p of peers) servers.set(p, await startServer(p));
-    const alive = new Set(peers);
-    const fails = Object.fromEntries(peers.map((p) => [p, 0]));
-    /** One open-loop generator run against peer p at `rate` deliveries/s: { d, json }, or null. */
-    const attempt = async (p, rate) => {
-      stepNo++;
-      const q = waitIdle > 0 ? await quiet() : null;
-      const g = await runGenerator(servers.get(p), sc, ['--rate', String(rate / sc.members), '--drain', '3'], { warmup: sweepWarmup, duration: sweepDuration });
-      if (g.json === null) return null;
-      const d = derive(g.json);
-      if (q) d.busyBeforeRunPct = q.busyPct;
-      return { d, json: g.json };
-    };
-    /** A run of a sweep point: its derived figures (with setupOk, for the medians), or null. */
-    const pointRun = async (p, rate) => {
-      const a = await attempt(p, rate);
-      if (a === null) return null;
-      a.d.setupOk = a.json.setup_ok ? 1 : 0;
-      if ((a.d.otherCpuPct ?? 0) > 20) findings.push(`${scName}/${p} at ${kps(rate)}/s: DISTURBED (other work ${a.d.otherCpuPct}% of a core)`);
-      return a.d;
-    };
-    const verdict = (d, rate) => {
-      const why = [];
-      if (!d.setupOk) why.push('setup');
-      if (d.skipped > 0) why.push(`${d.skipped} sends skipped`);
-      if (d.sentPerSec < 0.97 * (rate / sc.members)) why.push('generator below the offered rate');
-      if (d.deliveredPerSec < 0.97 * d.sentPerSec * sc.members) why.push('delivered < 97% of sent x members');
-      if (!(d.p99ms <= p99BoundMs)) why.push(`p99 ${f1(d.p99ms, 1)} ms > ${p99BoundMs} ms`);
-      const errs = d.errorsSum ?? d.errors; // medians of three runs: any err in any of them counts
-      if (errs > 0) why.push(`${errs} err`);
-      return why;
-    };
-    for (const rate of sweepRates) {
-      for (const p of peers) {
-        if (!alive.has(p)) continue;
-        // A point that fails is run twice more and judged on the medians of its three runs: on
-        // this shared machine one disturbed 3 s window pushes p99 over the bound now and then,
-        // and a single run would then end a peer's sweep early.
-        const tries = [];
-        let d = await pointRun(p, rate);
-        if (d === null) { findings.push(`${scName}/${p} at ${rate}/s: the load generator failed`); alive.delete(p); continue; }
-        tries.push(d);
-        let why = verdict(d, rate);
-        if (why.length > 0) {
-          progress(`${scName}/${p} offered ${kps(rate)}/s: ${describe(sc, d)} -> failed (${why.join(', ')}); two more runs, judged on the medians`);
-          stepTotal += 2;
-          for (let k = 0; k < 2; k++) { const e = await pointRun(p, rate); if (e !== null) tries.push(e); }
-          d = summarize(tries);
-          why = verdict(d, rate);
-        }
-        const ok = why.length === 0;
-        points[p].push({ offeredPerSec: rate, ok, why, attempts: tries.length, p99msRuns: tries.map((x) => x.p99ms), ...d });
-        progress(`${scName}/${p} offered ${kps(rate)}/s: ${describe(sc, d)}${tries.length > 1 ? ` (medians of ${tries.length})` : ''} -> ${ok ? 'ok' : `saturated (${why.join(', ')})`}`);
-        if (ok) { fails[p] = 0; saturation[p] = Math.max(saturation[p] ?? 0, rate); } else if (++fails[p] >= 2) alive.delete(p);
+    const cells = peers.flatMap((p) => sweepRates.map((rate) => ({ p, rate })));
+    const byCell = new Map(cells.map((c) => [`${c.p}@${c.rate}`, []]));
+    for (let r = 0; r < sweepRuns; r++) {
+      for (const c of shuffled(cells, 104729 * (r + 1))) {
+        stepNo++;
+        const q = waitIdle > 0 ? await quiet() : null;
+        const g = await runGenerator(servers.get(c.p), sc, ['--rate', String(c.rate / sc.members), '--drain', '3'], { warmup: sweepWarmup, duration: sweepDuration });
+        if (g.json === null) { findings.push(`${scName}/${c.p} at ${kps(c.rate)}/s run ${r + 1}: the load generator failed (exit ${g.code})`); continue; }
+        const d = derive(g.json, shardsOf(c.p));
+        d.runId = r;
+        d.setupOk = g.json.setup_ok ? 1 : 0;
+        if (q) d.busyBeforeRunPct = q.busyPct;
+        if ((d.otherCpuPct ?? 0) > 20) findings.push(`${scName}/${c.p} at ${kps(c.rate)}/s: DISTURBED (other work ${d.otherCpuPct}% of a core)`);
+        byCell.get(`${c.p}@${c.rate}`).push(d);
+        progress(`${scName}/${c.p} offered ${kps(c.rate)}/s run ${r + 1}/${sweepRuns}: ${describe(sc, d)}`);
       }
     }
-    // p99 at half of plain uWS's saturation rate, interleaved runs of plain uWS and shardchat
-    const half = saturation['uws-plain'] ? saturation['uws-plain'] / 2 : null;
-    const halfPeers = peers.filter((p) => p === 'uws-plain' || peerDef(p).shardchat);
-    if (half && halfPeers.length) {
-      const res = Object.fromEntries(halfPeers.map((p) => [p, { label: peerDef(p).label, peer: p, derived: [], runs: [] }]));
-      stepTotal += runs * halfPeers.length;
-      for (let r = 0; r < runs; r++) {
-        for (const p of halfPeers) {
-          const a = await attempt(p, half);
-          if (a === null) { findings.push(`${scName}/${p} at half saturation: the load generator failed`); continue; }
-          const { d, json } = a;
-          res[p].derived.push(d);
-          res[p].runs.push(json);
-          for (const f of findingsOf(`${scName}-half/${p} run ${r + 1}`, json, { mode: 'open' })) findings.push(f);
-          progress(`${scName}/${p} at half plain uWS's saturation (${kps(half)}/s) run ${r + 1}/${runs}: ${describe(sc, d)}`);
-        }
+    for (const p of peers) {
+      let open = true;
+      for (const rate of sweepRates) {
+        const runsHere = byCell.get(`${p}@${rate}`);
+        if (!runsHere.length) { open = false; continue; }
+        const m = summarize(runsHere);
+        const why = [];
+        if (runsHere.some((d) => !d.setupOk)) why.push('setup');
+        if (m.skipped > 0) why.push(`${m.skipped} sends skipped`);
+        // the server's share: what it delivered of what the generator sent; the generator's
+        // share: whether it sent what was offered (if not, the point is generator-bound)
+        if (m.deliveredPerSec < 0.97 * m.sentPerSec * sc.members) why.push('delivered < 97% of sent x members');
+        if (pin && m.serverCpuPct >= 95) why.push(`server at ${f1(m.serverCpuPct, 0)}% of its core`);
+        if (m.errorsSum > 0) why.push(`${m.errorsSum} err`);
+        const genBound = m.generatorBoundRuns > 0 || m.sentPerSec < 0.97 * (rate / sc.members);
+        const ok = why.length === 0 && !genBound;
+        points[p].push({ offeredPerSec: rate, ok, generatorBound: genBound, why, attempts: runsHere.length, p99msRuns: runsHere.map((x) => x.p99ms), derived: runsHere, ...m });
+        if (!ok) open = false;
+        if (open) saturation[p] = rate;
       }
-      for (const a of Object.values(res)) a.summary = summarize(a.derived);
-      atHalf = { offeredPerSec: half, arms: res };
     }
   });
-  return { points, saturation, atHalf, p99BoundMs, servers: serverInfo };
+  return { points, saturation, servers: serverInfo };
 }
 
 /** Hand-written SVG: delivered vs offered and p99 vs offered (log axes), one line per peer. */
@@ -699,7 +794,7 @@ function sweepSvg(sw, title) {
   const xmin = Math.min(...xs) / 1.2, xmax = Math.max(...xs) * 1.2;
   const ymaxT = Math.max(xmax, ...all.map((p) => p.deliveredPerSec || 1)) ;
   const lat = all.map((p) => p.p99ms).filter((v) => v > 0);
-  const lmin = Math.max(0.05, Math.min(...lat) / 1.5), lmax = Math.max(...lat, p99BoundMs) * 1.5;
+  const lmin = Math.max(0.05, Math.min(...lat) / 1.5), lmax = Math.max(...lat) * 1.5;
   const lx = (v, x0) => x0 + (Math.log10(v / xmin) / Math.log10(xmax / xmin)) * pw;
   const ly = (v, lo, hi) => m.t + ph - (Math.log10(Math.max(v, lo) / lo) / Math.log10(hi / lo)) * ph;
   const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;');
@@ -711,7 +806,7 @@ function sweepSvg(sw, title) {
   const fmt = (v) => (v >= 1e6 ? `${v / 1e6}M` : v >= 1e3 ? `${v / 1e3}k` : `${v}`);
   const panels = [
     { x0: m.l, name: 'delivered msgs/s', lo: xmin, hi: ymaxT * 1.2, val: (p) => p.deliveredPerSec, diag: true },
-    { x0: m.l + pw + gap, name: 'p99 latency, ms', lo: lmin, hi: lmax, val: (p) => p.p99ms, bound: p99BoundMs },
+    { x0: m.l + pw + gap, name: 'p99 latency, ms', lo: lmin, hi: lmax, val: (p) => p.p99ms, bound: null },
   ];
   for (const P of panels) {
     o.push(`<rect x="${P.x0}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#444"/>`);
@@ -747,7 +842,7 @@ const dirty = (spawnSync('git', ['status', '--porcelain', '--', 'engine', 'worke
 for (const name of scenarioNames) {
   const sc = SCENARIOS[name];
   const np = peersOf(name).length;
-  stepTotal += sc.kind === 'open' ? np * sweepRates.length : sc.kind === 'stall' ? 2 * runs : np * runs;
+  stepTotal += sc.kind === 'open' ? np * sweepRates.length * sweepRuns : sc.kind === 'stall' ? 2 * runs : np * runs;
 }
 progress(`scenarios ${scenarioNames.join(', ')}; ${runs} runs per arm; ${pinNote}; at most ${stepTotal} generator runs`);
 
@@ -757,13 +852,14 @@ for (const name of scenarioNames) {
   const peers = peersOf(name);
   progress(`== ${name}: ${sc.about}; peers ${peers.join(', ')}`);
   if (sc.kind === 'closed') {
-    const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label }));
+    const openExtra = sc.open ? ['--rate', String(sc.rate / sc.members), '--drain', '3'] : [];
+    const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label, extra: openExtra }));
     const beforeStop = async (servers) => {
       const s = servers.get('shardchat');
-      if (!s || scrape) return;
+      if (!s || scrape || name !== 'fanout-10x100') return;
       const r = await httpGet(s.port, '/metrics');
       scrape = { scenario: name, status: r.status, bytes: r.body.length, error: r.error };
-      if (r.status === 200) writeFileSync(join(resultsDir, 'sample-scrape.txt'), r.body);
+      if (r.status === 200) { mkdirSync(paths.local, { recursive: true }); writeFileSync(paths.scrape, r.body); }
       else findings.push(`${name}/shardchat: GET /metrics answered ${r.status ?? r.error}`);
     };
     const r = await runArms(name, sc, arms, { beforeStop });
@@ -777,6 +873,10 @@ for (const name of scenarioNames) {
     const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label, extra: ['--idle-hold', '2', '--connect-inflight', '256', '--setup-timeout', '60'] }));
     const r = await runArms(name, sc, arms, { fresh: true });
     scenarioResults[name] = { kind: sc.kind, params: sc, ...r, ratios: closedRatios(r.arms) };
+  } else if (sc.kind === 'history') {
+    const arms = peers.map((p) => ({ key: p, peer: p, label: peerDef(p).label }));
+    const r = await runArms(name, sc, arms, { fresh: true, times: { warmup: 0.5, duration: Math.max(duration, 3) }, measure: historyMeasure(sc) });
+    scenarioResults[name] = { kind: 'history', params: sc, ...r, ratios: closedRatios(r.arms) };
   } else if (sc.kind === 'stall') {
     const arms = peers.flatMap((p) => [
       { key: p, peer: p, label: `${peerDef(p).label}, no stalled member` },
@@ -789,7 +889,7 @@ for (const name of scenarioNames) {
     const r = await runSweep(name, sc, peers);
     scenarioResults[name] = { kind: sc.kind, params: sc, ...r };
     const svg = sweepSvg(r, `shardchat sweep: fanout-10x100 open loop, ${new Date().toISOString().slice(0, 16)}Z, commit ${commit ?? '?'}`);
-    if (svg) writeFileSync(join(resultsDir, 'sweep.svg'), svg);
+    if (svg) { mkdirSync(paths.local, { recursive: true }); writeFileSync(paths.sweepSvg, svg); }
   }
 }
 
@@ -797,29 +897,52 @@ for (const name of scenarioNames) {
 
 const md = [];
 const rx = (x) => (x === null || x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
-md.push(`## shardchat load benchmarks (${quick ? 'quick' : 'suite'})`);
+md.push(`## shardchat load benchmarks (${mode})`);
 md.push('');
 md.push(`${new Date().toISOString()}; ${pinNote}; ${os.cpus()[0]?.model?.trim() ?? 'cpu?'}, ${ncpu} cores, Node ${process.versions.node}; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; ` +
-  `machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start. Medians of ${runs} runs per arm, arms interleaved, in an order that changes each run (a Williams design: no arm always follows the same one). ` +
+  `machine ${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start. Medians of ${runs} runs per arm, arms interleaved, in an order that changes each run (a Williams design for an even number of arms, a seeded shuffle for an odd one: no arm always follows the same one). Ratios: medians of run-id-paired ratios with bootstrap 95% intervals; a verdict needs 5 pairs. ` +
   `"other CPU %" above ~20 marks a disturbed run.`);
 for (const [name, r] of Object.entries(scenarioResults)) {
   const sc = r.params;
   md.push('');
   if (r.kind === 'closed' || r.kind === 'stall') {
-    md.push(`### ${name}: ${sc.about}${r.kind === 'closed' ? `, window ${window}/sender` : ''} (${warmup} s warmup + ${duration} s window)`);
+    md.push(`### ${name}: ${sc.about}${r.kind === 'closed' && !sc.open ? `, window ${sc.window ?? window}/sender` : ''} (${warmup} s warmup + ${duration} s window)`);
     md.push('');
-    md.push('| arm | delivered msgs/s | runs (k/s) | p50 ms | p99 ms | server CPU ms / 1k msgs | main thread CPU ms / 1k msgs | server CPU % | generator CPU % | other CPU % (max) | err / closes / missing / order |');
-    md.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    md.push('| arm | delivered msgs/s | runs (k/s) | p50 ms | p99 ms | server CPU ms / 1k msgs | main thread CPU ms / 1k msgs | shard(s) CPU ms / 1k msgs | server CPU % | generator CPU % | other CPU % (max) | err / closes / missing / order |');
+    md.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const a of Object.values(r.arms)) {
       const m = a.summary;
       md.push(`| ${a.label} | ${kps(m.deliveredPerSec)} | ${m.deliveredPerSecRuns.map((x) => (x / 1e3).toFixed(0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ` +
-        `${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${f1(m.serverCpuPct, 0)} | ${f1(m.genCpuPct, 0)} | ${f1(m.otherCpuPct, 0)} (${f1(m.maxOtherCpuPct, 0)}) | ${m.errorsSum} / ${m.closesSum} / ${m.missingSum} / ${m.orderSum} |`);
+        `${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${m.shardCpuMsPer1k === null ? '-' : f1(m.shardCpuMsPer1k, 3)} | ${f1(m.serverCpuPct, 0)} | ${f1(m.genCpuPct, 0)}${m.generatorBoundRuns ? ` (${m.generatorBoundRuns} at its limit)` : ''} | ${f1(m.otherCpuPct, 0)} (${f1(m.maxOtherCpuPct, 0)}) | ${m.errorsSum} / ${m.closesSum} / ${m.missingSum} / ${m.orderSum} |`);
     }
     const lab = (k) => r.arms[k]?.label ?? k;
-    const ratioRow = (x, title) => `| **${title}** | **${rx(x.throughput)}** | pairs: ${rx(x.throughputPerPairMedian)} | ${rx(x.p50)} | ${rx(x.p99)} | ${rx(x.serverCpuPerMsg)} | ${rx(x.mainThreadCpuPerMsg)} | | | | |`;
+    const ratioRow = (x, title) => `| **${title}**${x.generatorBound ? ' (generator-bound: no verdict)' : ''} | **${fmtInterval(x.ci?.throughput)}** | median of ratios ${rx(x.throughput)}; ${x.pairsMatched} pairs | ${fmtInterval(x.ci?.p50)} | ${fmtInterval(x.ci?.p99)} | ${fmtInterval(x.ci?.serverCpuPerMsg)} | ${fmtInterval(x.ci?.mainThreadCpuPerMsg)} | | | | | |`;
     for (const x of r.ratios ?? []) md.push(ratioRow(x, r.kind === 'stall' ? `${lab(x.to)}: with / without the stalled member` : `${lab(x.of)} / ${lab(x.to)}`));
-    if (r.aa) md.push(ratioRow(r.aa, 'noise floor: A/A, plain uWS / plain uWS'));
+    if (r.aa) md.push(ratioRow(r.aa, `noise floor: A/A, ${lab(r.aa.of)} / ${lab(r.aa.to)}`));
     if (r.metricsOverhead) md.push(ratioRow(r.metricsOverhead, 'metrics on / off (shardchat)'));
+    md.push('');
+    md.push('Ratio rows: the median of the paired ratios (pairs matched by run id) and its bootstrap 95% interval [lo, hi].');
+    const scArm = r.arms.shardchat?.summary;
+    if (scArm && scArm.mainCpuMsPer1k > 0 && scArm.shardCpuMsPer1k !== null && r.kind === 'closed') {
+      const cost = { mainUs: scArm.mainCpuMsPer1k, shardUs: scArm.shardCpuMsPer1k, rooms: sc.rooms };
+      md.push('');
+      md.push(`Derived from shardchat's CPU per delivery here (main ${f1(cost.mainUs, 3)} us, shard ${f1(cost.shardUs, 3)} us; ${sc.rooms} room(s) spread evenly): what N shards on N+1 cores should reach.`);
+      md.push('');
+      const measured = Object.fromEntries(Object.values(r.arms).filter((a) => peerDef(a.peer)?.shardchat && !a.peer.includes('nometrics') && !peerDef(a.peer).durable).map((a) => [shardsOf(a.peer), a.summary.deliveredPerSec]));
+      // pinned: the server has core 0; unpinned: every core but the one the generator keeps busy
+      for (const row of scaleTable(cost, Math.max(4, scaleMax), pin ? 1 : Math.max(1, ncpu - 1), measured)) md.push(row);
+      r.derivedScale = Object.fromEntries([1, 2, 4, 8].map((n) => [n, deriveScale(cost, n, n + 1)]));
+    }
+  } else if (r.kind === 'history') {
+    md.push(`### ${name}: ${sc.about} (a fresh server per run; RSS sampled 2 s after start and 2 s after the load, median of 3)`);
+    md.push('');
+    md.push('| peer | messages kept | server RSS before, MB | after, MB | bytes per stored message | runs |');
+    md.push('|---|---|---|---|---|---|');
+    for (const a of Object.values(r.arms)) {
+      const m = a.summary;
+      md.push(`| ${a.label} | ${f1(m.storedMsgs, 0)} | ${f1(m.rssBeforeKb / 1024, 1)} | ${f1(m.rssAfterKb / 1024, 1)} | ${f1(m.bytesPerStoredMsg, 0)} | ${a.derived.map((d) => f1(d.bytesPerStoredMsg, 0)).join(' / ')} |`);
+    }
+    for (const x of r.ratios ?? []) md.push(`\n${r.arms[x.of]?.label} / ${r.arms[x.to]?.label}: bytes per stored message ${fmtInterval(x.ci?.bytesPerStoredMsg)}`);
   } else if (r.kind === 'idle') {
     md.push(`### ${name}: ${sc.about.replace('10,000', idleConns.toLocaleString('en'))}`);
     md.push('');
@@ -841,65 +964,75 @@ for (const [name, r] of Object.entries(scenarioResults)) {
       md.push(`| ${a.label} | ${f1(m.cyclesPerSec, 0)} | ${a.derived.map((d) => f1(d.cyclesPerSec, 0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ${f1(m.serverCpuPct, 0)} | ${m.closesSum} / ${a.runs.reduce((x, j) => x + j.totals.conn_failures, 0)} | ${a.peer !== 'shardchat' && sc0 ? `shardchat ${rx(ratio(sc0, m.cyclesPerSec))}` : ''} |`);
     }
   } else if (r.kind === 'open') {
-    md.push(`### ${name}: ${sc.about} (${sweepWarmup} s warmup + ${sweepDuration} s window per point; saturated = delivered < 97% of offered, sends skipped, or p99 > ${p99BoundMs} ms; a point that fails is run twice more and judged on the medians of its three runs, marked "(3)")`);
+    md.push(`### ${name}: ${sc.about} (${sweepWarmup} s warmup + ${sweepDuration} s window per point; every point run ${sweepRuns} times, in an order shuffled per run; saturated = delivered < 97% of sent x members, sends skipped, or the server at >= 95% of its core; "gen" = the generator was at its own limit or sent < 97% of the offered rate: no verdict)`);
     md.push('');
-    md.push(`| peer | saturation (highest ok offered deliveries/s) | ${sweepRates.map(kps).join(' | ')} |`);
+    md.push(`| peer | saturation (highest offered rate below the first saturated point) | ${sweepRates.map(kps).join(' | ')} |`);
     md.push(`|---|---|${sweepRates.map(() => '---').join('|')}|`);
     for (const [p, pts] of Object.entries(r.points)) {
-      md.push(`| ${peerDef(p).label} | ${kps(r.saturation[p] ?? null)} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}${q.attempts > 1 ? ` (${q.attempts})` : ''}` : ''; }).join(' | ')} |`);
-    }
-    if (r.atHalf) {
-      md.push('');
-      md.push(`At half of plain uWS's saturation rate (${kps(r.atHalf.offeredPerSec)} deliveries/s offered), medians of ${runs}:`);
-      md.push('');
-      md.push('| peer | delivered msgs/s | p50 ms | p99 ms | p99 vs plain uWS | server CPU ms / 1k | main thread CPU ms / 1k | other CPU % (max) |');
-      md.push('|---|---|---|---|---|---|---|---|');
-      const b = r.atHalf.arms['uws-plain']?.summary;
-      for (const a of Object.values(r.atHalf.arms)) {
-        const m = a.summary;
-        md.push(`| ${a.label} | ${kps(m.deliveredPerSec)} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ${rx(ratio(m.p99ms, b?.p99ms))} | ${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${f1(m.otherCpuPct, 0)} (${f1(m.maxOtherCpuPct, 0)}) |`);
-      }
+      md.push(`| ${peerDef(p).label} | ${r.saturation[p] ? kps(r.saturation[p]) : 'below the lowest rate'} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.generatorBound ? 'gen ' : q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}, CPU ${f1(q.serverCpuPct, 0)}%` : ''; }).join(' | ')} |`);
     }
   }
 }
 
 // ---- targets -----------------------------------------------------------------------------------
+// Each target's verdict comes from the bootstrap 95% interval of the paired ratios (stats.mjs):
+// "met" only when the whole interval clears the limit; a ratio whose runs had the generator at
+// its own limit gets no verdict.
 
 const targets = [];
-const tgt = (name, value, limit, ok, note) => targets.push({ name, value, limit, met: value === null || value === undefined ? null : ok, note });
+/** dir '>=' or '<=': the ratio must be at least / at most limit. */
+function target(name, x, key, limit, dir, note = '') {
+  const ci = x?.ci?.[key] ?? null;
+  const v = verdictOf(ci, limit, dir, { generatorBound: !!x?.generatorBound });
+  targets.push({ name, value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: `${dir} ${limit}x`, verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note });
+}
+const rto = (scName, of, to) => scenarioResults[scName]?.ratios?.find((x) => x.of === of && x.to === to) ?? null;
+for (const name of scenarioNames) {
+  const sc = SCENARIOS[name];
+  const r = scenarioResults[name];
+  if (!r || sc.kind !== 'closed') continue;
+  const aa = r.aa ? ` (A/A ${fmtInterval(r.aa.ci?.throughput)})` : '';
+  if (sc.target) target(`${name}: throughput, shardchat / same protocol 1 thread`, rto(name, 'shardchat', 'uws-protocol'), 'throughput', sc.target, '>=', aa);
+  if (sc.p99Target) target(`${name}: p99, shardchat / same protocol 1 thread`, rto(name, 'shardchat', 'uws-protocol'), 'p99', sc.p99Target, '<=', r.aa ? ` (A/A ${fmtInterval(r.aa.ci?.p99)})` : '');
+  if (rto(name, 'shardchat-sqlite', 'uws-protocol-sqlite')) target(`${name}: durable throughput, shardchat --store sqlite / same protocol + SQLite inline`, rto(name, 'shardchat-sqlite', 'uws-protocol-sqlite'), 'throughput', 1, '>=');
+}
 {
-  const f = scenarioResults['fanout-10x100'];
-  const rto = (to) => f?.ratios?.find((x) => x.of === 'shardchat' && x.to === to) ?? null;
-  const aa = f?.aa;
-  const noise = aa ? ` (A/A noise floor ${rx(aa.throughput)})` : '';
-  const t = rto('uws-plain')?.throughput;
-  tgt('fanout-10x100 throughput, shardchat / plain uWS', t, '>= 0.9x', t >= 0.9, noise);
-  const tw = rto('ws-rooms')?.throughput;
-  tgt('fanout-10x100 throughput, shardchat / ws', tw, '>= 10x', tw >= 10, '');
-  const ts = rto('socketio-rooms')?.throughput;
-  tgt('fanout-10x100 throughput, shardchat / Socket.IO', ts, '>= 10x', ts >= 10, '');
-  const c = rto('uws-plain')?.mainThreadCpuPerMsg;
-  tgt('fanout-10x100 main-thread CPU per delivered message, shardchat / plain uWS', c, '<= 1.2x', c <= 1.2, aa ? ` (A/A ${rx(aa.mainThreadCpuPerMsg)})` : '');
-  const mo = f?.metricsOverhead;
-  const cost = mo?.throughput !== null && mo?.throughput !== undefined ? 1 - mo.throughput : null;
-  targets.push({ name: 'metrics cost: 1 - throughput(metrics on) / throughput(--metrics false), fanout-10x100', value: cost, limit: '< 3%', met: cost === null ? null : cost < 0.03,
-    note: mo ? ` (pairs: ${f1(100 * (1 - mo.throughputPerPairMedian), 1)}%; CPU per message ${rx(mo.serverCpuPerMsg)})${noise}` : '', pct: true });
-  const sw = scenarioResults.sweep?.atHalf?.arms;
-  const p = sw ? ratio(sw.shardchat?.summary?.p99ms, sw['uws-plain']?.summary?.p99ms) : null;
-  tgt(`p99 at half plain uWS's saturation rate, shardchat / plain uWS`, p, '<= 1.5x', p <= 1.5, scenarioResults.sweep?.atHalf ? ` (at ${kps(scenarioResults.sweep.atHalf.offeredPerSec)}/s)` : '');
-  const id = scenarioResults.idle?.arms;
-  const dk = id?.shardchat && id['uws-plain'] ? id.shardchat.summary.kbPerIdleConn - id['uws-plain'].summary.kbPerIdleConn : null;
-  targets.push({ name: 'memory per idle connection, shardchat minus plain uWS', value: dk, limit: '<= +1 KB', met: dk === null || !Number.isFinite(dk) ? null : dk <= 1,
-    note: id?.shardchat ? ` (${f1(id.shardchat.summary.kbPerIdleConn, 2)} vs ${f1(id['uws-plain']?.summary?.kbPerIdleConn, 2)} KB)` : '', kb: true });
+  const f = 'fanout-10x100';
+  const aa = scenarioResults[f]?.aa;
+  // only the targets whose arms this run had (a subset run reports no "not measured" rows for them)
+  const had = (k) => !!scenarioResults[f]?.arms?.[k];
+  if (had('uws-plain')) target(`${f}: main-thread CPU per delivery, shardchat / plain uWS`, rto(f, 'shardchat', 'uws-plain'), 'mainThreadCpuPerMsg', 1.1, '<=', aa ? ` (A/A ${fmtInterval(aa.ci?.mainThreadCpuPerMsg)})` : '');
+  if (had('ws-rooms')) target(`${f}: throughput, shardchat / ws`, rto(f, 'shardchat', 'ws-rooms'), 'throughput', 10, '>=');
+  if (had('socketio-rooms')) target(`${f}: throughput, shardchat / Socket.IO`, rto(f, 'shardchat', 'socketio-rooms'), 'throughput', 10, '>=');
+  // metrics cost < 3%  <=>  throughput(metrics on) / throughput(off) > 0.97
+  if (had('shardchat-nometrics')) target(`${f}: metrics cost, throughput metrics on / --metrics false (cost < 3%)`, scenarioResults[f]?.metricsOverhead, 'throughput', 0.97, '>=');
+  const id = scenarioResults.idle?.arms?.shardchat?.derived;
+  if (id?.length) {
+    // no more than today's 1,348 bytes per idle connection (issue 15): an interval of the runs' values
+    const ci = pairedRatioInterval(id.map((d) => ({ runId: d.runId, a: 1, b: d.kbPerIdleConn, ratio: d.kbPerIdleConn })));
+    const v = verdictOf(ci, 1.348, '<=');
+    targets.push({ name: 'idle: KB per idle connection, shardchat (<= 1.348 KB, today\'s)', value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: '<= 1.348 KB', verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note: '', kb: true });
+  }
+  const hs = scenarioResults['history-200x1'];
+  if (hs) {
+    const x = rto('history-200x1', 'shardchat', 'uws-protocol');
+    const ci = x?.ci?.bytesPerStoredMsg ?? null;
+    const v = verdictOf(ci, 1, '<=');
+    targets.push({ name: 'history-200x1: memory per stored message, shardchat / same protocol 1 thread', value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: '<= 1x', verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note: '' });
+  }
+  const fx = (name, x) => { if (x) targets.push({ name, value: x.point, lo: x.lo, hi: x.hi, n: x.n, limit: '-', verdict: 'noise floor', runsNeeded: null, note: '' }); };
+  for (const n of scenarioNames) fx(`${n}: A/A throughput (noise floor)`, scenarioResults[n]?.aa?.ci?.throughput);
 }
 md.push('');
-md.push('### Targets (medians, this run)');
+md.push('### Targets (this run; value = median of the paired ratios, [95% bootstrap interval])');
 md.push('');
-md.push('| target | value | limit | verdict |');
-md.push('|---|---|---|---|');
+md.push('| target | value [95% interval] | limit | verdict | runs that would decide it |');
+md.push('|---|---|---|---|---|');
 for (const t of targets) {
-  const v = t.value === null || t.value === undefined || !Number.isFinite(t.value) ? 'not measured' : t.pct ? `${f1(100 * t.value, 1)}%` : t.kb ? `${t.value >= 0 ? '+' : ''}${f1(t.value, 2)} KB` : rx(t.value);
-  md.push(`| ${t.name} | ${v}${t.note ?? ''} | ${t.limit} | ${t.met === null ? 'not measured' : t.met ? 'met' : '**not met**'} |`);
+  const f2 = (x) => (x === null || x === undefined ? '?' : t.kb ? x.toFixed(3) : x.toFixed(2));
+  const v = t.value === null ? 'not measured' : `${f2(t.value)}${t.kb ? ' KB' : 'x'}${t.lo === null ? ` (${t.n} run)` : ` [${f2(t.lo)}, ${f2(t.hi)}]`}`;
+  const verdict = t.verdict === 'met' ? 'met' : t.verdict === 'not met' ? '**not met**' : t.verdict;
+  md.push(`| ${t.name} | ${v}${t.note ?? ''} | ${t.limit} | ${verdict} | ${t.verdict !== 'inconclusive' ? '' : t.tooFew ? `at least ${t.runsNeeded} pairs (this run: ${t.n})` : t.runsNeeded === null ? 'none: the point sits on the limit' : `about ${t.runsNeeded} pairs`} |`);
 }
 if (scrape) md.push(`\n/metrics scrape of shardchat after ${scrape.scenario}: HTTP ${scrape.status}, ${scrape.bytes} bytes -> native-bench/results/sample-scrape.txt`);
 md.push('');
@@ -910,22 +1043,21 @@ const table = md.join('\n');
 
 const strip = (arms) => Object.fromEntries(Object.entries(arms ?? {}).map(([k, a]) => [k, { label: a.label, peer: a.peer, summary: a.summary, derived: a.derived, runs: a.runs, perf: a.perf }]));
 const out = {
-  schema: 'shardchat-load-bench/2',
-  mode: quick ? 'quick' : 'suite',
+  schema: 'shardchat-load-bench/3',
+  mode,
   date: new Date().toISOString(), elapsedS: (Date.now() - t0Suite) / 1000, commit, engineDirty: dirty,
   machine: { cpu: os.cpus()[0]?.model?.trim(), cores: ncpu, node: process.versions.node, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg(), busyBeforePctOfCore: busyBefore, pinning: pinNote },
-  settings: { quick, runs, warmupS: warmup, durationS: duration, sweepWarmupS: sweepWarmup, sweepDurationS: sweepDuration, window, generatorThreads: genThreads, waitIdleS: waitIdle, sweepRates, p99BoundMs, idleConns, shards: [1, ...shardCounts], scenarios: scenarioNames, peers: peerOverride, cpuProf, perf: perfMode },
+  settings: { quick, runs, warmupS: warmup, durationS: duration, sweepWarmupS: sweepWarmup, sweepDurationS: sweepDuration, window, generatorThreads: genThreads, waitIdleS: waitIdle, sweepRates, sweepRuns, idleConns, scale: scaleMax || null, reference, shards: [1, ...shardCounts], scenarios: scenarioNames, peers: peerOverride, cpuProf, perf: perfMode },
   scenarios: Object.fromEntries(Object.entries(scenarioResults).map(([k, r]) => [k, r.kind === 'open'
-    ? { kind: r.kind, params: r.params, p99BoundMs: r.p99BoundMs, saturation: r.saturation, points: r.points, atHalf: r.atHalf ? { offeredPerSec: r.atHalf.offeredPerSec, arms: strip(r.atHalf.arms) } : null, servers: r.servers }
-    : { kind: r.kind, params: r.params, arms: strip(r.arms), ratios: r.ratios, aa: r.aa ?? null, metricsOverhead: r.metricsOverhead ?? null, servers: r.servers }])),
+    ? { kind: r.kind, params: r.params, saturation: r.saturation, points: r.points, servers: r.servers }
+    : { kind: r.kind, params: r.params, arms: strip(r.arms), ratios: r.ratios, aa: r.aa ?? null, metricsOverhead: r.metricsOverhead ?? null, derivedScale: r.derivedScale ?? null, servers: r.servers }])),
   targets, scrape, findings, failed,
   table,
 };
-mkdirSync(dirname(outFile), { recursive: true });
-writeFileSync(outFile, `${JSON.stringify(out, null, 2)}\n`);
-copyFileSync(outFile, `${latestBase}.json`);
-writeFileSync(`${latestBase}.md`, `${table}\n`);
-process.stdout.write(`\n${table}\n\nwrote ${relative(root, outFile)} (and ${relative(root, latestBase)}.json, .md${scenarioResults.sweep ? ', native-bench/results/sweep.svg' : ''}) in ${out.elapsedS.toFixed(0)} s\n`);
+const machineNote = `Machine: ${out.machine.cpu ?? 'cpu?'}, ${ncpu} cores, ${Math.round(os.totalmem() / 2 ** 20)} MiB, ${os.type()} ${os.release()}, Node ${process.versions.node}; ${pinNote}; ` +
+  `${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; \`${process.argv.slice(2).join(' ') || '(no flags)'}\`.`;
+const written = writeResults(paths, out, table, { outFile, reference, machineNote });
+process.stdout.write(`\n${table}\n\nwrote ${written.map((f) => relative(root, f)).join(', ')}${scenarioResults.sweep ? `, ${relative(root, paths.sweepSvg)}` : ''} in ${out.elapsedS.toFixed(0)} s\n`);
 
 if (perfMode) {
   for (const r of Object.values(scenarioResults)) {

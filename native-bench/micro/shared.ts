@@ -38,7 +38,8 @@ export const DRAIN_BATCH = 256;
 /** An idle parked consumer re-checks CTRL_STOP this often. */
 export const IDLE_RECHECK_MS = 50;
 
-export type ThroughputKind = 'ring' | 'post' | 'port';
+/** post-batch: one worker.postMessage of a buffer holding BATCH records back to back. */
+export type ThroughputKind = 'ring' | 'post' | 'post-batch' | 'port';
 
 export interface ThroughputWorkerData {
   kind: ThroughputKind;

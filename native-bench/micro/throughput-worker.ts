@@ -5,6 +5,7 @@
  *  ring: a RingReader drains up to DRAIN_BATCH records per call, polls for CONSUMER_SPIN_US when
  *        empty, then parks in waitForData().
  *  post: one `message` event per worker.postMessage(Uint8Array) (structured clone).
+ *  post-batch: one `message` event per worker.postMessage of BATCH records back to back.
  *  port: one `message` event per MessagePort.postMessage with a transferred ArrayBuffer.
  * Each received record's length is checked and its first byte read, so the payload is touched.
  */
@@ -62,6 +63,15 @@ if (data.kind === 'ring') {
   // (a pending waitAsync alone does not: nodejs/node#44729).
   port.on('message', () => { /* control goes through CTRL_STOP */ });
   void loop();
+} else if (data.kind === 'post-batch') {
+  port.on('message', (m: unknown) => {
+    if (m instanceof Uint8Array) {
+      if (m.byteLength % size !== 0) Atomics.store(ctrl, CTRL_ERRORS, ++errors);
+      for (let o = 0; o < m.byteLength; o += size) checksum = (checksum + m[o]!) | 0;
+      received += m.byteLength / size;
+      Atomics.store(ctrl, CTRL_RECV, received);
+    } else if (m === 'stop') report(0);
+  });
 } else if (data.kind === 'post') {
   port.on('message', (m: unknown) => {
     if (m instanceof Uint8Array) onBytes(m);
