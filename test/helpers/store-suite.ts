@@ -7,6 +7,9 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Store, StoreLimits } from '../../workers/store/index.js';
 import { StoreError } from '../../workers/store/index.js';
+import { frameOf } from './store-frames.js';
+
+export { frameOf };
 
 export interface StoreHarness {
   store: Store;
@@ -14,15 +17,6 @@ export interface StoreHarness {
   reopen?: (limits?: Partial<StoreLimits>) => Store;
 }
 export type OpenStore = (t: TestContext, limits?: Partial<StoreLimits>) => StoreHarness;
-
-/** A frame whose bytes depend on room and seq, so a mix-up shows. */
-export function frameOf(room: string, seq: number, size = 24): Uint8Array {
-  const b = new Uint8Array(size);
-  let h = 2166136261;
-  for (const ch of `${room}/${seq}`) h = Math.imul(h ^ ch.charCodeAt(0), 16777619);
-  for (let i = 0; i < size; i++) { h = Math.imul(h ^ i, 16777619); b[i] = h >>> 24; }
-  return b;
-}
 
 export function put(s: Store, room: string, n: number, opts: { from?: string; ts?: number; cid?: (i: number) => string | null; size?: number } = {}): number[] {
   const seqs: number[] = [];
