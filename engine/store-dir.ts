@@ -6,7 +6,7 @@
  * workers/store/, each with a stable code a program (and the CLI) can match.
  */
 import {
-  accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync,
+  accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, statfsSync, statSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
@@ -40,22 +40,35 @@ export class StoreError extends Error {
 export const DB_FILE = 'shardchat.db';
 export const LOCK_FILE = 'LOCK';
 
+/** Below this much free space an open is refused (STORE_FULL) rather than failing at the first commit. */
+export const MIN_FREE_BYTES = 256 * 1024;
+
 export function dbPath(dir: string): string {
   return path.join(dir, DB_FILE);
 }
 
-/** Creates the directory if needed and checks it is a writable directory. */
+/** Creates the directory if needed and checks it is a writable directory with some free space. */
 export function prepareDataDir(dir: string): void {
+  if (existsSync(dir) && !statSync(dir).isDirectory()) throw new StoreError('STORE_UNWRITABLE', `the data directory ${dir} is not a directory`);
   try {
     mkdirSync(dir, { recursive: true });
   } catch (e) {
     throw fsError(e, `cannot create the data directory ${dir}`);
   }
-  if (!statSync(dir).isDirectory()) throw new StoreError('STORE_UNWRITABLE', `the data directory ${dir} is not a directory`);
   try {
     accessSync(dir, constants.W_OK | constants.X_OK);
   } catch (e) {
     throw fsError(e, `the data directory ${dir} is not writable`);
+  }
+  let free: number;
+  try {
+    const fs = statfsSync(dir);
+    free = fs.bavail * fs.bsize;
+  } catch (e) {
+    throw fsError(e, `cannot read the free space of ${dir}`);
+  }
+  if (free < MIN_FREE_BYTES) {
+    throw new StoreError('STORE_FULL', `the disk of the data directory ${dir} is full (${free} bytes free, at least ${MIN_FREE_BYTES} needed)`);
   }
   // A write-ahead log without its database is what is left when the main file was deleted or
   // moved: opening would start an empty database beside the log. Refuse instead.

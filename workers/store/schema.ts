@@ -50,24 +50,35 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
  * STORE_NEWER_SCHEMA, a database that is not shardchat's is STORE_FOREIGN. Safe when several
  * shard workers open the same file at once: the check and the migration run under the write lock.
  */
+/**
+ * Refuses a database that is not shardchat's or is newer than this build, by reading only: it
+ * runs before any pragma that writes (journal_mode = WAL rewrites the header of any database).
+ * Returns the version found.
+ */
+export function checkSchema(db: Database.Database, file: string): number {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  const appId = db.pragma('application_id', { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw new StoreError('STORE_NEWER_SCHEMA',
+      `${file} has schema version ${version}; this shardchat knows up to ${SCHEMA_VERSION}: upgrade shardchat (nothing was changed)`);
+  }
+  const foreign = version === 0
+    ? (db.prepare("SELECT count(*) FROM sqlite_master").pluck().get() as number) > 0 || (appId !== 0 && appId !== APPLICATION_ID)
+    : appId !== APPLICATION_ID;
+  if (foreign) throw new StoreError('STORE_FOREIGN', `${file} is a SQLite database that shardchat did not write (nothing was changed)`);
+  return version;
+}
+
+/**
+ * Brings the database to `target` (default: this build's version), or throws (see checkSchema).
+ * Safe when several shard workers open the same file at once: the check and the migration run
+ * again under the write lock.
+ */
 export function migrate(db: Database.Database, file: string, target = SCHEMA_VERSION): number {
   db.exec('BEGIN IMMEDIATE');
   try {
-    const version = db.pragma('user_version', { simple: true }) as number;
-    const appId = db.pragma('application_id', { simple: true }) as number;
-    if (version > SCHEMA_VERSION) {
-      throw new StoreError('STORE_NEWER_SCHEMA',
-        `${file} has schema version ${version}; this shardchat knows up to ${SCHEMA_VERSION}: upgrade shardchat (nothing was changed)`);
-    }
-    if (version === 0) {
-      const tables = db.prepare("SELECT count(*) FROM sqlite_master WHERE type = 'table'").pluck().get() as number;
-      if (tables > 0 || (appId !== 0 && appId !== APPLICATION_ID)) {
-        throw new StoreError('STORE_FOREIGN', `${file} is a SQLite database that shardchat did not write (nothing was changed)`);
-      }
-      db.pragma(`application_id = ${APPLICATION_ID}`);
-    } else if (appId !== APPLICATION_ID) {
-      throw new StoreError('STORE_FOREIGN', `${file} is a SQLite database that shardchat did not write (nothing was changed)`);
-    }
+    const version = checkSchema(db, file);
+    if (version === 0) db.pragma(`application_id = ${APPLICATION_ID}`);
     for (let v = version; v < target; v++) {
       db.exec(MIGRATIONS[v]!);
       db.pragma(`user_version = ${v + 1}`);

@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { dbPath, prepareDataDir } from '../../engine/store-dir.js';
 import { BufferedStore, type CidHit, type PendingCursor, type RoomEntry } from './buffered.js';
-import { migrate } from './schema.js';
+import { checkSchema, migrate } from './schema.js';
 import { sqliteError } from './sqlite-errors.js';
 import { trimStep, type TrimState, newTrimState, type TrimStatements, prepareTrim } from './sqlite-trim.js';
 import type { StoredMessage, StoreLimits, TrimResult } from './types.js';
@@ -48,7 +48,9 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
     let db: BetterSqlite3.Database | null = null;
     try {
       db = new Database(this.file, { timeout: opts.busyTimeoutMs ?? 5000 });
-      // A damaged header shows here: this is the first read of the file.
+      // Read-only checks first (a damaged header shows here: the first read of the file); only
+      // then the pragmas that write, so a file that is not ours is left exactly as it was.
+      checkSchema(db, this.file);
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${opts.fsync === 'always' ? 'FULL' : 'NORMAL'}`);
       db.pragma('journal_size_limit = 67108864');
