@@ -24,6 +24,8 @@ export type StoreErrorCode =
   | 'STORE_UNWRITABLE'
   /** The disk (or the file size limit) is full: nothing more can be committed. */
   | 'STORE_FULL'
+  /** Another shard held the database's write lock for longer than busyTimeoutMs. */
+  | 'STORE_BUSY'
   /** Another I/O error from the operating system. */
   | 'STORE_IO'
   /** The store was used against its contract (a seq out of order, a batch not begun, closed). */

@@ -274,3 +274,23 @@ test('migration from schema v1 to the current version keeps every room, message,
   assert.equal(s.findCid('old', 'alice', 'a-3', now), 3);
   assert.equal(s.findCid('old', 'bob', 'a-1', now), 0);
 });
+
+test('a write lock held too long by another connection: commit throws STORE_BUSY after busyTimeoutMs, the batch can be retried', (t) => {
+  const dir = withData(t);
+  const s = new SqliteStore({ dir, busyTimeoutMs: 50 });
+  t.after(() => s.close());
+  const other = new Database(dbPath(dir));
+  t.after(() => other.close());
+  other.exec('BEGIN IMMEDIATE');
+  s.beginBatch();
+  s.append('r', { seq: 2, from: 'u', ts: 1, cid: null, frame: frameOf('r', 2) });
+  const t0 = Date.now();
+  assert.throws(() => s.commit(), code('STORE_BUSY'));
+  assert.ok(Date.now() - t0 >= 40, 'it waited for the lock first');
+  assert.equal(s.room('r').seq, 1);
+  other.exec('ROLLBACK');
+  s.beginBatch();
+  s.append('r', { seq: 2, from: 'u', ts: 1, cid: null, frame: frameOf('r', 2) });
+  s.commit();
+  assert.equal(s.range('r', 1, 2, 1 << 20).length, 2);
+});

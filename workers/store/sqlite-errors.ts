@@ -11,6 +11,7 @@ export function sqliteError(e: unknown, what: string): unknown {
   if (code.startsWith('SQLITE_READONLY') || code.startsWith('SQLITE_CANTOPEN') || code.startsWith('SQLITE_PERM') || code === 'SQLITE_AUTH') {
     return new StoreError('STORE_UNWRITABLE', msg, { cause: e });
   }
+  if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) return new StoreError('STORE_BUSY', msg, { cause: e });
   if (code === 'SQLITE_MISUSE' || code.startsWith('SQLITE_CONSTRAINT')) return new StoreError('STORE_MISUSE', msg, { cause: e });
   return new StoreError('STORE_IO', msg, { cause: e });
 }
