@@ -103,10 +103,18 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
 
   protected override afterCommit(): void {
     // Clean entries beyond the bound go, least recently used first (the cache is in use order).
-    for (const name of this.cache.keys()) {
-      if (this.cache.size <= this.limits.roomCacheEntries) break;
-      this.cache.delete(name);
+    // A room never written (a join alone) is kept: dropping it would give it a new epoch while
+    // the shard still shows the old one; the shard's evict() removes it with the room.
+    let skipped = 0;
+    for (const [name, r] of this.cache) {
+      if (this.cache.size <= this.limits.roomCacheEntries || skipped > 1024) break;
+      if (r.persisted) this.cache.delete(name); else skipped++;
     }
+  }
+
+  /** Rooms whose {epoch, seq} are cached in memory now (for tests and metrics). */
+  get cachedRooms(): number {
+    return this.cache.size;
   }
 
   protected committedRange(r: RoomEntry<SqlRoom>, from: number, to: number, maxBytes: number, newestFirst: boolean): StoredMessage[] {
