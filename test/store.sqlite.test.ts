@@ -95,3 +95,17 @@ test('the room cache stays within roomCacheEntries and an evicted entry comes ba
   fill(s, 120, 1);
   assert.equal(s.room('joined-only').epoch, joined);
 });
+
+test('fsync normal is WAL + synchronous=NORMAL, always is synchronous=FULL; bad options are TypeErrors naming the option', (t) => {
+  const dir = tempDir(t);
+  const normal = new SqliteStore({ dir });
+  assert.deepEqual(normal.settings, { journalMode: 'wal', synchronous: 'NORMAL' });
+  normal.close();
+  const always = new SqliteStore({ dir, fsync: 'always' });
+  assert.deepEqual(always.settings, { journalMode: 'wal', synchronous: 'FULL' });
+  always.close();
+  assert.throws(() => new SqliteStore({ dir, fsync: 'sometimes' as 'always' }), /fsync/);
+  assert.throws(() => new SqliteStore({ dir, historyLimit: -1 }), /historyLimit/);
+  assert.throws(() => new SqliteStore({ dir, cidWindowMs: 1.5 }), /cidWindowMs/);
+  assert.throws(() => new SqliteStore({ dir, busyTimeoutMs: -5 }), /busyTimeoutMs/);
+});

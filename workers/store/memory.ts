@@ -5,7 +5,7 @@
  */
 import { BufferedStore, cidKey, type CidHit, type PendingCursor, type RoomEntry } from './buffered.js';
 import type { StoredMessage, StoreLimits, TrimResult } from './types.js';
-import { DEFAULT_STORE_LIMITS } from './types.js';
+import { checkLimits, DEFAULT_STORE_LIMITS } from './types.js';
 
 interface MemRoom {
   /** Kept messages from index `head` on, in seq order. */
@@ -24,7 +24,7 @@ export class MemoryStore extends BufferedStore<MemRoom> {
   private sweep: string[] = [];
 
   constructor(limits: Partial<StoreLimits> = {}) {
-    super({ ...DEFAULT_STORE_LIMITS, ...limits });
+    super(checkLimits({ ...DEFAULT_STORE_LIMITS, ...limits }));
   }
 
   protected load(): null {

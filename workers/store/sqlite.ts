@@ -14,7 +14,7 @@ import { checkSchema, migrate } from './schema.js';
 import { sqliteError } from './sqlite-errors.js';
 import { trimStep, type TrimState, newTrimState, type TrimStatements, prepareTrim } from './sqlite-trim.js';
 import type { StoredMessage, StoreLimits, TrimResult } from './types.js';
-import { DEFAULT_STORE_LIMITS } from './types.js';
+import { checkLimits, DEFAULT_STORE_LIMITS } from './types.js';
 
 const Database = createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3;
 
@@ -42,7 +42,13 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
   private readonly trimState: TrimState = newTrimState();
 
   constructor(opts: SqliteStoreOptions) {
-    super({ ...DEFAULT_STORE_LIMITS, ...opts });
+    super(checkLimits({ ...DEFAULT_STORE_LIMITS, ...opts }));
+    if (opts.fsync !== undefined && opts.fsync !== 'normal' && opts.fsync !== 'always') {
+      throw new TypeError(`store option fsync must be 'normal' or 'always', got ${JSON.stringify(opts.fsync)}`);
+    }
+    if (opts.busyTimeoutMs !== undefined && !(Number.isInteger(opts.busyTimeoutMs) && opts.busyTimeoutMs >= 0)) {
+      throw new TypeError(`store option busyTimeoutMs must be an integer >= 0, got ${String(opts.busyTimeoutMs)}`);
+    }
     prepareDataDir(opts.dir);
     this.file = dbPath(opts.dir);
     let db: BetterSqlite3.Database | null = null;
@@ -110,6 +116,13 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
       if (this.cache.size <= this.limits.roomCacheEntries || skipped > 1024) break;
       if (r.persisted) this.cache.delete(name); else skipped++;
     }
+  }
+
+  /** The SQLite settings in force (journal mode and synchronous level), read back from SQLite. */
+  get settings(): { journalMode: string; synchronous: 'NORMAL' | 'FULL' | 'other' } {
+    const mode = this.db.pragma('journal_mode', { simple: true }) as string;
+    const sync = this.db.pragma('synchronous', { simple: true }) as number;
+    return { journalMode: mode, synchronous: sync === 1 ? 'NORMAL' : sync === 2 ? 'FULL' : 'other' };
   }
 
   /** Rooms whose {epoch, seq} are cached in memory now (for tests and metrics). */

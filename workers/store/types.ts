@@ -66,6 +66,16 @@ export const DEFAULT_STORE_LIMITS: StoreLimits = {
   roomCacheEntries: 100_000,
 };
 
+/** Every limit is an integer >= 0 (roomCacheEntries >= 1): a TypeError names the one that is not. */
+export function checkLimits(l: StoreLimits): StoreLimits {
+  for (const key of Object.keys(DEFAULT_STORE_LIMITS) as (keyof StoreLimits)[]) {
+    const v = l[key];
+    const min = key === 'roomCacheEntries' ? 1 : 0;
+    if (!Number.isSafeInteger(v) || v < min) throw new TypeError(`store option ${key} must be an integer >= ${min}, got ${String(v)}`);
+  }
+  return l;
+}
+
 export interface Store {
   readonly kind: 'memory' | 'sqlite';
   /** True when committed data outlives the process. */
