@@ -27,7 +27,7 @@ export function newTrimState(): TrimState {
   return { touched: new Set(), sweepAfter: -1, nextSweepAt: 0, nextCidAgeAt: 0 };
 }
 
-type TrimStatementName = 'begin' | 'commit' | 'byName' | 'sweep' | 'oldest' | 'deleteUpTo' | 'cidsByCount' | 'cidsByAge';
+type TrimStatementName = 'begin' | 'commit' | 'byName' | 'sweep' | 'firstSeq' | 'oldestTs' | 'oldest' | 'deleteUpTo' | 'anyCidUpTo' | 'cidsByCount' | 'cidsByAge';
 export type TrimStatements = Record<TrimStatementName, BetterSqlite3.Statement<unknown[], unknown>>;
 
 export function prepareTrim(db: BetterSqlite3.Database): TrimStatements {
@@ -36,34 +36,52 @@ export function prepareTrim(db: BetterSqlite3.Database): TrimStatements {
     commit: db.prepare('COMMIT'),
     byName: db.prepare('SELECT id, seq FROM rooms WHERE name = ?').raw(),
     sweep: db.prepare('SELECT id, seq FROM rooms WHERE id > ? ORDER BY id LIMIT 32').raw(),
+    firstSeq: db.prepare('SELECT min(seq) FROM messages WHERE room = ?').pluck(),
+    oldestTs: db.prepare('SELECT ts FROM messages WHERE room = ? ORDER BY seq LIMIT 1').pluck(),
     oldest: db.prepare('SELECT seq, ts FROM messages WHERE room = ? ORDER BY seq LIMIT ?').raw(),
     deleteUpTo: db.prepare('DELETE FROM messages WHERE room = ? AND seq <= ?'),
+    anyCidUpTo: db.prepare('SELECT 1 FROM cids WHERE room = ? AND seq <= ? LIMIT 1').pluck(),
     cidsByCount: db.prepare('DELETE FROM cids WHERE room = ? AND seq <= ?'),
     cidsByAge: db.prepare('DELETE FROM cids WHERE (room, user, cid) IN (SELECT room, user, cid FROM cids WHERE ts < ? LIMIT ?)'),
   };
 }
 
-/** One room, one transaction: returns rows removed and whether the room still has work. */
+/**
+ * One room: returns rows removed and whether the room still has work. Looks before it writes
+ * (the oldest seq, the oldest ts: one index probe each), so a sweep over rooms with nothing to
+ * trim neither reads their history nor takes the write lock.
+ */
 function trimRoom(db: BetterSqlite3.Database, s: TrimStatements, lim: StoreLimits, id: number, seq: number, now: number): { removed: number; more: boolean } {
   const countCut = seq - lim.historyLimit; // remove seq <= countCut
   const ageCut = lim.historyMaxAgeMs > 0 ? now - lim.historyMaxAgeMs : -Infinity;
-  const oldest = s.oldest.all(id, CHUNK) as [number, number][];
+  const first = s.firstSeq.get(id) as number | null;
   let upTo = 0;
-  for (const [mseq, ts] of oldest) {
-    if (mseq > countCut && ts >= ageCut) break;
-    upTo = mseq;
+  let more = false;
+  if (first !== null && first <= countCut) {
+    upTo = Math.min(countCut, first + CHUNK - 1);
+    more = upTo < countCut;
+  } else if (first !== null && (s.oldestTs.get(id) as number) < ageCut) {
+    const oldest = s.oldest.all(id, CHUNK) as [number, number][];
+    for (const [mseq, ts] of oldest) {
+      if (ts >= ageCut) break;
+      upTo = mseq;
+    }
+    more = oldest.length === CHUNK && upTo === oldest[CHUNK - 1]![0];
   }
+  const cidCut = seq - lim.cidWindowMessages;
+  const cidWork = cidCut > 0 && s.anyCidUpTo.get(id, cidCut) !== undefined;
+  if (upTo === 0 && !cidWork) return { removed: 0, more: false };
   let removed = 0;
   s.begin.run();
   try {
     if (upTo > 0) removed += s.deleteUpTo.run(id, upTo).changes;
-    removed += s.cidsByCount.run(id, seq - lim.cidWindowMessages).changes;
+    if (cidWork) removed += s.cidsByCount.run(id, cidCut).changes;
     s.commit.run();
   } catch (e) {
     if (db.inTransaction) db.exec('ROLLBACK');
     throw e;
   }
-  return { removed, more: upTo > 0 && upTo === oldest[oldest.length - 1]?.[0] && oldest.length === CHUNK };
+  return { removed, more };
 }
 
 export function trimStep(db: BetterSqlite3.Database, s: TrimStatements, st: TrimState, lim: StoreLimits, now: number, budgetMs: number): TrimResult {
