@@ -109,3 +109,17 @@ test('fsync normal is WAL + synchronous=NORMAL, always is synchronous=FULL; bad 
   assert.throws(() => new SqliteStore({ dir, cidWindowMs: 1.5 }), /cidWindowMs/);
   assert.throws(() => new SqliteStore({ dir, busyTimeoutMs: -5 }), /busyTimeoutMs/);
 });
+
+test('a room over both limits is trimmed by count and then by age, without waiting for the next sweep', (t) => {
+  const dir = tempDir(t);
+  const now = 1_800_000_000_000;
+  const s = new SqliteStore({ dir, historyLimit: 100, historyMaxAgeMs: 60_000 });
+  t.after(() => s.close());
+  const drain = (): void => { for (let i = 0; i < 1000 && s.trim(now, 20).more; i++); };
+  drain(); // the first call also runs the all-rooms sweep; the next one is a minute away
+  fill(s, 1, 300, now - 120_000);
+  fill(s, 1, 5, now - 1000);
+  drain();
+  assert.equal(s.firstKept('r0'), 301);
+  assert.equal(rowsOnDisk(dir).messages, 5);
+});

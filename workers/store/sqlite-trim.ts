@@ -59,7 +59,8 @@ function trimRoom(db: BetterSqlite3.Database, s: TrimStatements, lim: StoreLimit
   let more = false;
   if (first !== null && first <= countCut) {
     upTo = Math.min(countCut, first + CHUNK - 1);
-    more = upTo < countCut;
+    more = upTo < countCut || ageCut > -Infinity; // the age limit is looked at on the next step
+
   } else if (first !== null && (s.oldestTs.get(id) as number) < ageCut) {
     const oldest = s.oldest.all(id, CHUNK) as [number, number][];
     for (const [mseq, ts] of oldest) {
