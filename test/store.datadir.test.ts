@@ -295,3 +295,23 @@ test('a write lock held too long by another connection: commit throws STORE_BUSY
   s.commit();
   assert.equal(s.range('r', 1, 2, 1 << 20).length, 2);
 });
+
+test('damage inside the history (not the schema): open works, the read that meets it throws STORE_CORRUPT', (t) => {
+  const dir = tempDir(t);
+  const a = new SqliteStore({ dir, historyLimit: 1_000_000 });
+  for (let b = 0; b < 40; b++) {
+    a.beginBatch();
+    for (let seq = b * 50 + 1; seq <= b * 50 + 50; seq++) a.append('r', { seq, from: 'u', ts: 1, cid: null, frame: frameOf('r', seq, 200) });
+    a.commit();
+  }
+  a.close();
+  const bytes = readFileSync(dbPath(dir));
+  assert.ok(bytes.length > 40 * 4096, `${bytes.length} bytes`);
+  // Zero the b-tree headers of every page from the 10th on: interior and leaf pages of messages.
+  for (let off = 9 * 4096; off < bytes.length; off += 4096) bytes.fill(0, off, off + 12);
+  writeFileSync(dbPath(dir), bytes);
+  const s = new SqliteStore({ dir, historyLimit: 1_000_000 });
+  t.after(() => s.close());
+  assert.equal(s.room('r').seq, 2000, 'the rooms table is intact');
+  assert.throws(() => s.range('r', 1, 2000, 1 << 30), code('STORE_CORRUPT'));
+});
