@@ -11,7 +11,10 @@ import { guardHandles } from './helpers/leaks.js';
 import { tempDir } from './helpers/tmpdir.js';
 import { frameOf } from './helpers/store-frames.js';
 import { dbPath } from '../engine/store-dir.js';
-import { SqliteStore } from '../workers/store/index.js';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { SqliteStore, StoreError } from '../workers/store/index.js';
+import { Checkpointer } from '../workers/store/checkpointer.js';
 
 guardHandles();
 
@@ -122,4 +125,46 @@ test('a room over both limits is trimmed by count and then by age, without waiti
   drain();
   assert.equal(s.firstKept('r0'), 301);
   assert.equal(rowsOnDisk(dir).messages, 5);
+});
+
+test('the Checkpointer copies the log into the database, after which the next writer restarts the log', (t) => {
+  const dir = tempDir(t);
+  assert.throws(() => new Checkpointer(dir), (e) => e instanceof StoreError && e.code === 'STORE_MISUSE');
+  const s = new SqliteStore({ dir, autoCheckpointPages: 0, historyLimit: 1_000_000 });
+  t.after(() => s.close());
+  fill(s, 10, 500);
+  const ck = new Checkpointer(dir);
+  t.after(() => ck.close());
+  const first = ck.checkpoint();
+  assert.equal(first.busy, false);
+  assert.ok(first.logPages > 50, `${first.logPages} pages in the log (autocheckpoint was off)`);
+  assert.equal(first.checkpointedPages, first.logPages, 'no writer in between: all of it');
+  fill(s, 1, 1);
+  const second = ck.checkpoint();
+  assert.ok(second.logPages < 10, `the log restarted: ${second.logPages} pages`);
+  assert.equal(s.range('r0', 1, 1000, 1 << 30).length, 501);
+});
+
+test('the checkpoint worker copies pages while a writer commits, and stops on request', async (t) => {
+  const dir = tempDir(t);
+  const s = new SqliteStore({ dir, autoCheckpointPages: 0, historyLimit: 1_000_000 });
+  t.after(() => s.close());
+  fill(s, 1, 1);
+  const w = new Worker(new URL('../workers/store/checkpoint-worker.js', import.meta.url), { workerData: { dir, intervalMs: 1, progress: true } });
+  const exited = once(w, 'exit');
+  let progressed = false;
+  const messages: unknown[] = [];
+  w.on('message', (m: { progress?: unknown }) => { if (m.progress !== undefined) progressed = true; else messages.push(m); });
+  // Keep writing (yielding between batches) until the worker has copied something: bounded.
+  for (let i = 0; i < 5000 && !progressed; i++) {
+    fill(s, 5, 8);
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.ok(progressed, 'the worker checkpointed while the writer ran');
+  w.postMessage('stop');
+  await exited;
+  const report = messages[0] as { checkpoints: number; pagesCheckpointed: number; error?: unknown };
+  assert.equal(report.error, undefined);
+  assert.ok(report.checkpoints > 0 && report.pagesCheckpointed > 0, JSON.stringify(report));
+  assert.equal(s.range('r4', 1, 1 << 20, 1 << 30).length, s.room('r4').seq);
 });

@@ -26,6 +26,12 @@ export interface SqliteStoreOptions extends Partial<StoreLimits> {
   fsync?: FsyncMode;
   /** How long a writer waits for another shard's write transaction. */
   busyTimeoutMs?: number;
+  /**
+   * WAL pages after which a commit also checkpoints (SQLite's wal_autocheckpoint, default 1000).
+   * A checkpoint inside a commit makes that batch late by milliseconds; with a Checkpointer
+   * thread running (checkpointer.ts), set this high (e.g. 16384) as a backstop only.
+   */
+  autoCheckpointPages?: number;
 }
 
 interface SqlRoom { id: number }
@@ -49,6 +55,8 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
     if (opts.busyTimeoutMs !== undefined && !(Number.isInteger(opts.busyTimeoutMs) && opts.busyTimeoutMs >= 0)) {
       throw new TypeError(`store option busyTimeoutMs must be an integer >= 0, got ${String(opts.busyTimeoutMs)}`);
     }
+    const ckpt = opts.autoCheckpointPages ?? 1000;
+    if (!(Number.isInteger(ckpt) && ckpt >= 0)) throw new TypeError(`store option autoCheckpointPages must be an integer >= 0, got ${String(ckpt)}`);
     prepareDataDir(opts.dir);
     this.file = dbPath(opts.dir);
     let db: BetterSqlite3.Database | null = null;
@@ -61,6 +69,7 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
       db.pragma(`synchronous = ${opts.fsync === 'always' ? 'FULL' : 'NORMAL'}`);
       db.pragma('journal_size_limit = 67108864');
       db.pragma('cache_size = -8192'); // 8 MiB of page cache per connection
+      db.pragma(`wal_autocheckpoint = ${ckpt}`);
       this.schemaVersion = migrate(db, this.file);
       this.db = db;
       this.s = prepare(db);
