@@ -87,3 +87,21 @@ test('the hostile-mix harness speaks only the protocol: it imports nothing of th
     }
   }
 });
+
+test('the store: only workers/store opens SQLite; engine/store-dir is pure fs; backends import only leaves', () => {
+  for (const f of all) {
+    if (imports(f).includes('better-sqlite3') || /require\([^)]*\)\('better-sqlite3'\)/.test(readFileSync(path.join(root, f), 'utf8'))) {
+      assert.ok(f.startsWith(path.join('workers', 'store')), `${f} loads better-sqlite3`);
+    }
+  }
+  const storeDir = path.join('engine', 'store-dir.ts');
+  assert.ok(all.includes(storeDir));
+  for (const i of imports(storeDir)) assert.ok(i.startsWith('node:'), `${storeDir} imports ${i}: it must stay pure fs for the main thread`);
+  const leaves = ['engine/ring', 'engine/protocol', 'engine/pool', 'engine/metrics', storeDir];
+  for (const f of all.filter((x) => x.startsWith(path.join('workers', 'store')))) {
+    for (const i of imports(f)) {
+      if (!i.startsWith('engine') && !i.startsWith('workers')) continue;
+      assert.ok(i.startsWith(path.join('workers', 'store')) || leaves.some((l) => i.startsWith(l)), `${f} imports ${i}: a store imports only leaves`);
+    }
+  }
+});
