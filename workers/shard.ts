@@ -15,8 +15,8 @@
  */
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
-  S_CONNS, S_CURSORS, S_HEAP_USED, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_ERR_BASE, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_CONNS, S_CURSORS, S_HEAP_USED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
+  S_DELIVERED, S_ERR_BASE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 
@@ -53,10 +53,10 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     stats[S_CONNS] = rm.conns.size;
     stats[S_CURSORS] = rm.cursorCount;
     stats[S_HISTORY_MSGS] = rm.historyMessages;
+    stats[S_HISTORY_BYTES] = rm.history.bytes;
     stats[S_PUBLISHED] = h.published;
     stats[S_DELIVERED] = h.delivered;
     stats[S_RECORDS_IN] = records;
-    stats[S_POOL_IN_USE] = h.pool.inUse;
     stats[S_PARKS] = inbound.parks;
     stats[S_OUT_WAITS] = outWaits;
     stats.set(h.errors, S_ERR_BASE);

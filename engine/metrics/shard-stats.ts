@@ -13,12 +13,15 @@ export const S_CURSORS = 5;
 export const S_HISTORY_MSGS = 6;
 export const S_PUBLISHED = 7;
 export const S_RECORDS_IN = 8;
+/** Pooled buffers handed out; 0 since history entries are exact-size copies (workers/history.ts). */
 export const S_POOL_IN_USE = 9;
 export const S_HEAP_USED = 10;
 export const S_LOOP_LAG_MS = 11;
 export const S_PARKS = 12;
 export const S_OUT_WAITS = 13;
 export const S_DELIVERED = 14;
+/** Bytes the shard's room histories are charged (payload + per-entry overhead; see workers/history.ts). */
+export const S_HISTORY_BYTES = 15;
 /** err replies sent by the shard: slot S_ERR_BASE + error number (frames.ts E_*). */
 export const S_ERR_BASE = 16;
 export const SHARD_STAT_SLOTS = 32;
@@ -28,6 +31,7 @@ export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_CURSORS]: 'cursors', [S_HISTORY_MSGS]: 'historyMessages', [S_PUBLISHED]: 'published',
   [S_RECORDS_IN]: 'recordsIn', [S_POOL_IN_USE]: 'poolInUse', [S_HEAP_USED]: 'heapUsed',
   [S_LOOP_LAG_MS]: 'loopLagMs', [S_PARKS]: 'parks', [S_OUT_WAITS]: 'outboundWaits', [S_DELIVERED]: 'delivered',
+  [S_HISTORY_BYTES]: 'historyBytes',
 };
 
 export function createShardStats(): SharedArrayBuffer {

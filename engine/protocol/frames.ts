@@ -27,8 +27,10 @@ export const E_RATE_LIMITED = 7;
 export const E_OVERLOADED = 8;
 export const E_SHUTTING_DOWN = 9;
 export const E_INTERNAL = 10;
+/** A join that would create a room its shard may not create now (shard room cap, creation rate). */
+export const E_ROOM_LIMIT = 11;
 export const ERR_NAMES = ['', 'bad_frame', 'unknown_type', 'bad_request', 'bad_room', 'not_joined',
-  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal'] as const;
+  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal', 'room_limit'] as const;
 export type ErrorName = typeof ERR_NAMES[number];
 
 export const MAX_REF = 0xffffffff;
