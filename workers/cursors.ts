@@ -60,7 +60,7 @@ export class Cursors {
 
   private evict(e: Idle): void {
     this.unlink(this.byRoom.get(e.room)!, e);
-    e.room.cursors.delete(e.user);
+    e.room.deleteCursor(e.user);
     this.evicted++;
   }
 

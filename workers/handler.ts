@@ -58,7 +58,10 @@ export class Handler {
   private readonly sz = new MsgSizer();
   private recStart = 0;
   private recBodyEnd = 0;
-  private recRoom: Uint8Array | null = null;
+  /** The room name of the records being written (ASCII), and its length. */
+  private readonly nb = new Uint8Array(256);
+  private nbLen = 0;
+  private recRoomLen = 0;
   /** Ring bytes the records of one handle take: their spans' sum and the largest (see need()). */
   private spanSum = 0;
   private spanMax = 0;
@@ -78,9 +81,9 @@ export class Handler {
       case IN_SERVER_PUB: return this.onServerPub(b, off, end);
       case IN_REPLAY: return this.onReplay(b, off, end);
       case IN_DRAIN: {
-        const need = this.plan().add(0, null).need();
+        const need = this.plan().add(0, 0).need();
         if (!this.fits(need)) return need;
-        this.begin(OUT_DRAINED, -1, null, 0);
+        this.begin(OUT_DRAINED, -1, 0, 0);
         this.end();
         this.drained = true;
         return 0;
@@ -107,9 +110,15 @@ export class Handler {
     return this;
   }
 
-  /** Adds a record of `bodyLen` body bytes (as a MsgSizer counted them) and its room to the plan. */
-  private add(bodyLen: number, room: Uint8Array | null): this {
-    const s = recordSpan(OUT_BODY + bodyLen + (room === null ? 0 : room.byteLength));
+  /** Aims the room name bytes (`nb`) at r: every record of a handle is about one room. */
+  private useRoom(name: string): void {
+    for (let i = 0; i < name.length; i++) this.nb[i] = name.charCodeAt(i);
+    this.nbLen = name.length;
+  }
+
+  /** Adds a record of `bodyLen` body bytes (as a MsgSizer counted them) and `roomLen` room bytes to the plan. */
+  private add(bodyLen: number, roomLen: number): this {
+    const s = recordSpan(OUT_BODY + bodyLen + roomLen);
     this.spanSum += s;
     if (s > this.spanMax) this.spanMax = s;
     return this;
@@ -133,8 +142,7 @@ export class Handler {
    * Reserves an outbound record of exactly `bodyLen` body bytes plus the room, writes its header
    * and aims `w` at the body (8-byte aligned); `end()` checks the body, appends the room, commits.
    */
-  private begin(kind: number, id: number, room: Uint8Array | null, bodyLen: number): MsgWriter {
-    const roomLen = room === null ? 0 : room.byteLength;
+  private begin(kind: number, id: number, roomLen: number, bodyLen: number): MsgWriter {
     const len = OUT_BODY + bodyLen + roomLen;
     const off = this.out.reserve(len);
     if (off < 0) throw new Error(`outbound ring refused ${len} bytes after the space check`);
@@ -147,7 +155,7 @@ export class Handler {
     b[off + 4] = idv & 0xff; b[off + 5] = (idv >>> 8) & 0xff; b[off + 6] = (idv >>> 16) & 0xff; b[off + 7] = idv >>> 24;
     this.recStart = off;
     this.recBodyEnd = off + OUT_BODY + bodyLen;
-    this.recRoom = room;
+    this.recRoomLen = roomLen;
     return this.w.reset(b, off + OUT_BODY, this.recBodyEnd);
   }
 
@@ -156,23 +164,24 @@ export class Handler {
     if (w.pos !== this.recBodyEnd) {
       throw new Error(`a record body was sized at ${this.recBodyEnd - this.recStart - OUT_BODY} bytes and wrote ${w.pos - this.recStart - OUT_BODY}`);
     }
-    const room = this.recRoom;
-    if (room !== null) w.reset(w.buf, w.pos, w.pos + room.byteLength).raw(room, 0, room.byteLength);
-    this.recRoom = null;
+    const n = this.recRoomLen;
+    if (n > 0) w.reset(w.buf, w.pos, w.pos + n).raw(this.nb, 0, n);
+    this.recRoomLen = 0;
     this.out.commit(w.pos - this.recStart);
   }
 
   /**
-   * Sends an `err`, or does nothing and returns the outbound bytes it needs. With `refusedRoom`
-   * it answers a join the main thread already counted, so it goes as OUT_REFUSED with the room.
+   * Sends an `err`, or does nothing and returns the outbound bytes it needs. `refused`: it answers
+   * a join the main thread already counted, so it goes as OUT_REFUSED with the room (`nb`).
    */
-  private sendErr(conn: number, code: number, msg: string, ref: number, retryAfterMs = -1, refusedRoom: Uint8Array | null = null): number {
+  private sendErr(conn: number, code: number, msg: string, ref: number, retryAfterMs = -1, refused = false): number {
     writeErr(this.size(), code, msg, ref, retryAfterMs);
     const bodyLen = this.sz.pos;
-    const need = this.plan().add(bodyLen, refusedRoom).need();
+    const roomLen = refused ? this.nbLen : 0;
+    const need = this.plan().add(bodyLen, roomLen).need();
     if (!this.fits(need)) return need;
     this.errors[code]!++;
-    writeErr(this.begin(refusedRoom === null ? OUT_SEND : OUT_REFUSED, conn, refusedRoom, bodyLen), code, msg, ref, retryAfterMs);
+    writeErr(this.begin(refused ? OUT_REFUSED : OUT_SEND, conn, roomLen, bodyLen), code, msg, ref, retryAfterMs);
     this.end();
     return 0;
   }
@@ -180,26 +189,26 @@ export class Handler {
   // ---- record bodies: each written by one method, sized by running it over the sizer --------
 
   private putJoined(w: MsgWriter, r: Room, ref: number, unread: number, members: number, missedFrom: number): void {
-    writeHead(w, 'joined', r.nameBytes, 0, r.nameBytes.byteLength, ref, 4 + (missedFrom === NO_SINCE ? 0 : 1));
+    writeHead(w, 'joined', this.nb, 0, this.nbLen, ref, 4 + (missedFrom === NO_SINCE ? 0 : 1));
     w.str('epoch').str(r.epoch).str('seq').uint(r.seq).str('unread').uint(unread).str('members').uint(members);
     if (missedFrom === TRUNCATED) w.str('truncated').bool(true);
     else if (missedFrom >= 0) {
       w.str('missed').arrayHeader(r.seq - missedFrom + 1);
-      for (let s = missedFrom; s <= r.seq; s++) { const e = this.rooms.entry(r, s); w.raw(e, 0, e.byteLength); }
+      for (let s = missedFrom; s <= r.seq; s++) w.raw(this.rooms.entry(r, s), 0, this.rooms.entryLen(r, s));
     }
   }
 
   private putPresence(w: MsgWriter, r: Room, user: string, state: 'join' | 'leave'): void {
-    writeHead(w, 'presence', r.nameBytes, 0, r.nameBytes.byteLength, -1, 2);
+    writeHead(w, 'presence', this.nb, 0, this.nbLen, -1, 2);
     w.str('user').str(user).str('state').str(state);
   }
 
   private putLeft(w: MsgWriter, r: Room, ref: number): void {
-    writeHead(w, 'left', r.nameBytes, 0, r.nameBytes.byteLength, ref, 0);
+    writeHead(w, 'left', this.nb, 0, this.nbLen, ref, 0);
   }
 
   private putAck(w: MsgWriter, r: Room, ref: number, seq: number): void {
-    writeHead(w, 'ack', r.nameBytes, 0, r.nameBytes.byteLength, ref, 1);
+    writeHead(w, 'ack', this.nb, 0, this.nbLen, ref, 1);
     w.str('seq').uint(seq);
   }
 
@@ -207,7 +216,7 @@ export class Handler {
   private putPublishAck(w: MsgWriter, r: Room, seq: number, from: string, b: Uint8Array, bs: number, be: number,
     ts: number, stamp: number, msgLen: number, ref: number): void {
     w.u32le(stamp).u32le(msgLen);
-    writeMsg(w, r.nameBytes, 0, r.nameBytes.byteLength, seq, from, b, bs, be, ts);
+    writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
     this.putAck(w, r, ref, seq);
   }
 
@@ -218,14 +227,14 @@ export class Handler {
   }
 
   private putHist(w: MsgWriter, r: Room, ref: number, a: number, z: number, truncated: boolean): void {
-    writeHead(w, 'hist', r.nameBytes, 0, r.nameBytes.byteLength, ref, truncated ? 2 : 1);
+    writeHead(w, 'hist', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
     w.str('msgs').arrayHeader(z >= a ? z - a + 1 : 0);
-    for (let s = a; s <= z; s++) { const e = this.rooms.entry(r, s); w.raw(e, 0, e.byteLength); }
+    for (let s = a; s <= z; s++) w.raw(this.rooms.entry(r, s), 0, this.rooms.entryLen(r, s));
     if (truncated) w.str('truncated').bool(true);
   }
 
   private putWho(w: MsgWriter, r: Room, ref: number, users: readonly string[], truncated: boolean): void {
-    writeHead(w, 'who', r.nameBytes, 0, r.nameBytes.byteLength, ref, truncated ? 2 : 1);
+    writeHead(w, 'who', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
     w.str('users').arrayHeader(users.length);
     for (const u of users) w.str(u);
     if (truncated) w.str('truncated').bool(true);
@@ -248,7 +257,8 @@ export class Handler {
       const anon = (b[off + 2]! & IN_FRAME_ANON) !== 0;
       const user = asciiString(b, fe, end);
       if (this.rooms.get(name) === undefined) {
-        const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref, b.subarray(f.roomStart, f.roomEnd));
+        this.useRoom(name);
+        const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref);
         if (refused >= 0) return refused;
       }
       return this.join(conn, user, anon, name, f, b, false);
@@ -273,23 +283,24 @@ export class Handler {
    * A join that would create a room: -1 when it may, else sendErr's result (0, or bytes needed)
    * for `room_limit`. The creation token is taken only once the answer fits.
    */
-  private refuseCreate(conn: number, principal: string, ref: number, room: Uint8Array): number {
+  private refuseCreate(conn: number, principal: string, ref: number): number {
     const o = this.opts;
     if (this.rooms.rooms.size >= o.maxRoomsPerShard) {
       const retry = Math.min(o.roomTtlMs, 60_000) || 1000;
-      return this.sendErr(conn, E_ROOM_LIMIT, `this shard holds its limit of ${o.maxRoomsPerShard} rooms`, ref, retry, room);
+      return this.sendErr(conn, E_ROOM_LIMIT, `this shard holds its limit of ${o.maxRoomsPerShard} rooms`, ref, retry, true);
     }
     const errMsg = 'creating rooms too fast';
     // Room for the refusal first (with the largest retryAfterMs encoding), so a retry takes no second token.
     writeErr(this.size(), E_ROOM_LIMIT, errMsg, ref, 0xffffffff);
-    const need = this.plan().add(this.sz.pos, room).need();
+    const need = this.plan().add(this.sz.pos, this.nbLen).need();
     if (!this.fits(need)) return need;
     const wait = this.creation.take(principal, performance.now());
-    return wait === 0 ? -1 : this.sendErr(conn, E_ROOM_LIMIT, errMsg, ref, wait, room);
+    return wait === 0 ? -1 : this.sendErr(conn, E_ROOM_LIMIT, errMsg, ref, wait, true);
   }
 
   private join(conn: number, user: string, anon: boolean, name: string, f: ClientFrame | null, b: Uint8Array, replay: boolean): number {
     const r = this.rooms.room(name);
+    this.useRoom(r.name);
     let missedFrom = NO_SINCE;
     if (f !== null && !isAbsent(f.since)) {
       const since = f.since;
@@ -299,7 +310,7 @@ export class Handler {
       else {
         missedFrom = since + 1;
         let missedBytes = 0;
-        for (let s = missedFrom; s <= r.seq; s++) missedBytes += this.rooms.entry(r, s).byteLength;
+        for (let s = missedFrom; s <= r.seq; s++) missedBytes += this.rooms.entryLen(r, s);
         if (missedBytes > this.opts.maxHistBytes) missedFrom = TRUNCATED;
       }
     }
@@ -311,17 +322,17 @@ export class Handler {
     const unread = r.seq - (r.cursors.get(user) ?? r.seq);
     this.plan();
     const presence = firstOfUser && !replay;
-    if (presence) { this.putPresence(this.size(), r, user, 'join'); this.add(this.sz.pos, r.nameBytes); }
+    if (presence) { this.putPresence(this.size(), r, user, 'join'); this.add(this.sz.pos, this.nbLen); }
     this.putJoined(this.size(), r, ref, unread, members, missedFrom);
     const joinedLen = this.sz.pos;
-    const need = this.add(joinedLen, r.nameBytes).need();
+    const need = this.add(joinedLen, this.nbLen).need();
     // A room made above stays when this waits for room: the retry finds it and takes no second creation token.
     if (!this.fits(need)) return need;
     if (!already) this.rooms.addMember(r, conn, user, anon);
     // Presence goes out before `joined`: the joiner is subscribed only when `joined` reaches
     // the main thread, so it never sees its own presence; everyone else does.
     if (presence) this.presence(r, user, 'join');
-    this.putJoined(this.begin(OUT_JOINED, conn, r.nameBytes, joinedLen), r, ref, unread, members, missedFrom);
+    this.putJoined(this.begin(OUT_JOINED, conn, this.nbLen, joinedLen), r, ref, unread, members, missedFrom);
     this.end();
     return 0;
   }
@@ -329,27 +340,28 @@ export class Handler {
   /** Writes a presence record (its room was planned by the caller). */
   private presence(r: Room, user: string, state: 'join' | 'leave'): void {
     this.putPresence(this.size(), r, user, state);
-    this.putPresence(this.begin(OUT_PUBLISH, 0, r.nameBytes, this.sz.pos), r, user, state);
+    this.putPresence(this.begin(OUT_PUBLISH, 0, this.nbLen, this.sz.pos), r, user, state);
     this.end();
   }
 
   /** Plans the records of a member leaving: `extra` (a `left`, or none) and maybe a presence leave. */
   private planLeave(r: Room, conn: number, leftLen: number): number {
     this.plan();
-    if (leftLen >= 0) this.add(leftLen, r.nameBytes);
+    if (leftLen >= 0) this.add(leftLen, this.nbLen);
     const user = r.members.get(conn);
-    if (user !== undefined && r.users.get(user) === 1) { this.putPresence(this.size(), r, user, 'leave'); this.add(this.sz.pos, r.nameBytes); }
+    if (user !== undefined && r.users.get(user) === 1) { this.putPresence(this.size(), r, user, 'leave'); this.add(this.sz.pos, this.nbLen); }
     return this.need();
   }
 
   private leave(r: Room, conn: number, ref: number): number {
+    this.useRoom(r.name);
     this.putLeft(this.size(), r, ref);
     const leftLen = this.sz.pos;
     const need = this.planLeave(r, conn, leftLen);
     if (!this.fits(need)) return need;
     const last = this.rooms.removeMember(r, conn);
     // `left` first: the main thread unsubscribes before sending it, so no `msg` follows it.
-    this.putLeft(this.begin(OUT_LEFT, conn, r.nameBytes, leftLen), r, ref);
+    this.putLeft(this.begin(OUT_LEFT, conn, this.nbLen, leftLen), r, ref);
     this.end();
     if (last !== null) this.presence(r, last, 'leave');
     return 0;
@@ -357,9 +369,10 @@ export class Handler {
 
   /** Assigns the next seq, keeps the encoded msg in history, fans it out, acks the sender. */
   private pub(r: Room, from: string, b: Uint8Array, bs: number, be: number, conn: number, ref: number, req: number, stamp: number): number {
+    this.useRoom(r.name);
     const seq = r.seq + 1;
     const ts = Date.now();
-    writeMsg(this.size(), r.nameBytes, 0, r.nameBytes.byteLength, seq, from, b, bs, be, ts);
+    writeMsg(this.size(), this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
     const msgLen = this.sz.pos;
     let bodyLen: number;
     let ackLen = 0;
@@ -367,12 +380,12 @@ export class Handler {
     if (req < 0) {
       this.putPublishAck(this.size(), r, seq, from, b, bs, be, ts, stamp, msgLen, ref);
       bodyLen = this.sz.pos;
-      this.add(bodyLen, r.nameBytes);
+      this.add(bodyLen, this.nbLen);
     } else {
       bodyLen = msgLen;
       this.putServerAck(this.size(), r, seq);
       ackLen = this.sz.pos;
-      this.add(bodyLen, r.nameBytes).add(ackLen, null);
+      this.add(bodyLen, this.nbLen).add(ackLen, 0);
     }
     const need = this.need();
     if (!this.fits(need)) return need;
@@ -380,25 +393,25 @@ export class Handler {
     let msgAt: number;
     if (req < 0) {
       // A client's pub: the msg and the sender's ack in one record (see OUT_PUBLISH_ACK).
-      const w = this.begin(OUT_PUBLISH_ACK, conn, r.nameBytes, bodyLen);
+      const w = this.begin(OUT_PUBLISH_ACK, conn, this.nbLen, bodyLen);
       msgAt = w.pos + 8;
       this.putPublishAck(w, r, seq, from, b, bs, be, ts, stamp, msgLen, ref);
       this.end();
     } else {
-      const w = this.begin(OUT_PUBLISH, stamp, r.nameBytes, bodyLen);
+      const w = this.begin(OUT_PUBLISH, stamp, this.nbLen, bodyLen);
       msgAt = w.pos;
-      writeMsg(w, r.nameBytes, 0, r.nameBytes.byteLength, seq, from, b, bs, be, ts);
+      writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
       this.end();
       // History copies the msg from the ring before the next reserve can move past it.
       this.rooms.pushHistory(r, this.out.bytes, msgAt, msgLen);
-      this.putServerAck(this.begin(OUT_SERVER_ACK, req, null, ackLen), r, seq);
+      this.putServerAck(this.begin(OUT_SERVER_ACK, req, 0, ackLen), r, seq);
       this.end();
       // A server-side publish counts as activity: a room only published to is kept, not re-epoched.
       this.rooms.touch(r, ts);
     }
     if (req < 0) {
       this.rooms.pushHistory(r, this.out.bytes, msgAt, msgLen);
-      if (r.cursors.has(from)) r.cursors.set(from, seq);
+      if (r.cursors.has(from)) r.setCursor(from, seq);
     }
     this.published++;
     this.delivered += r.members.size;
@@ -406,6 +419,7 @@ export class Handler {
   }
 
   private hist(r: Room, conn: number, f: ClientFrame): number {
+    this.useRoom(r.name);
     const limit = f.histLimit();
     const first = this.rooms.firstKept(r);
     let lo: number; let hi: number; // the range asked for, inclusive
@@ -422,42 +436,44 @@ export class Handler {
     let a = lo; let z = hi;
     if (isAbsent(f.after)) {
       for (let s = hi; s >= lo; s--) {
-        const l = this.rooms.entry(r, s).byteLength;
+        const l = this.rooms.entryLen(r, s);
         if (bytes + l > this.opts.maxHistBytes && s !== hi) { a = s + 1; break; }
         bytes += l;
       }
     } else {
       for (let s = lo; s <= hi; s++) {
-        const l = this.rooms.entry(r, s).byteLength;
+        const l = this.rooms.entryLen(r, s);
         if (bytes + l > this.opts.maxHistBytes && s !== lo) { z = s - 1; break; }
         bytes += l;
       }
     }
     this.putHist(this.size(), r, f.ref, a, z, truncated);
     const bodyLen = this.sz.pos;
-    const need = this.plan().add(bodyLen, null).need();
+    const need = this.plan().add(bodyLen, 0).need();
     if (!this.fits(need)) return need;
-    this.putHist(this.begin(OUT_SEND, conn, null, bodyLen), r, f.ref, a, z, truncated);
+    this.putHist(this.begin(OUT_SEND, conn, 0, bodyLen), r, f.ref, a, z, truncated);
     this.end();
     return 0;
   }
 
   private read(r: Room, user: string, conn: number, f: ClientFrame): number {
+    this.useRoom(r.name);
     const target = Math.min(f.seq, r.seq);
     const cur = r.cursors.get(user) ?? 0;
     const next = target > cur ? target : cur;
     this.putAck(this.size(), r, f.ref, next);
     const bodyLen = this.sz.pos;
-    const need = this.plan().add(bodyLen, null).need();
+    const need = this.plan().add(bodyLen, 0).need();
     if (!this.fits(need)) return need;
     if (!r.cursors.has(user)) this.rooms.cursorCount++;
-    r.cursors.set(user, next);
-    this.putAck(this.begin(OUT_SEND, conn, null, bodyLen), r, f.ref, next);
+    r.setCursor(user, next);
+    this.putAck(this.begin(OUT_SEND, conn, 0, bodyLen), r, f.ref, next);
     this.end();
     return 0;
   }
 
   private who(r: Room, conn: number, ref: number): number {
+    this.useRoom(r.name);
     const users = this.usersScratch;
     users.length = 0;
     let bytes = 0;
@@ -469,10 +485,10 @@ export class Handler {
     }
     this.putWho(this.size(), r, ref, users, truncated);
     const bodyLen = this.sz.pos;
-    const need = this.plan().add(bodyLen, null).need();
+    const need = this.plan().add(bodyLen, 0).need();
     const fits = this.fits(need);
     if (fits) {
-      this.putWho(this.begin(OUT_SEND, conn, null, bodyLen), r, ref, users, truncated);
+      this.putWho(this.begin(OUT_SEND, conn, 0, bodyLen), r, ref, users, truncated);
       this.end();
     }
     users.length = 0;
@@ -486,6 +502,7 @@ export class Handler {
     const c = this.rooms.conns.get(conn);
     if (c === undefined) return 0;
     for (const r of [...c.rooms]) {
+      this.useRoom(r.name);
       const need = this.planLeave(r, conn, -1);
       if (!this.fits(need)) return need;
       const last = this.rooms.removeMember(r, conn);

@@ -7,29 +7,58 @@
  * (dropped once empty, and not published to, for `roomTtlMs`), history entries through
  * `Histories` (history.ts), idle cursors through `Cursors` (cursors.ts).
  *
- * A room costs memory in proportion to what it holds: an empty room is its name, epoch and three
- * empty maps; its history list appears with its first message.
+ * A room costs memory in proportion to what it holds: an empty room is an object with its name
+ * and epoch (~300 B of heap measured); its maps and history list appear with their first entry.
  */
 import { randomBytes } from 'node:crypto';
 import { Histories, History } from './history.js';
 import { Cursors } from './cursors.js';
 
-export interface Room {
-  readonly name: string;
-  /** The room name as bytes, for writing frames without re-encoding. */
-  readonly nameBytes: Uint8Array;
-  readonly epoch: string;
-  seq: number;
+const NO_MEMBERS: ReadonlyMap<number, string> = new Map();
+const NO_USERS: ReadonlyMap<string, number> = new Map();
+const NO_CURSORS: ReadonlyMap<string, number> = new Map();
+
+/**
+ * One room. Its maps exist only while they hold something (an empty Map costs ~190 B of heap,
+ * three of them most of an idle room), and the name is kept once, as the string.
+ */
+export class Room {
+  seq = 0;
   /** The newest messages (encoded `msg` frames), made at the first one; null while it has none. */
-  hist: History | null;
-  /** conn -> user, for connections in the room. */
-  readonly members: Map<number, string>;
-  /** user -> number of that user's connections in the room (presence counts a user once). */
-  readonly users: Map<string, number>;
-  /** user -> read cursor: present users', and absent named users' within the cursor bounds. */
-  readonly cursors: Map<string, number>;
+  hist: History | null = null;
   /** Date.now() when it was last left or published to while empty; 0 while it has members. */
   emptySince: number;
+  private memberMap: Map<number, string> | null = null;
+  private userMap: Map<string, number> | null = null;
+  private cursorMap: Map<string, number> | null = null;
+
+  constructor(readonly name: string, readonly epoch: string, now: number) {
+    this.emptySince = now;
+  }
+
+  /** conn -> user, for connections in the room. */
+  get members(): ReadonlyMap<number, string> { return this.memberMap ?? NO_MEMBERS; }
+  /** user -> number of that user's connections in the room (presence counts a user once). */
+  get users(): ReadonlyMap<string, number> { return this.userMap ?? NO_USERS; }
+  /** user -> read cursor: present users', and absent named users' within the cursor bounds. */
+  get cursors(): ReadonlyMap<string, number> { return this.cursorMap ?? NO_CURSORS; }
+
+  setMember(conn: number, user: string): void { (this.memberMap ??= new Map()).set(conn, user); }
+  deleteMember(conn: number): void {
+    if (this.memberMap !== null && this.memberMap.delete(conn) && this.memberMap.size === 0) this.memberMap = null;
+  }
+  setUser(user: string, n: number): void { (this.userMap ??= new Map()).set(user, n); }
+  deleteUser(user: string): void {
+    if (this.userMap !== null && this.userMap.delete(user) && this.userMap.size === 0) this.userMap = null;
+  }
+  setCursor(user: string, seq: number): void { (this.cursorMap ??= new Map()).set(user, seq); }
+  /** True when the user had a cursor here. */
+  deleteCursor(user: string): boolean {
+    if (this.cursorMap === null || !this.cursorMap.delete(user)) return false;
+    if (this.cursorMap.size === 0) this.cursorMap = null;
+    return true;
+  }
+  clearCursors(): void { this.cursorMap = null; }
 }
 
 export interface ConnEntry {
@@ -45,6 +74,15 @@ export interface RoomsOptions {
   roomTtlMs: number;
   maxCursorsPerRoom: number;
   maxCursorsPerShard: number;
+}
+
+/**
+ * A flat copy of an ASCII string. Strings read from records are built char by char (msgpack.ts
+ * asciiString), which V8 keeps as a chain of cons cells past 12 chars (~30 B per char); one kept
+ * as a map key for the life of a room or cursor is flattened once, here.
+ */
+export function flat(s: string): string {
+  return s.length <= 12 ? s : Buffer.from(s, 'latin1').toString('latin1');
 }
 
 export function newEpoch(): string {
@@ -81,31 +119,28 @@ export class Rooms {
   room(name: string): Room {
     let r = this.rooms.get(name);
     if (r === undefined) {
-      const nameBytes = new Uint8Array(name.length);
-      for (let i = 0; i < name.length; i++) nameBytes[i] = name.charCodeAt(i);
-      r = {
-        name, nameBytes, epoch: newEpoch(), seq: 0, hist: null,
-        members: new Map(), users: new Map(), cursors: new Map(), emptySince: Date.now(),
-      };
-      this.rooms.set(name, r);
+      const key = flat(name);
+      r = new Room(key, newEpoch(), Date.now());
+      this.rooms.set(key, r);
     }
     return r;
   }
 
   /** Adds conn to room; returns true when this is the user's first connection there (presence join). */
-  addMember(r: Room, conn: number, user: string, anon: boolean): boolean {
-    r.members.set(conn, user);
+  addMember(r: Room, conn: number, name: string, anon: boolean): boolean {
+    const user = r.users.has(name) ? name : flat(name);
+    r.setMember(conn, user);
     r.emptySince = 0;
     this.memberships++;
     let c = this.conns.get(conn);
     if (c === undefined) { c = { user, anon, rooms: new Set() }; this.conns.set(conn, c); }
     c.rooms.add(r);
     const n = r.users.get(user) ?? 0;
-    r.users.set(user, n + 1);
+    r.setUser(user, n + 1);
     if (n === 0) {
       this.presentUsers++;
       // A returning user's cursor is theirs again, no longer idle (and no longer evictable).
-      if (!this.idle.take(r, user) && !r.cursors.has(user)) { r.cursors.set(user, r.seq); this.cursorCount++; }
+      if (!this.idle.take(r, user) && !r.cursors.has(user)) { r.setCursor(user, r.seq); this.cursorCount++; }
     }
     return n === 0;
   }
@@ -114,7 +149,7 @@ export class Rooms {
   removeMember(r: Room, conn: number): string | null {
     const user = r.members.get(conn);
     if (user === undefined) return null;
-    r.members.delete(conn);
+    r.deleteMember(conn);
     this.memberships--;
     const c = this.conns.get(conn);
     const anon = c?.anon ?? false;
@@ -125,10 +160,10 @@ export class Rooms {
     const n = r.users.get(user)! - 1;
     let last: string | null = null;
     if (n === 0) {
-      r.users.delete(user); this.presentUsers--; last = user;
-      if (anon) { if (r.cursors.delete(user)) this.cursorCount--; }
+      r.deleteUser(user); this.presentUsers--; last = user;
+      if (anon) { if (r.deleteCursor(user)) this.cursorCount--; }
       else this.cursorCount -= this.idle.park(r, user);
-    } else r.users.set(user, n);
+    } else r.setUser(user, n);
     if (r.members.size === 0) {
       r.emptySince = Date.now();
       if (this.roomTtlMs === 0) this.dropRoom(r);
@@ -152,9 +187,14 @@ export class Rooms {
     return r.seq - this.kept(r) + 1;
   }
 
-  /** History entry of message `seq` (which must be kept). */
+  /** History buffer of message `seq` (which must be kept); its frame is the first entryLen bytes. */
   entry(r: Room, seq: number): Uint8Array {
     return r.hist!.at(seq - this.firstKept(r));
+  }
+
+  /** Frame length of message `seq` in history (which must keep it). */
+  entryLen(r: Room, seq: number): number {
+    return r.hist!.len(seq - this.firstKept(r));
   }
 
   /** A server-side publish to a room without members keeps it alive like a member would. */
@@ -166,7 +206,7 @@ export class Rooms {
     if (r.hist !== null) { this.history.clear(r.hist); r.hist = null; }
     this.idle.dropRoom(r);
     this.cursorCount -= r.cursors.size;
-    r.cursors.clear();
+    r.clearCursors();
     this.rooms.delete(r.name);
   }
 
