@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Engine } from '../engine/index.js';
 import { openClient, startEngine } from './helpers/engine.js';
-import { waitFor } from './helpers/client.js';
+import { httpGet, waitFor } from './helpers/client.js';
 import { ShardBench } from './helpers/handler.js';
 
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -91,6 +91,9 @@ test('history stays within historyBudgetBytes under max-size bodies into many ro
   t.diagnostic(`historyBytes ${String(s.historyBytes)} of budget ${budget}, ${String(s.historyMessages)} messages kept, ${String(s.historyEvicted)} evicted`);
   assert.ok(Number(s.historyBytes) <= budget, `historyBytes ${String(s.historyBytes)} within ${budget}`);
   assert.ok(Number(s.historyEvicted) > 0, 'messages were evicted to keep the budget');
+  const metrics = await httpGet(e.port, '/metrics');
+  const line = /^shardchat_history_bytes\{shard="0"\} (\d+)$/m.exec(String(metrics.body));
+  assert.ok(line !== null && Number(line[1]) > 0 && Number(line[1]) <= budget, `/metrics shardchat_history_bytes: ${line?.[0]}`);
   for (let r = 0; r < ROOMS; r += 13) {
     const h = await c.request({ t: 'hist', room: `big-${r}`, limit: 500 });
     const seqs = (h.msgs as { seq: number }[]).map((m) => m.seq);
