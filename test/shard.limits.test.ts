@@ -10,6 +10,7 @@ import { joinRoom, openClient, startEngine } from './helpers/engine.js';
 import { TestClient, waitFor } from './helpers/client.js';
 import { ShardBench, outBody } from './helpers/handler.js';
 import { decode } from '@msgpack/msgpack';
+import { CreationLimiter } from '../workers/creation.js';
 
 const decodeBody = (rec: Uint8Array): unknown => decode(outBody(rec));
 
@@ -135,4 +136,16 @@ test('a room that only receives server-side publishes keeps its epoch past roomT
   assert.deepEqual(results.map((r) => r.seq), results.map((_, i) => i + 1));
   // Once publishes stop, the memberless room goes after its TTL like any other.
   await waitFor(() => shard0(e).rooms === 0, 'the room dropped after its TTL', 3000);
+});
+
+test('the room-creation table keeps at most its bound of principals, least recently used evicted', () => {
+  const lim = new CreationLimiter(1, 2, 3);
+  for (const p of ['a', 'b', 'c']) { assert.equal(lim.take(p, 0), 0); assert.equal(lim.take(p, 0), 0); }
+  assert.ok(lim.take('a', 0) > 0, 'a used its burst');
+  assert.equal(lim.take('d', 0), 0, 'a fourth principal');
+  assert.equal(lim.size, 3);
+  // b was least recently used, so d evicted it: b starts again with a full bucket; a kept its empty one.
+  assert.equal(lim.take('b', 0), 0);
+  assert.ok(lim.take('a', 0) > 0);
+  assert.equal(lim.size, 3);
 });
