@@ -350,11 +350,6 @@ export function writeErr(w: MsgWriter, code: number, msg: string, ref: number, r
   if (ref >= 0) w.str('ref').uint(ref);
 }
 
-/** Upper bound of an `err` frame's size for a message of `msgLen` UTF-16 units. */
-export function errBound(msgLen: number): number {
-  return 96 + 3 * msgLen;
-}
-
 /** Starts a frame `{t, room, ...}` with `extra` more pairs, the room given as bytes. */
 export function writeHead(w: MsgWriter, t: string, room: Uint8Array, rs: number, re: number, ref: number, extra: number): void {
   w.mapHeader(2 + extra + (ref >= 0 ? 1 : 0)).str('t').str(t).str('room').strBytes(room, rs, re);
@@ -366,9 +361,4 @@ export function writeMsg(w: MsgWriter, room: Uint8Array, rs: number, re: number,
   body: Uint8Array, bs: number, be: number, ts: number): void {
   w.mapHeader(6).str('t').str('msg').str('room').strBytes(room, rs, re).str('seq').uint(seq)
     .str('from').str(from).str('body').raw(body, bs, be).str('ts').uint(ts);
-}
-
-/** Upper bound of a msg frame's size. */
-export function msgBound(roomLen: number, fromLen: number, bodyLen: number): number {
-  return 64 + roomLen + 3 * fromLen + bodyLen;
 }
