@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type { Engine } from '../engine/index.js';
 import { joinRoom, openClient, startEngine } from './helpers/engine.js';
 import { TestClient, waitFor } from './helpers/client.js';
-import { ShardBench, outBody } from './helpers/handler.js';
+import { ShardBench, inClose, outBody } from './helpers/handler.js';
 import { decode } from '@msgpack/msgpack';
 import { CreationLimiter } from '../workers/creation.js';
 
@@ -70,7 +70,7 @@ test('5,000 anonymous join/leave cycles leave no read cursors behind', () => {
     const conn = 100 + i;
     sb.frame(conn, { t: 'join', room: 'lobby' }, `anon-c${conn.toString(36)}`, true, 0x7f000001);
     if (i % 2 === 0) sb.frame(conn, { t: 'leave', room: 'lobby' });
-    else sb.run(new Uint8Array([2, conn & 0xff, (conn >>> 8) & 0xff, 0, 0])); // IN_CLOSE
+    else sb.run(inClose(conn));
   }
   assert.equal(sb.h.rooms.get('lobby')!.cursors.size, 1, 'only the named keeper has a cursor');
   assert.equal(sb.h.rooms.cursorCount, 1);

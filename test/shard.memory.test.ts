@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type { Engine } from '../engine/index.js';
 import { openClient, startEngine } from './helpers/engine.js';
 import { httpGet, waitFor } from './helpers/client.js';
-import { ShardBench } from './helpers/handler.js';
+import { ShardBench, inClose } from './helpers/handler.js';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 /** Heap + ArrayBuffer bytes of this thread after a full GC (tests run with --expose-gc). */
@@ -63,7 +63,7 @@ test('an idle empty room costs a few hundred bytes (the shard handler, measured 
   // An anonymous joiner: its cursors go with it, so what stays is the rooms alone (a named user's
   // idle cursor is another ~500 B per room, bounded by maxCursorsPerRoom/maxCursorsPerShard).
   for (const room of names) sb.frame(1, { t: 'join', room }, 'anon-c1', true);
-  sb.run(new Uint8Array([2, 1, 0, 0, 0])); // IN_CLOSE conn 1: every room is now empty
+  sb.run(inClose(1)); // every room is now empty
   const after = liveBytes();
   assert.equal(sb.h.rooms.rooms.size, N);
   assert.equal(sb.h.rooms.memberships, 0);
