@@ -145,3 +145,17 @@ test('a stored message holds its frame rounded up by at most 1/8, plus a fixed o
   sb.h.rooms.dispose();
   assert.equal(sb.h.rooms.history.pool.inUse, 0);
 });
+
+test('a message too large for the whole budget empties its room history rather than leaving a gap before seq', () => {
+  const sb = new ShardBench({ historyBudgetBytes: 1 << 20 });
+  sb.frame(1, { t: 'join', room: 'g' }, 'w');
+  for (let i = 0; i < 3; i++) sb.frame(1, { t: 'pub', room: 'g', body: i });
+  sb.frame(1, { t: 'pub', room: 'g', body: new Uint8Array((1 << 20) - 100) });
+  const r = sb.h.rooms.get('g')!;
+  assert.equal(r.seq, 4);
+  assert.equal(sb.h.rooms.kept(r), 0, 'seqs 1..3 are not kept as if they ended at seq 4');
+  assert.equal(sb.h.rooms.history.bytes, 0);
+  sb.frame(1, { t: 'pub', room: 'g', body: 5 });
+  assert.equal(sb.h.rooms.firstKept(r), 5);
+  sb.h.rooms.dispose();
+});

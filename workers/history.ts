@@ -103,9 +103,16 @@ export class Histories {
     });
   }
 
-  /** Appends a copy of src[start, start+len) to h; returns false when history keeps nothing. */
+  /**
+   * Appends a copy of src[start, start+len), the room's newest message, to h. A message that
+   * cannot be kept at all (historyLimit 0, or alone over the budget) empties h instead: what is
+   * kept always ends at the room's seq. Returns false when h is then empty.
+   */
   push(h: History, src: Uint8Array, start: number, len: number): boolean {
-    if (this.historyLimit === 0 || len > this.pool.maxSize || this.pool.classSizeFor(len) + ENTRY_OVERHEAD > this.budgetBytes) return false;
+    if (this.historyLimit === 0 || len > this.pool.maxSize || this.pool.classSizeFor(len) + ENTRY_OVERHEAD > this.budgetBytes) {
+      this.clear(h);
+      return false;
+    }
     this.multi.delete(h);
     this.single.delete(h);
     const buf = this.pool.acquire(len);

@@ -174,7 +174,7 @@ export class Rooms {
   /** Appends a copy of an encoded msg frame (src[start, start+len)) to the room's history. */
   pushHistory(r: Room, src: Uint8Array, start: number, len: number): void {
     if (r.hist === null) r.hist = new History();
-    if (!this.history.push(r.hist, src, start, len) && r.hist.count === 0) r.hist = null;
+    if (!this.history.push(r.hist, src, start, len)) r.hist = null;
   }
 
   /** Messages the room's history keeps. */
