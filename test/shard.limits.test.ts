@@ -11,6 +11,7 @@ import { TestClient, waitFor } from './helpers/client.js';
 import { ShardBench, inClose, outBody } from './helpers/handler.js';
 import { decode } from '@msgpack/msgpack';
 import { CreationLimiter } from '../workers/creation.js';
+import { addrHash } from '../engine/protocol/records.js';
 
 const decodeBody = (rec: Uint8Array): unknown => decode(outBody(rec));
 
@@ -148,4 +149,13 @@ test('the room-creation table keeps at most its bound of principals, least recen
   assert.equal(lim.take('b', 0), 0);
   assert.ok(lim.take('a', 0) > 0);
   assert.equal(lim.size, 3);
+});
+
+test('the anonymous principal: an IPv6 address counts by its /64, IPv4 and IPv4-mapped addresses whole', () => {
+  const a = addrHash('2001:0db8:0001:0002:0000:0000:0000:0001');
+  assert.equal(addrHash('2001:0db8:0001:0002:ffff:1234:5678:9abc'), a, 'same /64');
+  assert.notEqual(addrHash('2001:0db8:0001:0003:0000:0000:0000:0001'), a, 'another /64');
+  assert.notEqual(addrHash('0000:0000:0000:0000:0000:ffff:7f00:0001'), addrHash('0000:0000:0000:0000:0000:ffff:7f00:0002'), 'IPv4-mapped, whole');
+  assert.notEqual(addrHash('10.0.0.1'), addrHash('10.0.0.2'));
+  assert.equal(addrHash('10.0.0.1'), addrHash('10.0.0.1'));
 });

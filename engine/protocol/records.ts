@@ -78,3 +78,20 @@ export function putShortAscii(b: Uint8Array, p: number, s: string): number {
   for (let i = 0; i < s.length; i++) b[p + 1 + i] = s.charCodeAt(i);
   return p + 1 + s.length;
 }
+
+const V4_MAPPED = '0000:0000:0000:0000:0000:ffff:';
+
+/**
+ * The IN_FRAME `addr` field: a 32-bit FNV-1a hash of the client address as uWebSockets.js gives
+ * it (`getRemoteAddressAsText`: dotted IPv4, or IPv6 as eight 4-digit groups). An IPv6 address
+ * counts by its /64 (what one subscriber is usually given), IPv4 and IPv4-mapped addresses whole.
+ */
+export function addrHash(text: string): number {
+  const key = text.length === 39 && text[4] === ':' && !text.startsWith(V4_MAPPED) ? text.slice(0, 19) : text;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) {
+    h ^= key.charCodeAt(i) & 0xff;
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}

@@ -19,7 +19,7 @@ import {
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
   CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_REFUSED,
-  OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, getU32,
+  OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, addrHash, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
@@ -483,7 +483,7 @@ export class Engine {
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
       id, connStr, user: user ?? `anon-${connStr}`, anon: user === null,
-      addr: fnv1aString(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), tokens: this.options.rateBurst,
+      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), tokens: this.options.rateBurst,
       lastRefill: Date.now(), closed: false, lastLimitLog: 0,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);
