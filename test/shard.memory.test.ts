@@ -9,6 +9,7 @@ import type { Engine } from '../engine/index.js';
 import { openClient, startEngine } from './helpers/engine.js';
 import { httpGet, waitFor } from './helpers/client.js';
 import { ShardBench, inClose } from './helpers/handler.js';
+import { Histories, History } from '../workers/history.js';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 /** Heap + ArrayBuffer bytes of this thread after a full GC (tests run with --expose-gc). */
@@ -158,4 +159,24 @@ test('a message too large for the whole budget empties its room history rather t
   sb.frame(1, { t: 'pub', room: 'g', body: 5 });
   assert.equal(sb.h.rooms.firstKept(r), 5);
   sb.h.rooms.dispose();
+});
+
+test('over the budget, the least recently published room loses its oldest messages first, and every room keeps its newest longest', () => {
+  // Frames of 60 B: a 64 B class + 256 B overhead = 320 B charged each; 10 fit in 3,200 B.
+  const hs = new Histories(1000, 3200);
+  const [a, b, c] = [new History(), new History(), new History()];
+  const frame = new Uint8Array(60);
+  const push = (h: History, n: number): void => { for (let i = 0; i < n; i++) assert.ok(hs.push(h, frame, 0, 60)); };
+  push(a, 4); push(b, 3); push(c, 2); push(a, 1); // 10 entries; a is the most recent, then c, then b
+  assert.deepEqual([a.count, b.count, c.count, hs.evicted], [5, 3, 2, 0]);
+  push(c, 1); // over: b is least recently published
+  assert.deepEqual([a.count, b.count, c.count], [5, 2, 3]);
+  push(c, 1); push(c, 1); // b goes down to its newest, then a (the next least recent) pays
+  assert.deepEqual([a.count, b.count, c.count], [4, 1, 5]);
+  assert.equal(hs.bytes, 10 * 320);
+  assert.equal(hs.messages, 10);
+  push(a, 5); // a and c share the budget; b keeps its one message while others have two or more
+  assert.equal(b.count, 1);
+  hs.clear(a); hs.clear(b); hs.clear(c);
+  assert.deepEqual([hs.bytes, hs.messages, hs.pool.inUse], [0, 0, 0]);
 });

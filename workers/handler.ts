@@ -378,8 +378,12 @@ export class Handler {
     let ackLen = 0;
     this.plan();
     if (req < 0) {
-      this.putPublishAck(this.size(), r, seq, from, b, bs, be, ts, stamp, msgLen, ref);
-      bodyLen = this.sz.pos;
+      // putPublishAck's body is its two u32, the msg just sized, then the ack: sized as such
+      // (the msg is not sized twice); end() checks the writer stopped exactly there.
+      const sz = this.size().u32le(stamp).u32le(msgLen);
+      sz.pos += msgLen;
+      this.putAck(sz, r, ref, seq);
+      bodyLen = sz.pos;
       this.add(bodyLen, this.nbLen);
     } else {
       bodyLen = msgLen;

@@ -12,7 +12,8 @@
  *
  * Eviction, when a push takes the shard over `budgetBytes`: the oldest messages of the rooms least
  * recently published to go first, down to one message per room; only when every room is down to
- * its newest message do whole rooms' newest messages go, least recently published first. A room's
+ * its newest message do whole rooms' newest messages go, least recently published first. A push
+ * to the room already at the back of its list (one busy room) costs no reordering. A room's
  * own `historyLimit` drops its oldest message as before. Either way the kept range stays
  * contiguous and ends at the room's seq, so `hist` and `joined` report `truncated` for what went.
  */
@@ -35,6 +36,8 @@ export class History {
   private head = 0;
   /** Bytes charged for this room's entries (payload + ENTRY_OVERHEAD each). */
   bytes = 0;
+  /** Which eviction list holds it: NONE, SINGLE or MULTI. */
+  where = NONE;
 
   get count(): number {
     return this.entries.length - this.head;
@@ -73,6 +76,9 @@ export class History {
 }
 
 const EMPTY = new Uint8Array(0);
+const NONE = 0;
+const SINGLE = 1;
+const MULTI = 2;
 
 /** History buffer classes: 64 B to 2 MiB (a msg frame around the largest body, maxFrameBytes <= 1 MiB). */
 const HISTORY_CLASSES = geometricClasses(64, 2 << 20, 8);
@@ -87,6 +93,9 @@ export class Histories {
   private readonly multi = new Map<History, true>();
   /** Histories with exactly one entry, least recently pushed first. */
   private readonly single = new Map<History, true>();
+  /** The history last put at the back of multi / single (undefined: not known). */
+  private multiBack: History | undefined;
+  private singleBack: History | undefined;
 
   /**
    * Buffers of entries. Free lists keep at most poolFreeBytes (1/8 of the budget, at most 16 MiB),
@@ -113,8 +122,6 @@ export class Histories {
       this.clear(h);
       return false;
     }
-    this.multi.delete(h);
-    this.single.delete(h);
     const buf = this.pool.acquire(len);
     this.stored++;
     buf.set(src.subarray(start, start + len));
@@ -129,11 +136,10 @@ export class Histories {
 
   /** Forgets every entry of h (its room is dropped). */
   clear(h: History): void {
-    this.multi.delete(h);
-    this.single.delete(h);
     this.messages -= h.count;
     this.bytes -= h.bytes;
     while (h.count > 0) this.pool.release(h.shift());
+    this.file(h);
   }
 
   /** On the shard's tick: when no message was stored since the last one, the free lists go to the GC. */
@@ -149,23 +155,30 @@ export class Histories {
     this.pool.release(buf);
   }
 
+  /** Puts h at the back of the list for its entry count (it was just pushed to). */
   private file(h: History): void {
-    if (h.count >= 2) this.multi.set(h, true);
-    else if (h.count === 1) this.single.set(h, true);
+    const want = h.count >= 2 ? MULTI : h.count === 1 ? SINGLE : NONE;
+    if (want === h.where && (want === NONE || (want === MULTI ? this.multiBack : this.singleBack) === h)) return;
+    this.unfile(h);
+    if (want === MULTI) { this.multi.set(h, true); this.multiBack = h; }
+    else if (want === SINGLE) { this.single.set(h, true); this.singleBack = h; }
+    h.where = want;
+  }
+
+  private unfile(h: History): void {
+    if (h.where === MULTI) { this.multi.delete(h); if (this.multiBack === h) this.multiBack = undefined; }
+    else if (h.where === SINGLE) { this.single.delete(h); if (this.singleBack === h) this.singleBack = undefined; }
+    h.where = NONE;
   }
 
   private evictOne(): void {
     let h: History | undefined;
     for (const k of this.multi.keys()) { h = k; break; }
-    if (h !== undefined) {
-      this.dropOldest(h);
-      if (h.count < 2) { this.multi.delete(h); this.file(h); }
-    } else {
-      for (const k of this.single.keys()) { h = k; break; }
-      if (h === undefined) throw new Error('history over budget with no entries');
-      this.dropOldest(h);
-      this.single.delete(h);
-    }
+    if (h === undefined) for (const k of this.single.keys()) { h = k; break; }
+    if (h === undefined) throw new Error('history over budget with no entries');
+    this.dropOldest(h);
+    // Down to one entry, or none: it changes list (an eviction is not a publish, but a Map only appends).
+    if (h.count < 2) this.file(h);
     this.evicted++;
   }
 }

@@ -286,10 +286,10 @@ export class MsgSizer extends MsgWriter {
   override strBytes(_src: Uint8Array, start: number, end: number): this { return this.strLen(end - start); }
   override uint(n: number): this { this.pos += n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9; return this; }
   override nil(): this { this.pos += 1; return this; }
-  override bool(): this { this.pos += 1; return this; }
+  override bool(_v: boolean): this { this.pos += 1; return this; }
   override raw(_src: Uint8Array, start: number, end: number): this { this.pos += end - start; return this; }
-  override u32le(): this { this.pos += 4; return this; }
-  override byte(): this { this.pos += 1; return this; }
+  override u32le(_n: number): this { this.pos += 4; return this; }
+  override byte(_n: number): this { this.pos += 1; return this; }
 
   private strLen(n: number): this {
     this.pos += (n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5) + n;
