@@ -24,6 +24,12 @@ export interface EngineOptions {
   historyLimit?: number;
   maxHistBytes?: number;
   roomTtlMs?: number;
+  historyBudgetBytes?: number;
+  maxRoomsPerShard?: number;
+  roomCreateRate?: number;
+  roomCreateBurst?: number;
+  maxCursorsPerRoom?: number;
+  maxCursorsPerShard?: number;
   maxFrameBytes?: number;
   maxRoomsPerConn?: number;
   ratePerSec?: number;
@@ -63,6 +69,12 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'historyLimit', flag: 'history-limit', env: 'SHARDCHAT_HISTORY_LIMIT', kind: 'int', min: 0, max: 1_000_000, help: 'messages of history kept per room', def: () => 1000 },
   { key: 'maxHistBytes', flag: 'max-hist-bytes', env: 'SHARDCHAT_MAX_HIST_BYTES', kind: 'int', min: 4096, max: 64 << 20, help: 'largest hist reply or joined.missed in bytes (fewer messages come back past it)', def: () => 1 << 20 },
   { key: 'roomTtlMs', flag: 'room-ttl-ms', env: 'SHARDCHAT_ROOM_TTL_MS', kind: 'int', min: 0, max: 2 ** 31 - 1, help: 'how long an empty room keeps its history and cursors', def: () => 300_000 },
+  { key: 'historyBudgetBytes', flag: 'history-budget-bytes', env: 'SHARDCHAT_HISTORY_BUDGET_BYTES', kind: 'int', min: 1 << 20, max: 2 ** 40, help: 'history bytes one shard keeps across its rooms (oldest messages of the least recently published rooms go first)', def: () => 64 << 20 },
+  { key: 'maxRoomsPerShard', flag: 'max-rooms-per-shard', env: 'SHARDCHAT_MAX_ROOMS_PER_SHARD', kind: 'int', min: 1, max: 100_000_000, help: 'rooms one shard holds (a join that would create one more gets room_limit)', def: () => 100_000 },
+  { key: 'roomCreateRate', flag: 'room-create-rate', env: 'SHARDCHAT_ROOM_CREATE_RATE', kind: 'int', min: 1, max: 1e9, help: 'rooms a user (anonymous: a client address) may create per second per shard', def: () => 2 },
+  { key: 'roomCreateBurst', flag: 'room-create-burst', env: 'SHARDCHAT_ROOM_CREATE_BURST', kind: 'int', min: 1, max: 1e9, help: 'room creations a user (anonymous: a client address) may make at once per shard', def: () => 100 },
+  { key: 'maxCursorsPerRoom', flag: 'max-cursors-per-room', env: 'SHARDCHAT_MAX_CURSORS_PER_ROOM', kind: 'int', min: 0, max: 100_000_000, help: 'read cursors of named users who left, kept per room (least recently left evicted)', def: () => 10_000 },
+  { key: 'maxCursorsPerShard', flag: 'max-cursors-per-shard', env: 'SHARDCHAT_MAX_CURSORS_PER_SHARD', kind: 'int', min: 0, max: 100_000_000, help: 'read cursors of named users who left, kept per shard across its rooms', def: () => 100_000 },
   { key: 'maxFrameBytes', flag: 'max-frame-bytes', env: 'SHARDCHAT_MAX_FRAME_BYTES', kind: 'int', min: 256, max: 1 << 20, help: 'largest client WebSocket message (close 1009 above)', def: () => 65536 },
   { key: 'maxRoomsPerConn', flag: 'max-rooms', env: 'SHARDCHAT_MAX_ROOMS', kind: 'int', min: 1, max: 100_000, help: 'rooms one connection may join (too_many_rooms above)', def: () => 100 },
   { key: 'ratePerSec', flag: 'rate-per-sec', env: 'SHARDCHAT_RATE_PER_SEC', kind: 'int', min: 1, max: 1e9, help: 'token bucket refill per connection (frames/s)', def: () => 10 },

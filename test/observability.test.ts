@@ -16,7 +16,8 @@ import { prettyLine } from '../engine/server/log.js';
 guardHandles();
 
 async function start(t: TestContext, opts: EngineOptions = {}): Promise<Engine> {
-  const e = await createEngine({ port: 0, host: '127.0.0.1', shards: 2, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, ...opts });
+  const e = await createEngine({ port: 0, host: '127.0.0.1', shards: 2, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6,
+    roomCreateRate: 1e6, roomCreateBurst: 1e6, ...opts });
   t.after(() => e.close());
   await e.listen();
   return e;

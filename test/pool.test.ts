@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { guardHandles } from './helpers/leaks.js';
-import { BufferPool, DEFAULT_CLASSES, PoolError } from '../engine/pool/index.js';
+import { BufferPool, DEFAULT_CLASSES, PoolError, geometricClasses } from '../engine/pool/index.js';
 import type { PoolErrorCode } from '../engine/pool/index.js';
 
 guardHandles();
@@ -302,5 +302,50 @@ describe('BufferPool option validation names the option', () => {
     assert.equal(new BufferPool({ maxPooledPerClass: 0 }).maxPooledPerClass, 0);
     assert.deepEqual(new BufferPool({ classes: [1, 2, 3] }).classes, [1, 2, 3]);
     assert.throws(() => new BufferPool(null as never), TypeError);
+  });
+});
+
+describe('BufferPool free lists bounded in bytes (issue 10, item 3)', () => {
+  it('keeps at most maxPooledBytes free, dropping releases beyond it', () => {
+    const pool = new BufferPool({ classes: [1024, 4096], maxPooledPerClass: 1000, maxPooledBytes: 10_000 });
+    const bufs = Array.from({ length: 5 }, () => pool.acquire(4096));
+    assert.equal(pool.inUseBytes, 5 * 4096);
+    for (const b of bufs) pool.release(b);
+    // Two 4096 B buffers fit in 10,000 B; the other three go to the GC.
+    assert.equal(pool.freeBytes, 8192);
+    assert.equal(pool.stats().dropped, 3);
+    assert.equal(pool.inUseBytes, 0);
+  });
+
+  it('trim(keepBytes) gives free buffers back, largest classes first', () => {
+    const pool = new BufferPool({ classes: [64, 1024, 65536], maxPooledPerClass: 100 });
+    const bufs = [...Array.from({ length: 4 }, () => pool.acquire(64)), ...Array.from({ length: 3 }, () => pool.acquire(65536))];
+    for (const b of bufs) pool.release(b);
+    assert.equal(pool.freeBytes, 4 * 64 + 3 * 65536);
+    assert.equal(pool.trim(70_000), 2 * 65536);
+    assert.equal(pool.freeBytes, 4 * 64 + 65536);
+    assert.equal(pool.trim(0), 4 * 64 + 65536);
+    assert.equal(pool.freeBytes, 0);
+    assert.equal(pool.stats().free, 0);
+    // A trimmed pool still hands out and takes back buffers.
+    pool.release(pool.acquire(100));
+    assert.equal(pool.freeBytes, 1024);
+  });
+
+  it('rejects a bad maxPooledBytes', () => {
+    for (const v of [-1, 1.5, NaN, '3']) {
+      assert.throws(() => new BufferPool({ maxPooledBytes: v as never }), /`maxPooledBytes`/);
+    }
+  });
+
+  it('geometricClasses rounds a size up by at most 1/perOctave, where the default classes round up to 4x', () => {
+    const classes = geometricClasses(64, 2 << 20, 8);
+    assert.ok(classes[classes.length - 1]! >= 2 << 20);
+    const pool = new BufferPool({ classes });
+    for (let n = 65; n <= 2 << 20; n = Math.ceil(n * 1.37)) {
+      assert.ok(pool.classSizeFor(n) <= n * 1.125 + 8, `${n} B gets a ${pool.classSizeFor(n)} B class`);
+    }
+    assert.equal(new BufferPool().classSizeFor(1025), 4096, 'the default classes: a 1,025 B frame holds 4 KiB');
+    assert.ok(pool.classSizeFor(1025) <= 1160);
   });
 });

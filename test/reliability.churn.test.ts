@@ -206,7 +206,8 @@ async function gcHeap(): Promise<number> {
 }
 
 test(`churn: ${CYCLES} cycles of connect / join / publish / disconnect (a third abrupt) leave every table and the heap where they started`, async (t) => {
-  const engine = await createEngine({ port: 0, host: '127.0.0.1', shards: SHARDS, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, roomTtlMs: 0, historyLimit: 100 });
+  const engine = await createEngine({ port: 0, host: '127.0.0.1', shards: SHARDS, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, roomTtlMs: 0, historyLimit: 100,
+    roomCreateRate: 1e6, roomCreateBurst: 1e6 });
   t.after(() => engine.close());
   await engine.listen();
   const port = engine.port;

@@ -41,7 +41,7 @@ const SHARDS = 2;
 async function start(t: TestContext, opts: Partial<EngineOptions> = {}): Promise<Engine> {
   const engine = await createEngine({
     port: 0, host: '127.0.0.1', shards: SHARDS, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, roomTtlMs: 0,
-    ...opts,
+    roomCreateRate: 1e6, roomCreateBurst: 1e6, ...opts,
   } as EngineOptions);
   t.after(() => engine.close());
   await engine.listen();

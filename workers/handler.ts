@@ -1,52 +1,75 @@
 /**
  * Turns inbound records into room state changes and outbound records. Never touches a socket:
  * its only output is the outbound ring. Each `handle` either does all of a record's work or,
- * when the outbound ring lacks room for the worst case, does nothing and returns the bytes it
- * needs (the loop waits for them and calls it again). Closing a connection is the one record done
- * room by room, and it resumes where it stopped, so a retry never repeats work.
+ * when the outbound ring lacks room for it, does nothing and returns the bytes it needs (the loop
+ * waits for them and calls it again). Closing a connection is the one record done room by room,
+ * and it resumes where it stopped, so a retry never repeats work.
+ *
+ * Sizes are never computed by hand: every record body is written by one `put*` method, which a
+ * handler first runs over a MsgSizer (it writes nothing and counts) with the same arguments, then
+ * over the reserved ring space. `begin` reserves exactly the counted bytes and `end` checks the
+ * writer stopped there, so a size and its writer cannot drift apart.
  */
-import { BufferPool, DEFAULT_CLASSES } from '../engine/pool/index.js';
-import { MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
+import { MsgSizer, MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
 import {
-  ClientFrame, E_INTERNAL, E_NOT_JOINED, T_HIST, T_JOIN, T_LEAVE, T_PUB, T_READ, T_WHO,
-  errBound, isAbsent, msgBound, writeErr, writeHead, writeMsg,
+  ClientFrame, E_INTERNAL, E_NOT_JOINED, E_ROOM_LIMIT, T_HIST, T_JOIN, T_LEAVE, T_PUB, T_READ, T_WHO,
+  isAbsent, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  CRASH_EXIT, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_REPLAY, IN_SERVER_PUB,
-  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
+  CRASH_EXIT, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB,
+  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../engine/protocol/records.js';
-import type { RingWriter } from '../engine/ring/index.js';
+import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
+import { CreationLimiter } from './creation.js';
 
 export interface HandlerOptions {
   historyLimit: number;
+  historyBudgetBytes: number;
   maxHistBytes: number;
   roomTtlMs: number;
   maxBodyDepth: number;
+  maxRoomsPerShard: number;
+  roomCreateRate: number;
+  roomCreateBurst: number;
+  maxCursorsPerRoom: number;
+  maxCursorsPerShard: number;
 }
 
-/** Slack per outbound record for its header and small frame fields. */
-const REC_SLACK = 320;
+/** Principals whose room-creation buckets a shard keeps (LRU beyond it). */
+export const CREATION_TABLE_ENTRIES = 65_536;
+
+/** What `joined` carries about history: `missed` from a seq, `truncated`, or neither. */
+const NO_SINCE = -2;
+const TRUNCATED = -1;
 
 export class Handler {
   readonly rooms: Rooms;
-  /** History buffers; the top class holds a msg frame around the largest body (maxFrameBytes <= 1 MiB). */
-  readonly pool = new BufferPool({ classes: [...DEFAULT_CLASSES, 2 << 20] });
+  readonly creation: CreationLimiter;
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
   /** Deliveries the fan-out makes: the room's member connections at each publish. */
   delivered = 0;
+  /** err replies sent, by error number. */
+  readonly errors = new Float64Array(16);
   private readonly frame = new ClientFrame();
   private readonly w = new MsgWriter();
-  /** Writes history entries (pooled buffers). */
-  private readonly hw = new MsgWriter();
+  private readonly sz = new MsgSizer();
   private recStart = 0;
-  private recRoom: Uint8Array | null = null;
+  private recBodyEnd = 0;
+  /** The room name of the records being written (ASCII), and its length. */
+  private readonly nb = new Uint8Array(256);
+  private nbLen = 0;
+  private recRoomLen = 0;
+  /** Ring bytes the records of one handle take: their spans' sum and the largest (see need()). */
+  private spanSum = 0;
+  private spanMax = 0;
   private readonly usersScratch: string[] = [];
 
   constructor(private readonly out: RingWriter, private readonly opts: HandlerOptions) {
-    this.rooms = new Rooms(opts.historyLimit, opts.roomTtlMs, this.pool);
+    this.rooms = new Rooms(opts);
+    this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
   }
 
   /** Handles one inbound record at b[off, off+len). Returns 0 when done, else outbound bytes needed. */
@@ -56,13 +79,15 @@ export class Handler {
       case IN_FRAME: return this.onFrame(b, off, end);
       case IN_CLOSE: return this.onClose(getU32(b, off + 1));
       case IN_SERVER_PUB: return this.onServerPub(b, off, end);
-      case IN_REPLAY: return this.onReplay(b, off);
-      case IN_DRAIN:
-        if (!this.fits(2 * (OUT_BODY + 8))) return 2 * (OUT_BODY + 8);
-        this.begin(OUT_DRAINED, -1, null, 0);
+      case IN_REPLAY: return this.onReplay(b, off, end);
+      case IN_DRAIN: {
+        const need = this.plan().add(0, 0).need();
+        if (!this.fits(need)) return need;
+        this.begin(OUT_DRAINED, -1, 0, 0);
         this.end();
         this.drained = true;
         return 0;
+      }
       case IN_CRASH:
         if (b[off + 1] === CRASH_EXIT) process.exit(70);
         if (b[off + 1] === CRASH_THROW) throw new Error('shard crash requested (test hook)');
@@ -78,47 +103,142 @@ export class Handler {
     return this.out.freeBytes() >= bytes;
   }
 
+  /** Starts planning the records of one handle. */
+  private plan(): this {
+    this.spanSum = 0;
+    this.spanMax = 0;
+    return this;
+  }
+
+  /** Aims the room name bytes (`nb`) at r: every record of a handle is about one room. */
+  private useRoom(name: string): void {
+    for (let i = 0; i < name.length; i++) this.nb[i] = name.charCodeAt(i);
+    this.nbLen = name.length;
+  }
+
+  /** Adds a record of `bodyLen` body bytes (as a MsgSizer counted them) and `roomLen` room bytes to the plan. */
+  private add(bodyLen: number, roomLen: number): this {
+    const s = recordSpan(OUT_BODY + bodyLen + roomLen);
+    this.spanSum += s;
+    if (s > this.spanMax) this.spanMax = s;
+    return this;
+  }
+
   /**
-   * Reserves an outbound record with room for `bodyBound` body bytes, writes its header and aims
-   * `w` at the body (8-byte aligned); `end()` appends the room bytes and commits.
+   * Free outbound bytes the planned records are sure to fit in: their spans, plus the tail the
+   * ring skips should one of them not fit before its end (shorter than that record's span; the
+   * records of one handle take less than the ring, so it wraps at most once).
    */
-  private begin(kind: number, id: number, room: Uint8Array | null, bodyBound: number): MsgWriter {
-    const roomLen = room === null ? 0 : room.byteLength;
-    const bound = OUT_BODY + bodyBound + roomLen;
-    const off = this.out.reserve(bound);
-    if (off < 0) throw new Error(`outbound ring refused ${bound} bytes after the space check`);
+  private need(): number {
+    return this.spanSum + this.spanMax;
+  }
+
+  /** A sizer at 0, to run a `put*` method over. */
+  private size(): MsgSizer {
+    return this.sz.start();
+  }
+
+  /**
+   * Reserves an outbound record of exactly `bodyLen` body bytes plus the room, writes its header
+   * and aims `w` at the body (8-byte aligned); `end()` checks the body, appends the room, commits.
+   */
+  private begin(kind: number, id: number, roomLen: number, bodyLen: number): MsgWriter {
+    const len = OUT_BODY + bodyLen + roomLen;
+    const off = this.out.reserve(len);
+    if (off < 0) throw new Error(`outbound ring refused ${len} bytes after the space check`);
     const b = this.out.bytes;
     b[off] = kind;
     b[off + 1] = roomLen;
-    putU32(b, off + 4, id < 0 ? 0 : id);
+    b[off + 2] = 0;
+    b[off + 3] = 0;
+    const idv = id < 0 ? 0 : id;
+    b[off + 4] = idv & 0xff; b[off + 5] = (idv >>> 8) & 0xff; b[off + 6] = (idv >>> 16) & 0xff; b[off + 7] = idv >>> 24;
     this.recStart = off;
-    this.recRoom = room;
-    return this.w.reset(b, off + OUT_BODY, off + bound);
+    this.recBodyEnd = off + OUT_BODY + bodyLen;
+    this.recRoomLen = roomLen;
+    return this.w.reset(b, off + OUT_BODY, this.recBodyEnd);
   }
 
   private end(): void {
-    const room = this.recRoom;
-    if (room !== null) this.w.raw(room, 0, room.byteLength);
-    this.recRoom = null;
-    this.out.commit(this.w.pos - this.recStart);
+    const w = this.w;
+    if (w.pos !== this.recBodyEnd) {
+      throw new Error(`a record body was sized at ${this.recBodyEnd - this.recStart - OUT_BODY} bytes and wrote ${w.pos - this.recStart - OUT_BODY}`);
+    }
+    const n = this.recRoomLen;
+    if (n > 0) w.reset(w.buf, w.pos, w.pos + n).raw(this.nb, 0, n);
+    this.recRoomLen = 0;
+    this.out.commit(w.pos - this.recStart);
   }
 
-  /** err replies sent, by error number. */
-  readonly errors = new Float64Array(16);
-
-  /** Sends an `err`, or does nothing and returns the outbound bytes it needs. */
-  private sendErr(conn: number, code: number, msg: string, ref: number): number {
-    const bound = errBound(msg.length);
-    // Room for the record twice over: a record that does not fit in the tail also costs the tail.
-    const need = 2 * (OUT_BODY + bound + 8);
+  /**
+   * Sends an `err`, or does nothing and returns the outbound bytes it needs. `refused`: it answers
+   * a join the main thread already counted, so it goes as OUT_REFUSED with the room (`nb`).
+   */
+  private sendErr(conn: number, code: number, msg: string, ref: number, retryAfterMs = -1, refused = false): number {
+    writeErr(this.size(), code, msg, ref, retryAfterMs);
+    const bodyLen = this.sz.pos;
+    const roomLen = refused ? this.nbLen : 0;
+    const need = this.plan().add(bodyLen, roomLen).need();
     if (!this.fits(need)) return need;
     this.errors[code]!++;
-    const w = this.begin(OUT_SEND, conn, null, bound);
-    writeErr(w, code, msg, ref);
+    writeErr(this.begin(refused ? OUT_REFUSED : OUT_SEND, conn, roomLen, bodyLen), code, msg, ref, retryAfterMs);
     this.end();
     return 0;
   }
 
+  // ---- record bodies: each written by one method, sized by running it over the sizer --------
+
+  private putJoined(w: MsgWriter, r: Room, ref: number, unread: number, members: number, missedFrom: number): void {
+    writeHead(w, 'joined', this.nb, 0, this.nbLen, ref, 4 + (missedFrom === NO_SINCE ? 0 : 1));
+    w.str('epoch').str(r.epoch).str('seq').uint(r.seq).str('unread').uint(unread).str('members').uint(members);
+    if (missedFrom === TRUNCATED) w.str('truncated').bool(true);
+    else if (missedFrom >= 0) {
+      w.str('missed').arrayHeader(r.seq - missedFrom + 1);
+      for (let s = missedFrom; s <= r.seq; s++) w.raw(this.rooms.entry(r, s), 0, this.rooms.entryLen(r, s));
+    }
+  }
+
+  private putPresence(w: MsgWriter, r: Room, user: string, state: 'join' | 'leave'): void {
+    writeHead(w, 'presence', this.nb, 0, this.nbLen, -1, 2);
+    w.str('user').str(user).str('state').str(state);
+  }
+
+  private putLeft(w: MsgWriter, r: Room, ref: number): void {
+    writeHead(w, 'left', this.nb, 0, this.nbLen, ref, 0);
+  }
+
+  private putAck(w: MsgWriter, r: Room, ref: number, seq: number): void {
+    writeHead(w, 'ack', this.nb, 0, this.nbLen, ref, 1);
+    w.str('seq').uint(seq);
+  }
+
+  /** OUT_PUBLISH_ACK body: stamp, msg length, the msg frame, the sender's ack. */
+  private putPublishAck(w: MsgWriter, r: Room, seq: number, from: string, b: Uint8Array, bs: number, be: number,
+    ts: number, stamp: number, msgLen: number, ref: number): void {
+    w.u32le(stamp).u32le(msgLen);
+    writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
+    this.putAck(w, r, ref, seq);
+  }
+
+  /** OUT_SERVER_ACK body: seq as two u32 (high, low), then the epoch with a u8 length. */
+  private putServerAck(w: MsgWriter, r: Room, seq: number): void {
+    w.u32le(Math.floor(seq / 0x100000000)).u32le(seq >>> 0).byte(r.epoch.length);
+    for (let i = 0; i < r.epoch.length; i++) w.byte(r.epoch.charCodeAt(i));
+  }
+
+  private putHist(w: MsgWriter, r: Room, ref: number, a: number, z: number, truncated: boolean): void {
+    writeHead(w, 'hist', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
+    w.str('msgs').arrayHeader(z >= a ? z - a + 1 : 0);
+    for (let s = a; s <= z; s++) w.raw(this.rooms.entry(r, s), 0, this.rooms.entryLen(r, s));
+    if (truncated) w.str('truncated').bool(true);
+  }
+
+  private putWho(w: MsgWriter, r: Room, ref: number, users: readonly string[], truncated: boolean): void {
+    writeHead(w, 'who', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
+    w.str('users').arrayHeader(users.length);
+    for (const u of users) w.str(u);
+    if (truncated) w.str('truncated').bool(true);
+  }
 
   // ---- client frames ------------------------------------------------------------------------
 
@@ -133,7 +253,16 @@ export class Handler {
       return this.sendErr(conn, f.error, f.message, f.ref);
     }
     const name = asciiString(b, f.roomStart, f.roomEnd);
-    if (f.type === T_JOIN) return this.join(conn, asciiString(b, fe, end), name, f, b, false);
+    if (f.type === T_JOIN) {
+      const anon = (b[off + 2]! & IN_FRAME_ANON) !== 0;
+      const user = asciiString(b, fe, end);
+      if (this.rooms.get(name) === undefined) {
+        this.useRoom(name);
+        const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref);
+        if (refused >= 0) return refused;
+      }
+      return this.join(conn, user, anon, name, f, b, false);
+    }
     const r = this.rooms.get(name);
     const user = r?.members.get(conn);
     if (r === undefined || user === undefined) {
@@ -150,64 +279,89 @@ export class Handler {
     }
   }
 
-  private join(conn: number, user: string, name: string, f: ClientFrame | null, b: Uint8Array, replay: boolean): number {
+  /**
+   * A join that would create a room: -1 when it may, else sendErr's result (0, or bytes needed)
+   * for `room_limit`. The creation token is taken only once the answer fits.
+   */
+  private refuseCreate(conn: number, principal: string, ref: number): number {
+    const o = this.opts;
+    if (this.rooms.rooms.size >= o.maxRoomsPerShard) {
+      const retry = Math.min(o.roomTtlMs, 60_000) || 1000;
+      return this.sendErr(conn, E_ROOM_LIMIT, `this shard holds its limit of ${o.maxRoomsPerShard} rooms`, ref, retry, true);
+    }
+    const errMsg = 'creating rooms too fast';
+    // Room for the refusal first (with the largest retryAfterMs encoding), so a retry takes no second token.
+    writeErr(this.size(), E_ROOM_LIMIT, errMsg, ref, 0xffffffff);
+    const need = this.plan().add(this.sz.pos, this.nbLen).need();
+    if (!this.fits(need)) return need;
+    const wait = this.creation.take(principal, performance.now());
+    return wait === 0 ? -1 : this.sendErr(conn, E_ROOM_LIMIT, errMsg, ref, wait, true);
+  }
+
+  private join(conn: number, user: string, anon: boolean, name: string, f: ClientFrame | null, b: Uint8Array, replay: boolean): number {
     const r = this.rooms.room(name);
-    // What `missed` would hold, or -1 for `truncated`, or -2 when `since` was not given.
-    let missedFrom = -2;
-    let missedBytes = 0;
+    this.useRoom(r.name);
+    let missedFrom = NO_SINCE;
     if (f !== null && !isAbsent(f.since)) {
       const since = f.since;
       const sameEpoch = f.epochStart < 0 || (f.epochEnd - f.epochStart === r.epoch.length &&
         asciiString(b, f.epochStart, f.epochEnd) === r.epoch);
-      if (!sameEpoch || since > r.seq || since + 1 < this.rooms.firstKept(r)) missedFrom = -1;
+      if (!sameEpoch || since > r.seq || since + 1 < this.rooms.firstKept(r)) missedFrom = TRUNCATED;
       else {
         missedFrom = since + 1;
-        for (let s = missedFrom; s <= r.seq; s++) missedBytes += r.histLens[this.rooms.slotOf(r, s)]!;
-        if (missedBytes > this.opts.maxHistBytes) missedFrom = -1;
+        let missedBytes = 0;
+        for (let s = missedFrom; s <= r.seq; s++) missedBytes += this.rooms.entryLen(r, s);
+        if (missedBytes > this.opts.maxHistBytes) missedFrom = TRUNCATED;
       }
     }
-    const joinedBound = 200 + r.name.length + r.epoch.length + (missedFrom >= 0 ? missedBytes + 5 : 0);
-    const need = 2 * (joinedBound + 6 + r.name.length + 2 * REC_SLACK + user.length * 3);
-    if (!this.fits(need)) return need;
     const ref = f === null ? -1 : f.ref;
     const already = r.members.has(conn);
-    if (!already) {
-      const first = this.rooms.addMember(r, conn, user);
-      // Presence goes out before `joined`: the joiner is subscribed only when `joined` reaches
-      // the main thread, so it never sees its own presence; everyone else does.
-      if (first && !replay) this.presence(r, user, 'join');
-    }
-    const cursor = r.cursors.get(user) ?? r.seq;
-    const w = this.begin(OUT_JOINED, conn, r.nameBytes, joinedBound);
-    const extra = 4 + (missedFrom === -2 ? 0 : 1);
-    writeHead(w, 'joined', r.nameBytes, 0, r.nameBytes.byteLength, ref, extra);
-    w.str('epoch').str(r.epoch).str('seq').uint(r.seq).str('unread').uint(r.seq - cursor).str('members').uint(r.users.size);
-    if (missedFrom === -1) w.str('truncated').bool(true);
-    else if (missedFrom >= 0) {
-      w.str('missed').arrayHeader(r.seq - missedFrom + 1);
-      for (let s = missedFrom; s <= r.seq; s++) {
-        const slot = this.rooms.slotOf(r, s);
-        w.raw(r.histBufs[slot]!, 0, r.histLens[slot]!);
-      }
-    }
+    const firstOfUser = !already && !r.users.has(user);
+    const members = r.users.size + (firstOfUser ? 1 : 0);
+    // The cursor addMember keeps or makes (r.seq for a user without one), read before it runs.
+    const unread = r.seq - (r.cursors.get(user) ?? r.seq);
+    this.plan();
+    const presence = firstOfUser && !replay;
+    if (presence) { this.putPresence(this.size(), r, user, 'join'); this.add(this.sz.pos, this.nbLen); }
+    this.putJoined(this.size(), r, ref, unread, members, missedFrom);
+    const joinedLen = this.sz.pos;
+    const need = this.add(joinedLen, this.nbLen).need();
+    // A room made above stays when this waits for room: the retry finds it and takes no second creation token.
+    if (!this.fits(need)) return need;
+    if (!already) this.rooms.addMember(r, conn, user, anon);
+    // Presence goes out before `joined`: the joiner is subscribed only when `joined` reaches
+    // the main thread, so it never sees its own presence; everyone else does.
+    if (presence) this.presence(r, user, 'join');
+    this.putJoined(this.begin(OUT_JOINED, conn, this.nbLen, joinedLen), r, ref, unread, members, missedFrom);
     this.end();
     return 0;
   }
 
+  /** Writes a presence record (its room was planned by the caller). */
   private presence(r: Room, user: string, state: 'join' | 'leave'): void {
-    const w = this.begin(OUT_PUBLISH, 0, r.nameBytes, 96 + r.name.length + 3 * user.length);
-    writeHead(w, 'presence', r.nameBytes, 0, r.nameBytes.byteLength, -1, 2);
-    w.str('user').str(user).str('state').str(state);
+    this.putPresence(this.size(), r, user, state);
+    this.putPresence(this.begin(OUT_PUBLISH, 0, this.nbLen, this.sz.pos), r, user, state);
     this.end();
   }
 
+  /** Plans the records of a member leaving: `extra` (a `left`, or none) and maybe a presence leave. */
+  private planLeave(r: Room, conn: number, leftLen: number): number {
+    this.plan();
+    if (leftLen >= 0) this.add(leftLen, this.nbLen);
+    const user = r.members.get(conn);
+    if (user !== undefined && r.users.get(user) === 1) { this.putPresence(this.size(), r, user, 'leave'); this.add(this.sz.pos, this.nbLen); }
+    return this.need();
+  }
+
   private leave(r: Room, conn: number, ref: number): number {
-    const need = 4 * (REC_SLACK + r.name.length) + 200;
+    this.useRoom(r.name);
+    this.putLeft(this.size(), r, ref);
+    const leftLen = this.sz.pos;
+    const need = this.planLeave(r, conn, leftLen);
     if (!this.fits(need)) return need;
     const last = this.rooms.removeMember(r, conn);
     // `left` first: the main thread unsubscribes before sending it, so no `msg` follows it.
-    const w = this.begin(OUT_LEFT, conn, r.nameBytes, 64 + r.name.length);
-    writeHead(w, 'left', r.nameBytes, 0, r.nameBytes.byteLength, ref, 0);
+    this.putLeft(this.begin(OUT_LEFT, conn, this.nbLen, leftLen), r, ref);
     this.end();
     if (last !== null) this.presence(r, last, 'leave');
     return 0;
@@ -215,45 +369,61 @@ export class Handler {
 
   /** Assigns the next seq, keeps the encoded msg in history, fans it out, acks the sender. */
   private pub(r: Room, from: string, b: Uint8Array, bs: number, be: number, conn: number, ref: number, req: number, stamp: number): number {
-    const bound = msgBound(r.name.length, from.length, be - bs);
-    // Two records (msg, ack) plus one record's worth of padding should the ring wrap.
-    const need = 2 * bound + 3 * REC_SLACK;
+    this.useRoom(r.name);
+    const seq = r.seq + 1;
+    const ts = Date.now();
+    writeMsg(this.size(), this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
+    const msgLen = this.sz.pos;
+    let bodyLen: number;
+    let ackLen = 0;
+    this.plan();
+    if (req < 0) {
+      // putPublishAck's body is its two u32, the msg just sized, then the ack: sized as such
+      // (the msg is not sized twice); end() checks the writer stopped exactly there.
+      const sz = this.size().u32le(stamp).u32le(msgLen);
+      sz.pos += msgLen;
+      this.putAck(sz, r, ref, seq);
+      bodyLen = sz.pos;
+      this.add(bodyLen, this.nbLen);
+    } else {
+      bodyLen = msgLen;
+      this.putServerAck(this.size(), r, seq);
+      ackLen = this.sz.pos;
+      this.add(bodyLen, this.nbLen).add(ackLen, 0);
+    }
+    const need = this.need();
     if (!this.fits(need)) return need;
-    const seq = ++r.seq;
-    const buf = this.pool.acquire(bound);
-    const hw = this.hw.reset(buf);
-    writeMsg(hw, r.nameBytes, 0, r.nameBytes.byteLength, seq, from, b, bs, be, Date.now());
-    const len = hw.pos;
+    r.seq = seq;
+    let msgAt: number;
     if (req < 0) {
       // A client's pub: the msg and the sender's ack in one record (see OUT_PUBLISH_ACK).
-      const w = this.begin(OUT_PUBLISH_ACK, conn, r.nameBytes, 8 + len + 64 + r.name.length);
-      putU32(w.buf, w.pos, stamp);
-      putU32(w.buf, w.pos + 4, len);
-      w.pos += 8;
-      w.raw(buf, 0, len);
-      writeHead(w, 'ack', r.nameBytes, 0, r.nameBytes.byteLength, ref, 1);
-      w.str('seq').uint(seq);
+      const w = this.begin(OUT_PUBLISH_ACK, conn, this.nbLen, bodyLen);
+      msgAt = w.pos + 8;
+      this.putPublishAck(w, r, seq, from, b, bs, be, ts, stamp, msgLen, ref);
       this.end();
     } else {
-      const w = this.begin(OUT_PUBLISH, stamp, r.nameBytes, len);
-      w.raw(buf, 0, len);
+      const w = this.begin(OUT_PUBLISH, stamp, this.nbLen, bodyLen);
+      msgAt = w.pos;
+      writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
       this.end();
-      const aw = this.begin(OUT_SERVER_ACK, req, null, 16 + r.epoch.length);
-      putU32(aw.buf, aw.pos, Math.floor(seq / 0x100000000));
-      putU32(aw.buf, aw.pos + 4, seq >>> 0);
-      aw.pos += 8;
-      aw.buf[aw.pos++] = r.epoch.length;
-      for (let i = 0; i < r.epoch.length; i++) aw.buf[aw.pos++] = r.epoch.charCodeAt(i);
+      // History copies the msg from the ring before the next reserve can move past it.
+      this.rooms.pushHistory(r, this.out.bytes, msgAt, msgLen);
+      this.putServerAck(this.begin(OUT_SERVER_ACK, req, 0, ackLen), r, seq);
       this.end();
+      // A server-side publish counts as activity: a room only published to is kept, not re-epoched.
+      this.rooms.touch(r, ts);
     }
-    if (r.cursors.has(from)) r.cursors.set(from, seq);
-    this.rooms.pushHistory(r, buf, len);
+    if (req < 0) {
+      this.rooms.pushHistory(r, this.out.bytes, msgAt, msgLen);
+      if (r.cursors.has(from)) r.setCursor(from, seq);
+    }
     this.published++;
     this.delivered += r.members.size;
     return 0;
   }
 
   private hist(r: Room, conn: number, f: ClientFrame): number {
+    this.useRoom(r.name);
     const limit = f.histLimit();
     const first = this.rooms.firstKept(r);
     let lo: number; let hi: number; // the range asked for, inclusive
@@ -267,52 +437,47 @@ export class Handler {
     // Keep within maxHistBytes: the newest end for "latest"/"before" pages, the oldest for "after";
     // a page always holds at least one message, however large, so paging never stalls.
     let bytes = 0;
-    const fromNewest = isAbsent(f.after);
     let a = lo; let z = hi;
-    if (fromNewest) {
+    if (isAbsent(f.after)) {
       for (let s = hi; s >= lo; s--) {
-        const l = r.histLens[this.rooms.slotOf(r, s)]!;
+        const l = this.rooms.entryLen(r, s);
         if (bytes + l > this.opts.maxHistBytes && s !== hi) { a = s + 1; break; }
         bytes += l;
       }
     } else {
       for (let s = lo; s <= hi; s++) {
-        const l = r.histLens[this.rooms.slotOf(r, s)]!;
+        const l = this.rooms.entryLen(r, s);
         if (bytes + l > this.opts.maxHistBytes && s !== lo) { z = s - 1; break; }
         bytes += l;
       }
     }
-    const count = z >= a ? z - a + 1 : 0;
-    const bound = 128 + r.name.length + bytes;
-    const need = 2 * (bound + REC_SLACK);
+    this.putHist(this.size(), r, f.ref, a, z, truncated);
+    const bodyLen = this.sz.pos;
+    const need = this.plan().add(bodyLen, 0).need();
     if (!this.fits(need)) return need;
-    const w = this.begin(OUT_SEND, conn, null, bound);
-    writeHead(w, 'hist', r.nameBytes, 0, r.nameBytes.byteLength, f.ref, truncated ? 2 : 1);
-    w.str('msgs').arrayHeader(count);
-    for (let s = a; s <= z; s++) {
-      const slot = this.rooms.slotOf(r, s);
-      w.raw(r.histBufs[slot]!, 0, r.histLens[slot]!);
-    }
-    if (truncated) w.str('truncated').bool(true);
+    this.putHist(this.begin(OUT_SEND, conn, 0, bodyLen), r, f.ref, a, z, truncated);
     this.end();
     return 0;
   }
 
   private read(r: Room, user: string, conn: number, f: ClientFrame): number {
-    const need = 2 * (REC_SLACK + r.name.length);
-    if (!this.fits(need)) return need;
+    this.useRoom(r.name);
     const target = Math.min(f.seq, r.seq);
     const cur = r.cursors.get(user) ?? 0;
     const next = target > cur ? target : cur;
-    r.cursors.set(user, next);
-    const w = this.begin(OUT_SEND, conn, null, 64 + r.name.length);
-    writeHead(w, 'ack', r.nameBytes, 0, r.nameBytes.byteLength, f.ref, 1);
-    w.str('seq').uint(next);
+    this.putAck(this.size(), r, f.ref, next);
+    const bodyLen = this.sz.pos;
+    const need = this.plan().add(bodyLen, 0).need();
+    if (!this.fits(need)) return need;
+    if (!r.cursors.has(user)) this.rooms.cursorCount++;
+    r.setCursor(user, next);
+    this.putAck(this.begin(OUT_SEND, conn, 0, bodyLen), r, f.ref, next);
     this.end();
     return 0;
   }
 
   private who(r: Room, conn: number, ref: number): number {
+    this.useRoom(r.name);
     const users = this.usersScratch;
     users.length = 0;
     let bytes = 0;
@@ -322,17 +487,16 @@ export class Handler {
       users.push(u);
       bytes += u.length + 2;
     }
-    const bound = 128 + r.name.length + bytes + 5;
-    const need = 2 * (bound + REC_SLACK);
-    if (!this.fits(need)) return need;
-    const w = this.begin(OUT_SEND, conn, null, bound);
-    writeHead(w, 'who', r.nameBytes, 0, r.nameBytes.byteLength, ref, truncated ? 2 : 1);
-    w.str('users').arrayHeader(users.length);
-    for (const u of users) w.str(u);
-    if (truncated) w.str('truncated').bool(true);
-    this.end();
+    this.putWho(this.size(), r, ref, users, truncated);
+    const bodyLen = this.sz.pos;
+    const need = this.plan().add(bodyLen, 0).need();
+    const fits = this.fits(need);
+    if (fits) {
+      this.putWho(this.begin(OUT_SEND, conn, 0, bodyLen), r, ref, users, truncated);
+      this.end();
+    }
     users.length = 0;
-    return 0;
+    return fits ? 0 : need;
   }
 
   // ---- other records ------------------------------------------------------------------------
@@ -342,7 +506,8 @@ export class Handler {
     const c = this.rooms.conns.get(conn);
     if (c === undefined) return 0;
     for (const r of [...c.rooms]) {
-      const need = 2 * (REC_SLACK + r.name.length + 200);
+      this.useRoom(r.name);
+      const need = this.planLeave(r, conn, -1);
       if (!this.fits(need)) return need;
       const last = this.rooms.removeMember(r, conn);
       if (last !== null) this.presence(r, last, 'leave');
@@ -362,7 +527,7 @@ export class Handler {
     return this.pub(this.rooms.room(name), from, b, p, end, -1, -1, req, 0);
   }
 
-  private onReplay(b: Uint8Array, off: number): number {
+  private onReplay(b: Uint8Array, off: number, end: number): number {
     const conn = getU32(b, off + 1);
     let p = off + 5;
     const userLen = b[p++]!;
@@ -370,6 +535,9 @@ export class Handler {
     p += userLen;
     const roomLen = b[p++]!;
     const name = asciiString(b, p, p + roomLen);
-    return this.join(conn, user, name, null, b, true);
+    p += roomLen;
+    // The trailing flags byte (IN_FRAME_ANON) is there since anonymous cursors are dropped on leave.
+    const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
+    return this.join(conn, user, anon, name, null, b, true);
   }
 }

@@ -4,35 +4,85 @@
  *
  * Every per-connection and per-room entry has one place that creates it and one that removes
  * it: `addMember` / `removeMember` for memberships and presence, `room()` / `dropRoom` for rooms
- * (dropped once empty for `roomTtlMs`), history entries from the pool released on eviction.
+ * (dropped once empty, and not published to, for `roomTtlMs`), history entries through
+ * `Histories` (history.ts), idle cursors through `Cursors` (cursors.ts).
+ *
+ * A room costs memory in proportion to what it holds: an empty room is an object with its name
+ * and epoch (~300 B of heap measured); its maps and history list appear with their first entry.
  */
 import { randomBytes } from 'node:crypto';
-import type { BufferPool } from '../engine/pool/index.js';
+import { Histories, History } from './history.js';
+import { Cursors } from './cursors.js';
 
-export interface Room {
-  readonly name: string;
-  /** The room name as bytes, for writing frames without re-encoding. */
-  readonly nameBytes: Uint8Array;
-  readonly epoch: string;
-  seq: number;
-  /** History: pooled buffers holding encoded `msg` frames, circular, oldest at histHead. */
-  readonly histBufs: (Uint8Array | null)[];
-  readonly histLens: Int32Array;
-  histHead: number;
-  histCount: number;
-  /** conn -> user, for connections in the room. */
-  readonly members: Map<number, string>;
-  /** user -> number of that user's connections in the room (presence counts a user once). */
-  readonly users: Map<string, number>;
-  /** user -> read cursor; lives as long as the room's state. */
-  readonly cursors: Map<string, number>;
-  /** Date.now() when the last member left; 0 while it has members. */
+const NO_MEMBERS: ReadonlyMap<number, string> = new Map();
+const NO_USERS: ReadonlyMap<string, number> = new Map();
+const NO_CURSORS: ReadonlyMap<string, number> = new Map();
+
+/**
+ * One room. Its maps exist only while they hold something (an empty Map costs ~190 B of heap,
+ * three of them most of an idle room), and the name is kept once, as the string.
+ */
+export class Room {
+  seq = 0;
+  /** The newest messages (encoded `msg` frames), made at the first one; null while it has none. */
+  hist: History | null = null;
+  /** Date.now() when it was last left or published to while empty; 0 while it has members. */
   emptySince: number;
+  private memberMap: Map<number, string> | null = null;
+  private userMap: Map<string, number> | null = null;
+  private cursorMap: Map<string, number> | null = null;
+
+  constructor(readonly name: string, readonly epoch: string, now: number) {
+    this.emptySince = now;
+  }
+
+  /** conn -> user, for connections in the room. */
+  get members(): ReadonlyMap<number, string> { return this.memberMap ?? NO_MEMBERS; }
+  /** user -> number of that user's connections in the room (presence counts a user once). */
+  get users(): ReadonlyMap<string, number> { return this.userMap ?? NO_USERS; }
+  /** user -> read cursor: present users', and absent named users' within the cursor bounds. */
+  get cursors(): ReadonlyMap<string, number> { return this.cursorMap ?? NO_CURSORS; }
+
+  setMember(conn: number, user: string): void { (this.memberMap ??= new Map()).set(conn, user); }
+  deleteMember(conn: number): void {
+    if (this.memberMap !== null && this.memberMap.delete(conn) && this.memberMap.size === 0) this.memberMap = null;
+  }
+  setUser(user: string, n: number): void { (this.userMap ??= new Map()).set(user, n); }
+  deleteUser(user: string): void {
+    if (this.userMap !== null && this.userMap.delete(user) && this.userMap.size === 0) this.userMap = null;
+  }
+  setCursor(user: string, seq: number): void { (this.cursorMap ??= new Map()).set(user, seq); }
+  /** True when the user had a cursor here. */
+  deleteCursor(user: string): boolean {
+    if (this.cursorMap === null || !this.cursorMap.delete(user)) return false;
+    if (this.cursorMap.size === 0) this.cursorMap = null;
+    return true;
+  }
+  clearCursors(): void { this.cursorMap = null; }
 }
 
 export interface ConnEntry {
   user: string;
+  /** An anonymous connection: its cursors go when it leaves. */
+  anon: boolean;
   rooms: Set<Room>;
+}
+
+export interface RoomsOptions {
+  historyLimit: number;
+  historyBudgetBytes: number;
+  roomTtlMs: number;
+  maxCursorsPerRoom: number;
+  maxCursorsPerShard: number;
+}
+
+/**
+ * A flat copy of an ASCII string. Strings read from records are built char by char (msgpack.ts
+ * asciiString), which V8 keeps as a chain of cons cells past 12 chars (~30 B per char); one kept
+ * as a map key for the life of a room or cursor is flattened once, here.
+ */
+export function flat(s: string): string {
+  return s.length <= 12 ? s : Buffer.from(s, 'latin1').toString('latin1');
 }
 
 export function newEpoch(): string {
@@ -42,13 +92,24 @@ export function newEpoch(): string {
 export class Rooms {
   readonly rooms = new Map<string, Room>();
   readonly conns = new Map<number, ConnEntry>();
-  historyMessages = 0;
+  readonly history: Histories;
+  readonly idle: Cursors;
   memberships = 0;
   presentUsers = 0;
-  cursorCount = 0;
+  private readonly roomTtlMs: number;
 
-  constructor(private readonly historyLimit: number, private readonly roomTtlMs: number,
-    private readonly pool: BufferPool) {}
+  constructor(opts: RoomsOptions) {
+    this.history = new Histories(opts.historyLimit, opts.historyBudgetBytes);
+    this.idle = new Cursors(opts.maxCursorsPerRoom, opts.maxCursorsPerShard);
+    this.roomTtlMs = opts.roomTtlMs;
+  }
+
+  get historyMessages(): number {
+    return this.history.messages;
+  }
+
+  /** Read cursors held: present users' plus idle ones. */
+  cursorCount = 0;
 
   get(name: string): Room | undefined {
     return this.rooms.get(name);
@@ -58,31 +119,29 @@ export class Rooms {
   room(name: string): Room {
     let r = this.rooms.get(name);
     if (r === undefined) {
-      const nameBytes = new Uint8Array(name.length);
-      for (let i = 0; i < name.length; i++) nameBytes[i] = name.charCodeAt(i);
-      r = {
-        name, nameBytes, epoch: newEpoch(), seq: 0,
-        histBufs: new Array<Uint8Array | null>(this.historyLimit).fill(null),
-        histLens: new Int32Array(this.historyLimit), histHead: 0, histCount: 0,
-        members: new Map(), users: new Map(), cursors: new Map(), emptySince: Date.now(),
-      };
-      this.rooms.set(name, r);
+      const key = flat(name);
+      r = new Room(key, newEpoch(), Date.now());
+      this.rooms.set(key, r);
     }
     return r;
   }
 
   /** Adds conn to room; returns true when this is the user's first connection there (presence join). */
-  addMember(r: Room, conn: number, user: string): boolean {
-    r.members.set(conn, user);
+  addMember(r: Room, conn: number, name: string, anon: boolean): boolean {
+    const user = r.users.has(name) ? name : flat(name);
+    r.setMember(conn, user);
     r.emptySince = 0;
     this.memberships++;
     let c = this.conns.get(conn);
-    if (c === undefined) { c = { user, rooms: new Set() }; this.conns.set(conn, c); }
+    if (c === undefined) { c = { user, anon, rooms: new Set() }; this.conns.set(conn, c); }
     c.rooms.add(r);
     const n = r.users.get(user) ?? 0;
-    r.users.set(user, n + 1);
-    if (!r.cursors.has(user)) { r.cursors.set(user, r.seq); this.cursorCount++; }
-    if (n === 0) this.presentUsers++;
+    r.setUser(user, n + 1);
+    if (n === 0) {
+      this.presentUsers++;
+      // A returning user's cursor is theirs again, no longer idle (and no longer evictable).
+      if (!this.idle.take(r, user) && !r.cursors.has(user)) { r.setCursor(user, r.seq); this.cursorCount++; }
+    }
     return n === 0;
   }
 
@@ -90,16 +149,21 @@ export class Rooms {
   removeMember(r: Room, conn: number): string | null {
     const user = r.members.get(conn);
     if (user === undefined) return null;
-    r.members.delete(conn);
+    r.deleteMember(conn);
     this.memberships--;
     const c = this.conns.get(conn);
+    const anon = c?.anon ?? false;
     if (c !== undefined) {
       c.rooms.delete(r);
       if (c.rooms.size === 0) this.conns.delete(conn);
     }
     const n = r.users.get(user)! - 1;
     let last: string | null = null;
-    if (n === 0) { r.users.delete(user); this.presentUsers--; last = user; } else r.users.set(user, n);
+    if (n === 0) {
+      r.deleteUser(user); this.presentUsers--; last = user;
+      if (anon) { if (r.deleteCursor(user)) this.cursorCount--; }
+      else this.cursorCount -= this.idle.park(r, user);
+    } else r.setUser(user, n);
     if (r.members.size === 0) {
       r.emptySince = Date.now();
       if (this.roomTtlMs === 0) this.dropRoom(r);
@@ -107,44 +171,42 @@ export class Rooms {
     return last;
   }
 
-  /** Appends an encoded msg frame (a pooled buffer, ownership passes here) to history. */
-  pushHistory(r: Room, buf: Uint8Array, len: number): void {
-    const cap = this.historyLimit;
-    if (cap === 0) { this.pool.release(buf); return; }
-    let slot: number;
-    if (r.histCount === cap) {
-      slot = r.histHead;
-      this.pool.release(r.histBufs[slot]!);
-      r.histHead = (r.histHead + 1) % cap;
-      this.historyMessages--;
-    } else {
-      slot = (r.histHead + r.histCount) % cap;
-      r.histCount++;
-    }
-    r.histBufs[slot] = buf;
-    r.histLens[slot] = len;
-    this.historyMessages++;
+  /** Appends a copy of an encoded msg frame (src[start, start+len)) to the room's history. */
+  pushHistory(r: Room, src: Uint8Array, start: number, len: number): void {
+    if (r.hist === null) r.hist = new History();
+    if (!this.history.push(r.hist, src, start, len)) r.hist = null;
+  }
+
+  /** Messages the room's history keeps. */
+  kept(r: Room): number {
+    return r.hist === null ? 0 : r.hist.count;
   }
 
   /** The seq of the oldest message history keeps (seq + 1 when it keeps none). */
   firstKept(r: Room): number {
-    return r.seq - r.histCount + 1;
+    return r.seq - this.kept(r) + 1;
   }
 
-  /** History slot index of message `seq` (which must be kept). */
-  slotOf(r: Room, seq: number): number {
-    return (r.histHead + (seq - this.firstKept(r))) % this.historyLimit;
+  /** History buffer of message `seq` (which must be kept); its frame is the first entryLen bytes. */
+  entry(r: Room, seq: number): Uint8Array {
+    return r.hist!.at(seq - this.firstKept(r));
+  }
+
+  /** Frame length of message `seq` in history (which must keep it). */
+  entryLen(r: Room, seq: number): number {
+    return r.hist!.len(seq - this.firstKept(r));
+  }
+
+  /** A server-side publish to a room without members keeps it alive like a member would. */
+  touch(r: Room, now: number): void {
+    if (r.members.size === 0) r.emptySince = now;
   }
 
   dropRoom(r: Room): void {
-    for (let i = 0; i < r.histCount; i++) {
-      const slot = (r.histHead + i) % this.historyLimit;
-      this.pool.release(r.histBufs[slot]!);
-      r.histBufs[slot] = null;
-    }
-    this.historyMessages -= r.histCount;
-    r.histCount = 0;
+    if (r.hist !== null) { this.history.clear(r.hist); r.hist = null; }
+    this.idle.dropRoom(r);
     this.cursorCount -= r.cursors.size;
+    r.clearCursors();
     this.rooms.delete(r.name);
   }
 
@@ -155,7 +217,7 @@ export class Rooms {
     }
   }
 
-  /** Releases every pooled buffer (the shard is stopping). */
+  /** Releases all state (the shard is stopping). */
   dispose(): void {
     for (const r of [...this.rooms.values()]) this.dropRoom(r);
     this.conns.clear();

@@ -15,8 +15,8 @@
  */
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
-  S_CONNS, S_CURSORS, S_HEAP_USED, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_ERR_BASE, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_ARRAY_BUFFERS, S_CONNS, S_CURSORS, S_CURSORS_EVICTED, S_HEAP_USED, S_HISTORY_EVICTED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
+  S_DELIVERED, S_ERR_BASE, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 
@@ -53,10 +53,14 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     stats[S_CONNS] = rm.conns.size;
     stats[S_CURSORS] = rm.cursorCount;
     stats[S_HISTORY_MSGS] = rm.historyMessages;
+    stats[S_HISTORY_BYTES] = rm.history.bytes;
+    stats[S_POOL_IN_USE] = rm.history.pool.inUse;
+    stats[S_POOL_FREE_BYTES] = rm.history.pool.freeBytes;
+    stats[S_HISTORY_EVICTED] = rm.history.evicted;
+    stats[S_CURSORS_EVICTED] = rm.idle.evicted;
     stats[S_PUBLISHED] = h.published;
     stats[S_DELIVERED] = h.delivered;
     stats[S_RECORDS_IN] = records;
-    stats[S_POOL_IN_USE] = h.pool.inUse;
     stats[S_PARKS] = inbound.parks;
     stats[S_OUT_WAITS] = outWaits;
     stats.set(h.errors, S_ERR_BASE);
@@ -69,8 +73,11 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     if (now < nextTick) return false;
     stats[S_LOOP_LAG_MS] = now - nextTick;
     nextTick = now + TICK_MS;
-    stats[S_HEAP_USED] = process.memoryUsage().heapUsed;
+    const mem = process.memoryUsage();
+    stats[S_HEAP_USED] = mem.heapUsed;
+    stats[S_ARRAY_BUFFERS] = mem.arrayBuffers;
     h.rooms.sweep(now);
+    h.rooms.history.trimIdle();
     publishStats();
     return true;
   };

@@ -25,6 +25,8 @@ export interface ShardSnapshot {
   loopLagMs: number;
   heapUsed: number;
   overloaded: number;
+  /** History bytes charged against historyBudgetBytes. */
+  historyBytes: number;
 }
 
 export interface MetricsSnapshot {
@@ -116,6 +118,7 @@ export class EngineMetrics {
     perShard('shardchat_members', 'Room memberships (connection x room), per shard', (s) => s.members);
     perShard('shardchat_present_users', 'Presence entries (user x room), per shard', (s) => s.presentUsers);
     perShard('shardchat_worker_heap_used_bytes', 'V8 heap used by the shard worker', (s) => s.heapUsed);
+    perShard('shardchat_history_bytes', 'History bytes a shard keeps (charged against historyBudgetBytes)', (s) => s.historyBytes);
     perShard('shardchat_shard_restarts_total', 'Shard restarts after a crash', (s) => s.restarts, true);
     perShard('shardchat_messages_published_total', 'Messages given a seq, per shard', (s) => s.published, true);
     perShard('shardchat_messages_delivered_total', 'Deliveries made by fan-out (members at each publish), per shard', (s) => s.delivered, true);

@@ -13,21 +13,34 @@ export const S_CURSORS = 5;
 export const S_HISTORY_MSGS = 6;
 export const S_PUBLISHED = 7;
 export const S_RECORDS_IN = 8;
+/** History buffers handed out by the shard's pool (one per kept message). */
 export const S_POOL_IN_USE = 9;
 export const S_HEAP_USED = 10;
 export const S_LOOP_LAG_MS = 11;
 export const S_PARKS = 12;
 export const S_OUT_WAITS = 13;
 export const S_DELIVERED = 14;
+/** Bytes the shard's room histories are charged (payload + per-entry overhead; see workers/history.ts). */
+export const S_HISTORY_BYTES = 15;
 /** err replies sent by the shard: slot S_ERR_BASE + error number (frames.ts E_*). */
 export const S_ERR_BASE = 16;
-export const SHARD_STAT_SLOTS = 32;
+/** The shard isolate's ArrayBuffer bytes (process.memoryUsage().arrayBuffers there): history payloads live here. */
+export const S_ARRAY_BUFFERS = 32;
+/** History messages dropped to keep historyBudgetBytes. */
+export const S_HISTORY_EVICTED = 33;
+/** Idle read cursors dropped to keep maxCursorsPerRoom / maxCursorsPerShard. */
+export const S_CURSORS_EVICTED = 34;
+/** Bytes in the history pool's free lists (capped, trimmed when idle). */
+export const S_POOL_FREE_BYTES = 35;
+export const SHARD_STAT_SLOTS = 40;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_ROOMS]: 'rooms', [S_MEMBERS]: 'members', [S_PRESENT_USERS]: 'presentUsers', [S_CONNS]: 'conns',
   [S_CURSORS]: 'cursors', [S_HISTORY_MSGS]: 'historyMessages', [S_PUBLISHED]: 'published',
   [S_RECORDS_IN]: 'recordsIn', [S_POOL_IN_USE]: 'poolInUse', [S_HEAP_USED]: 'heapUsed',
   [S_LOOP_LAG_MS]: 'loopLagMs', [S_PARKS]: 'parks', [S_OUT_WAITS]: 'outboundWaits', [S_DELIVERED]: 'delivered',
+  [S_HISTORY_BYTES]: 'historyBytes', [S_ARRAY_BUFFERS]: 'arrayBuffers', [S_HISTORY_EVICTED]: 'historyEvicted',
+  [S_CURSORS_EVICTED]: 'cursorsEvicted', [S_POOL_FREE_BYTES]: 'poolFreeBytes',
 };
 
 export function createShardStats(): SharedArrayBuffer {

@@ -27,8 +27,10 @@ export const E_RATE_LIMITED = 7;
 export const E_OVERLOADED = 8;
 export const E_SHUTTING_DOWN = 9;
 export const E_INTERNAL = 10;
+/** A join that would create a room its shard may not create now (shard room cap, creation rate). */
+export const E_ROOM_LIMIT = 11;
 export const ERR_NAMES = ['', 'bad_frame', 'unknown_type', 'bad_request', 'bad_room', 'not_joined',
-  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal'] as const;
+  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal', 'room_limit'] as const;
 export type ErrorName = typeof ERR_NAMES[number];
 
 export const MAX_REF = 0xffffffff;
@@ -348,11 +350,6 @@ export function writeErr(w: MsgWriter, code: number, msg: string, ref: number, r
   if (ref >= 0) w.str('ref').uint(ref);
 }
 
-/** Upper bound of an `err` frame's size for a message of `msgLen` UTF-16 units. */
-export function errBound(msgLen: number): number {
-  return 96 + 3 * msgLen;
-}
-
 /** Starts a frame `{t, room, ...}` with `extra` more pairs, the room given as bytes. */
 export function writeHead(w: MsgWriter, t: string, room: Uint8Array, rs: number, re: number, ref: number, extra: number): void {
   w.mapHeader(2 + extra + (ref >= 0 ? 1 : 0)).str('t').str(t).str('room').strBytes(room, rs, re);
@@ -364,9 +361,4 @@ export function writeMsg(w: MsgWriter, room: Uint8Array, rs: number, re: number,
   body: Uint8Array, bs: number, be: number, ts: number): void {
   w.mapHeader(6).str('t').str('msg').str('room').strBytes(room, rs, re).str('seq').uint(seq)
     .str('from').str(from).str('body').raw(body, bs, be).str('ts').uint(ts);
-}
-
-/** Upper bound of a msg frame's size. */
-export function msgBound(roomLen: number, fromLen: number, bodyLen: number): number {
-  return 64 + roomLen + 3 * fromLen + bodyLen;
 }

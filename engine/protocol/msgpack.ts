@@ -148,8 +148,9 @@ export function asciiString(b: Uint8Array, start: number, end: number): string {
 
 const utf8 = new TextEncoder();
 /**
- * Writes MessagePack into a caller-owned buffer. The caller sizes the buffer (an upper bound is
- * fine); writing past its end throws RangeError rather than corrupting what follows.
+ * Writes MessagePack into a caller-owned buffer. The caller sizes the buffer (an upper bound, or
+ * the exact size a MsgSizer counted); writing past its end throws RangeError rather than
+ * corrupting what follows. Each call checks exactly the bytes it writes.
  */
 export class MsgWriter {
   buf: Uint8Array;
@@ -176,7 +177,7 @@ export class MsgWriter {
   }
 
   mapHeader(n: number): this {
-    this.room(5);
+    this.room(n < 16 ? 1 : n < 0x10000 ? 3 : 5);
     const b = this.buf;
     if (n < 16) b[this.pos++] = 0x80 | n;
     else if (n < 0x10000) { b[this.pos++] = 0xde; b[this.pos++] = n >>> 8; b[this.pos++] = n & 0xff; }
@@ -185,7 +186,7 @@ export class MsgWriter {
   }
 
   arrayHeader(n: number): this {
-    this.room(5);
+    this.room(n < 16 ? 1 : n < 0x10000 ? 3 : 5);
     const b = this.buf;
     if (n < 16) b[this.pos++] = 0x90 | n;
     else if (n < 0x10000) { b[this.pos++] = 0xdc; b[this.pos++] = n >>> 8; b[this.pos++] = n & 0xff; }
@@ -199,7 +200,7 @@ export class MsgWriter {
   }
 
   private strHeader(n: number): void {
-    this.room(5 + n);
+    this.room((n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5) + n);
     const b = this.buf;
     if (n < 32) b[this.pos++] = 0xa0 | n;
     else if (n < 0x100) { b[this.pos++] = 0xd9; b[this.pos++] = n; }
@@ -229,7 +230,7 @@ export class MsgWriter {
 
   /** A non-negative integer up to 2^53 - 1, in the smallest encoding. */
   uint(n: number): this {
-    this.room(9);
+    this.room(n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9);
     const b = this.buf;
     if (n < 0x80) b[this.pos++] = n;
     else if (n < 0x100) { b[this.pos++] = 0xcc; b[this.pos++] = n; }
@@ -250,4 +251,61 @@ export class MsgWriter {
     this.pos += end - start;
     return this;
   }
+
+  /** A little-endian u32 (record fields beside the MessagePack, not MessagePack itself). */
+  u32le(n: number): this {
+    this.room(4);
+    const b = this.buf;
+    b[this.pos++] = n & 0xff; b[this.pos++] = (n >>> 8) & 0xff; b[this.pos++] = (n >>> 16) & 0xff; b[this.pos++] = n >>> 24;
+    return this;
+  }
+
+  /** One byte (record fields beside the MessagePack). */
+  byte(n: number): this {
+    this.room(1);
+    this.buf[this.pos++] = n;
+    return this;
+  }
+}
+
+/**
+ * A MsgWriter that writes nothing and only advances `pos` by what each call would write: run the
+ * same encoder over it first to learn a frame's exact size, so that no size is computed by hand
+ * beside the code that writes it.
+ */
+export class MsgSizer extends MsgWriter {
+  /** Starts a new measurement at 0. */
+  start(): this {
+    this.pos = 0;
+    return this;
+  }
+
+  override mapHeader(n: number): this { this.pos += n < 16 ? 1 : n < 0x10000 ? 3 : 5; return this; }
+  override arrayHeader(n: number): this { this.pos += n < 16 ? 1 : n < 0x10000 ? 3 : 5; return this; }
+  override str(s: string): this { return this.strLen(utf8Length(s)); }
+  override strBytes(_src: Uint8Array, start: number, end: number): this { return this.strLen(end - start); }
+  override uint(n: number): this { this.pos += n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9; return this; }
+  override nil(): this { this.pos += 1; return this; }
+  override bool(_v: boolean): this { this.pos += 1; return this; }
+  override raw(_src: Uint8Array, start: number, end: number): this { this.pos += end - start; return this; }
+  override u32le(_n: number): this { this.pos += 4; return this; }
+  override byte(_n: number): this { this.pos += 1; return this; }
+
+  private strLen(n: number): this {
+    this.pos += (n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5) + n;
+    return this;
+  }
+}
+
+/** Bytes of `s` in UTF-8 (lone surrogates count as U+FFFD, 3 bytes, as TextEncoder writes them). */
+export function utf8Length(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) { n += 4; i++; }
+    else n += 3;
+  }
+  return n;
 }

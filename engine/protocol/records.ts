@@ -8,10 +8,13 @@
  * travel with it (user, room) go after it, at the end of the record.
  *
  * Inbound (main -> shard):
- *   IN_FRAME      [0] kind, [1] userLen, [4] conn u32, [8] stamp u32, [16..] client frame, user (last userLen bytes)
+ *   IN_FRAME      [0] kind, [1] userLen, [2] flags, [4] conn u32, [8] stamp u32, [12] addr u32,
+ *                 [16..] client frame, user (last userLen bytes). flags: IN_FRAME_ANON (the user is
+ *                 anonymous); addr: a hash of the client address (the room-creation principal of an
+ *                 anonymous user; written for joins, 0 otherwise)
  *   IN_CLOSE      [0] kind, [1..5] conn u32
  *   IN_SERVER_PUB [0] kind, [1..5] req u32, roomLen u8, room, fromLen u8, from, body (one MessagePack value)
- *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room  (join after a shard restart)
+ *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room, flags u8 (join after a shard restart)
  *   IN_DRAIN      [0] kind                    (everything before it is handled; answer OUT_DRAINED)
  *   IN_CRASH      [0] kind, [1] mode          (test hook: 1 = throw from the task, 2 = exit the worker)
  *
@@ -26,6 +29,8 @@
  *   OUT_LEFT       id = conn, body = frame, room        -> unsubscribe(room), send(frame)
  *   OUT_SERVER_ACK id = req, body = seqHi u32, seqLo u32, epochLen u8, epoch
  *   OUT_DRAINED    (no body)
+ *   OUT_REFUSED    id = conn, body = err frame, room  -> the join of room was refused (room_limit):
+ *                  drop room from the connection's rooms, send(frame)
  *   OUT_PUBLISH_ACK id = conn, body = stamp u32, msgLen u32, msg frame (at +16), ack frame, room
  *                  -> inside conn's cork: app.publish(room, msg), send(ack): the sender's copy of
  *                  its message and its ack leave in one write, as plain uWS does for a publish
@@ -46,6 +51,10 @@ export const OUT_LEFT = 4;
 export const OUT_SERVER_ACK = 5;
 export const OUT_DRAINED = 6;
 export const OUT_PUBLISH_ACK = 7;
+export const OUT_REFUSED = 8;
+
+/** IN_FRAME / IN_REPLAY flag: the connection's user is anonymous (`anon-<conn>`, no identity). */
+export const IN_FRAME_ANON = 1;
 
 /** Offset of the client frame in an IN_FRAME record. */
 export const IN_FRAME_BODY = 16;
@@ -68,4 +77,21 @@ export function putShortAscii(b: Uint8Array, p: number, s: string): number {
   b[p] = s.length;
   for (let i = 0; i < s.length; i++) b[p + 1 + i] = s.charCodeAt(i);
   return p + 1 + s.length;
+}
+
+const V4_MAPPED = '0000:0000:0000:0000:0000:ffff:';
+
+/**
+ * The IN_FRAME `addr` field: a 32-bit FNV-1a hash of the client address as uWebSockets.js gives
+ * it (`getRemoteAddressAsText`: dotted IPv4, or IPv6 as eight 4-digit groups). An IPv6 address
+ * counts by its /64 (what one subscriber is usually given), IPv4 and IPv4-mapped addresses whole.
+ */
+export function addrHash(text: string): number {
+  const key = text.length === 39 && text[4] === ':' && !text.startsWith(V4_MAPPED) ? text.slice(0, 19) : text;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) {
+    h ^= key.charCodeAt(i) & 0xff;
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
 }

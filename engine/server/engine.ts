@@ -18,8 +18,8 @@ import {
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
-  OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, getU32,
+  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_REFUSED,
+  OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, addrHash, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
@@ -36,6 +36,10 @@ interface Conn {
   id: number;
   connStr: string;
   user: string;
+  /** No identity (`anon-<conn>`): the shard drops its cursors on leave and limits room creation by `addr`. */
+  anon: boolean;
+  /** A hash of the client address (the room-creation principal of an anonymous user). */
+  addr: number;
   /** Rooms this connection joined (and has not left), as the main thread routed them. */
   rooms: Set<string>;
   tokens: number;
@@ -156,6 +160,8 @@ export class Engine {
     const task = this.pool.run({
       index: link.index, inbound: link.inbound, outbound: link.outbound, stats: link.statsSab,
       historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
+      historyBudgetBytes: o.historyBudgetBytes, maxRoomsPerShard: o.maxRoomsPerShard, roomCreateRate: o.roomCreateRate,
+      roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
     });
     link.task = task;
     task.then(
@@ -184,7 +190,7 @@ export class Engine {
     // Replay memberships so rooms come back (with a new epoch, told by a `joined`).
     for (const ws of this.conns.values()) {
       const c = ws.getUserData();
-      for (const room of c.rooms) if (this.shardOf(room) === link.index) link.replay(c.id, c.user, room);
+      for (const room of c.rooms) if (this.shardOf(room) === link.index) link.replay(c.id, c.user, room, c.anon);
     }
     if (this.draining) link.control(Uint8Array.of(IN_DRAIN));
     this.log.warn({ event: 'shard_restarted', shard: link.index, restarts: link.restarts }, 'shard restarted');
@@ -299,6 +305,14 @@ export class Engine {
       case OUT_SEND: {
         const ws = this.replyTo(b, off);
         if (ws !== undefined) this.send(ws, b.subarray(off + OUT_BODY, rs));
+        return;
+      }
+      case OUT_REFUSED: {
+        // The shard refused a join (room_limit): the connection is not in that room after all.
+        const ws = this.replyTo(b, off);
+        if (ws === undefined) return;
+        ws.getUserData().rooms.delete(asciiString(b, rs, end));
+        this.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }
       case OUT_JOINED: {
@@ -468,7 +482,8 @@ export class Engine {
     if (this.nextConn > 0xffffffff) this.nextConn = 1;
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
-      id, connStr, user: user ?? `anon-${connStr}`, rooms: new Set(), tokens: this.options.rateBurst,
+      id, connStr, user: user ?? `anon-${connStr}`, anon: user === null,
+      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), tokens: this.options.rateBurst,
       lastRefill: Date.now(), closed: false, lastLimitLog: 0,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);
@@ -530,7 +545,7 @@ export class Engine {
         if (c.rooms.size >= o.maxRoomsPerConn) { this.limitHit(c, 'too_many_rooms', now); this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
         c.rooms.add(room);
       }
-      if (!link.writeFrame(c.id, c.user, u8, 0)) {
+      if (!link.writeFrame(c.id, c.user, u8, 0, c.anon, c.addr)) {
         if (added) c.rooms.delete(room);
         this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       }

@@ -7,7 +7,7 @@
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
 import { S_DELIVERED, S_ERR_BASE, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
-import { IN_CLOSE, IN_FRAME, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+import { IN_CLOSE, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
   inbound!: SharedArrayBuffer;
@@ -65,8 +65,11 @@ export class ShardLink {
     this.drained = false;
   }
 
-  /** Writes a client frame record; false when it cannot be queued (the client gets `overloaded`). */
-  writeFrame(conn: number, user: string | null, frame: Uint8Array, stamp: number): boolean {
+  /**
+   * Writes a client frame record; false when it cannot be queued (the client gets `overloaded`).
+   * `anon` and `addr` (a hash of the client address) go with joins: the shard's room-creation principal.
+   */
+  writeFrame(conn: number, user: string | null, frame: Uint8Array, stamp: number, anon = false, addr = 0): boolean {
     if (this.backlog.length > 0) { this.overloaded++; return false; }
     const userLen = user === null ? 0 : user.length;
     const w = this.writer;
@@ -75,8 +78,10 @@ export class ShardLink {
     const b = w.bytes;
     b[off] = IN_FRAME;
     b[off + 1] = userLen;
+    b[off + 2] = anon ? IN_FRAME_ANON : 0;
     putU32(b, off + 4, conn);
     putU32(b, off + 8, stamp);
+    putU32(b, off + 12, addr);
     b.set(frame, off + IN_FRAME_BODY);
     const u = off + IN_FRAME_BODY + frame.byteLength;
     for (let i = 0; i < userLen; i++) b[u + i] = user!.charCodeAt(i);
@@ -128,13 +133,14 @@ export class ShardLink {
     this.control(b.subarray(0, 5));
   }
 
-  replay(conn: number, user: string, room: string): void {
+  replay(conn: number, user: string, room: string, anon: boolean): void {
     const b = this.scratch;
     b[0] = IN_REPLAY;
     putU32(b, 1, conn);
     const p = putShortAscii(b, 5, user);
     const e = putShortAscii(b, p, room);
-    this.control(b.subarray(0, e));
+    b[e] = anon ? IN_FRAME_ANON : 0;
+    this.control(b.subarray(0, e + 1));
   }
 
   /** A control record: written now if possible, else kept (copied) and written in order once there is room. */

@@ -67,6 +67,6 @@ export function metricsShard(s: ShardStats): ShardSnapshot {
     presentUsers: Number(s.presentUsers), published: Number(s.published), delivered: Number(s.delivered),
     inboundDepth: s.inboundDepth, outboundDepth: s.outboundDepth, inboundHighWater: s.inboundHighWater,
     outboundHighWater: s.outboundHighWater, loopLagMs: Number(s.loopLagMs), heapUsed: Number(s.heapUsed),
-    overloaded: s.overloaded,
+    overloaded: s.overloaded, historyBytes: Number(s.historyBytes),
   };
 }

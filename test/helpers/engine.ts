@@ -6,10 +6,11 @@ import assert from 'node:assert/strict';
 import { createEngine, type Engine, type EngineOptions } from '../../engine/index.js';
 import { TestClient, type ConnectOptions, type Frame } from './client.js';
 
-/** A real engine on 127.0.0.1 port 0, closed after the test. Rate limits are lifted unless `opts` sets them. */
+/** A real engine on 127.0.0.1 port 0, closed after the test. Rate limits (frames, room creation) are lifted unless `opts` sets them. */
 export async function startEngine(t: TestContext, opts: EngineOptions = {}): Promise<Engine> {
   const engine = await createEngine({
-    port: 0, host: '127.0.0.1', shards: 2, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, ...opts,
+    port: 0, host: '127.0.0.1', shards: 2, logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6,
+    roomCreateRate: 1e6, roomCreateBurst: 1e6, ...opts,
   });
   t.after(() => engine.close());
   await engine.listen();
