@@ -19,6 +19,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { guardHandles } from './helpers/leaks.js';
 import { startEngine } from './helpers/engine.js';
+import { resolveOptions } from '../engine/options.js';
 import type { MixOptions, MixResult } from '../native-bench/hostile/mix.js';
 
 guardHandles();
@@ -57,7 +58,11 @@ function attack(opts: MixOptions): Promise<MixResult> {
 }
 
 test('hostile mix against the default limits: no crash, the normal client served, memory bounded', async (t) => {
-  const engine = await startEngine(t, { ratePerSec: 10, rateBurst: 50 });
+  // startEngine lifts the frame and room-creation limits for other tests: put every default back.
+  const d = resolveOptions({});
+  const engine = await startEngine(t, {
+    ratePerSec: d.ratePerSec, rateBurst: d.rateBurst, roomCreateRate: d.roomCreateRate, roomCreateBurst: d.roomCreateBurst,
+  });
   globalThis.gc?.();
   const base = process.memoryUsage.rss();
   const samples: Sample[] = [];
