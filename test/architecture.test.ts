@@ -1,7 +1,8 @@
 /**
  * Keeps the dependency arrows true by reading the sources' imports: the leaves (ring, protocol,
  * pool, metrics) import nothing else of the project; workers never import the server or uWS;
- * exactly one module loads uWebSockets.js, and only engine/server uses piscina.
+ * exactly one module loads uWebSockets.js, and only engine/server uses piscina; the client SDK
+ * imports only protocol/ and nothing of Node (it runs in browsers); the page imports only the SDK.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -62,5 +63,33 @@ test('one module loads uWebSockets.js; only engine/server uses piscina', () => {
   for (const f of uwsRuntime) assert.equal(f, path.join('engine', 'server', 'uws.ts'), `${f} loads uWS`);
   for (const f of all) {
     if (imports(f).includes('piscina')) assert.ok(f.startsWith(path.join('engine', 'server')), `${f} imports piscina`);
+  }
+});
+
+test('the client SDK imports only engine/protocol, and no package or Node module', () => {
+  const client = all.filter((x) => x.startsWith(path.join('engine', 'client')));
+  assert.ok(client.includes(path.join('engine', 'client', 'client.ts')), 'engine/client/client.ts is found');
+  for (const f of client) {
+    for (const i of imports(f)) {
+      const inside = i.startsWith(path.join('engine', 'client')) || i.startsWith(path.join('engine', 'protocol'));
+      assert.ok(inside, `${f} imports ${i}: the SDK may import only engine/protocol (and itself)`);
+    }
+  }
+  // What the SDK reaches in protocol/ must itself be free of Node: the codec only.
+  for (const f of client) {
+    for (const i of imports(f).filter((x) => x.startsWith(path.join('engine', 'protocol')))) {
+      assert.ok(imports(i).every((x) => x.startsWith(path.join('engine', 'protocol'))), `${i} (used by ${f}) imports outside protocol/`);
+      assert.ok(!/from 'node:|require\(/.test(readFileSync(path.join(root, i), 'utf8')), `${i} (used by ${f}) uses Node`);
+    }
+  }
+});
+
+test('the chat page (web/) imports only the client SDK', () => {
+  const web = sources('web');
+  assert.ok(web.includes(path.join('web', 'app.ts')), 'web/app.ts is found');
+  for (const f of web) {
+    for (const i of imports(f)) {
+      assert.ok(i.startsWith(path.join('engine', 'client')), `${f} imports ${i}: the page may import only engine/client`);
+    }
   }
 });
