@@ -130,8 +130,8 @@ export class ShardchatClient {
       }
       this.ws = ws;
       ws.binaryType = 'arraybuffer';
-      ws.onmessage = (ev) => { if (gen === this.gen) this.onData(ev.data); };
-      ws.onclose = (ev) => { if (gen === this.gen) this.lost({ reason: 'close', code: ev.code }); };
+      ws.onmessage = (ev: { data: unknown }) => { if (gen === this.gen) this.onData(ev.data); };
+      ws.onclose = (ev: { code: number }) => { if (gen === this.gen) this.lost({ reason: 'close', code: ev.code }); };
       ws.onerror = () => undefined; // the close that follows says what happened
       this.connectTimer = this.timer(() => {
         this.connectTimer = null;
@@ -404,15 +404,26 @@ export class ShardchatClient {
   private onPresence(r: RoomTrack, f: Frame): void {
     if (typeof f.user !== 'string' || (f.state !== 'join' && f.state !== 'leave')) return;
     if (f.state === 'join') r.users.add(f.user); else r.users.delete(f.user);
+    r.presenceLog?.push({ user: f.user, join: f.state === 'join' });
     this.events.emit('presence', { room: r.name, user: f.user, state: f.state });
     this.events.emit('members', { room: r.name, users: [...r.users] });
   }
 
+  /**
+   * Asks `who` and applies it. The engine does not order a `who` reply against `presence`
+   * frames (a presence sent after the snapshot may arrive before the reply), so presence seen
+   * while the request is out is replayed on the snapshot: the last change per user wins.
+   */
   private refreshMembers(r: RoomTrack): void {
+    const seen: { user: string; join: boolean }[] = [];
+    r.presenceLog = seen;
     this.who(r.name).then((users) => {
+      if (r.presenceLog !== seen) return;
+      r.presenceLog = null;
       r.users = new Set(users);
-      this.events.emit('members', { room: r.name, users });
-    }, () => undefined); // lost with the connection; the next join asks again
+      for (const p of seen) { if (p.join) r.users.add(p.user); else r.users.delete(p.user); }
+      this.events.emit('members', { room: r.name, users: [...r.users] });
+    }, () => { if (r.presenceLog === seen) r.presenceLog = null; }); // lost with the connection; the next join asks again
   }
 
   private emitUnread(r: RoomTrack): void {

@@ -27,6 +27,8 @@ export class RoomTrack {
   latest = 0;
   cursor = 0;
   users = new Set<string>();
+  /** Presence changes seen while a `who` is out (replayed on its snapshot); null when none is. */
+  presenceLog: { user: string; join: boolean }[] | null = null;
   /** Live messages held while a gap reload is in flight; null when not reloading. */
   held: Message[] | null = null;
   joinRef = -1;
