@@ -37,10 +37,6 @@ function seqsOf(c: ShardchatClient, room: string): number[] {
   return seqs;
 }
 
-async function connected(c: ShardchatClient): Promise<void> {
-  await waitFor(() => c.state === 'connected', `client ${c.user ?? ''} connected`, 5000);
-}
-
 async function publishN(engine: Engine, t: TestContext, room: string, n: number): Promise<void> {
   const pub = await openClient(t, engine, 'publisher');
   await joinRoom(pub, room);

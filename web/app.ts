@@ -11,6 +11,8 @@ interface RoomView {
   msgs: Map<number, Message>;
   /** seqs after which a gap marker is shown (messages before may be missing). */
   gaps: Set<number>;
+  /** Shown above the messages: the server started this room again (a new epoch). */
+  notice: string;
   pending: Map<number, string>;
   noOlder: boolean;
 }
@@ -25,7 +27,7 @@ const views = new Map<string, RoomView>();
 
 function view(room: string): RoomView {
   let v = views.get(room);
-  if (!v) { v = { msgs: new Map(), gaps: new Set(), pending: new Map(), noOlder: false }; views.set(room, v); }
+  if (!v) { v = { msgs: new Map(), gaps: new Set(), notice: '', pending: new Map(), noOlder: false }; views.set(room, v); }
   return v;
 }
 
@@ -47,6 +49,7 @@ function renderMessages(): void {
   const v = view(active);
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.replaceChildren();
+  if (v.notice) list.append(el('li', 'notice', v.notice));
   const seqs = [...v.msgs.keys()].sort((a, b) => a - b);
   for (const seq of seqs) {
     const m = v.msgs.get(seq)!;
@@ -151,7 +154,10 @@ function start(user: string, room: string): void {
   });
   c.on('gap', (e) => {
     const v = view(e.room);
-    if (e.reason === 'epoch') { v.msgs.clear(); v.gaps.clear(); v.noOlder = false; } else {
+    if (e.reason === 'epoch') {
+      v.msgs.clear(); v.gaps.clear(); v.noOlder = false;
+      v.notice = 'the server started this room again: earlier messages are gone';
+    } else {
       const last = Math.max(0, ...v.msgs.keys());
       if (last > 0) v.gaps.add(last);
     }
