@@ -163,3 +163,27 @@ test('a pub answered with rate_limited is sent again after retryAfterMs, with th
   assert.equal(pubs[0]!.cid, pubs[1]!.cid);
   assert.equal(typeof pubs[0]!.cid, 'string');
 });
+
+test('a seq at or below the last delivered is never delivered twice, even when the server repeats itself', async (t) => {
+  const msg = (room: unknown, seq: number): Record<string, unknown> => ({ t: 'msg', room, seq, from: 'x', body: seq, ts: 1 });
+  const srv = await fakeServer(t, (ws, f, n) => {
+    if (f?.t === 'who') ws.send(encode({ t: 'who', ref: f.ref, room: f.room, users: ['u'] }));
+    if (f?.t !== 'join') return;
+    if (n === 1) {
+      ws.send(encode({ t: 'joined', ref: f.ref, room: f.room, epoch: 'epoch-one', seq: 3, unread: 0, members: 1 }));
+      for (const s of [4, 5, 4]) ws.send(encode(msg(f.room, s)));
+      setTimeout(() => ws.close(4000, 'drop'), 30);
+    } else {
+      // An overlapping `missed` and a repeated live message.
+      ws.send(encode({ t: 'joined', ref: f.ref, room: f.room, epoch: 'epoch-one', seq: 6, unread: 0, members: 1, missed: [3, 4, 5, 6].map((s) => msg(f.room, s)) }));
+      for (const s of [6, 5, 7]) ws.send(encode(msg(f.room, s)));
+    }
+  });
+  const seqs: number[] = [];
+  const c = client(t, srv.port, { backoffBaseMs: 10, backoffCapMs: 50 });
+  c.on('message', (m) => seqs.push(m.seq));
+  await c.join('r');
+  await waitFor(() => seqs.includes(7), 'seq 7', 5000);
+  assert.deepEqual(seqs, [4, 5, 6, 7]);
+  assert.deepEqual(srv.frames.filter((f) => f.t === 'join').map((j) => j.since), [undefined, 5]);
+});

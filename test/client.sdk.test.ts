@@ -156,8 +156,8 @@ test("hello.limits are kept: a publish over maxFrame is refused locally, the rat
   const acks = await Promise.all(Array.from({ length: 30 }, (_, i) => c.publish('l', i)));
   const took = Date.now() - start;
   assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: 30 }, (_, i) => i + 1), 'no publish was refused as rate_limited');
-  // 30 frames + the who the join sent, against 5 burst (minus the join's) at 20/s: at least ~1.2 s.
-  assert.ok(took >= 1000, `paced to the engine's rate (took ${took} ms)`);
+  // 30 frames + the join and its who, paced at 80% of 20/s from a burst of 4: at least ~1.5 s.
+  assert.ok(took >= 1400, `paced to the engine's rate (took ${took} ms)`);
   assert.deepEqual(errors, []);
 });
 
@@ -217,4 +217,27 @@ test('close() leaves no timer, socket or listener: connected, connecting, and wa
     await settle(25);
   }
   assert.deepEqual(extra, {}, 'resources left by closed clients');
+});
+
+test('a publish whose ack is lost is sent again after the reconnect, with its cid, and stored once', {
+  todo: 'stored once needs the engine to deduplicate pub.cid (issue 11); today it is stored twice (at-least-once, docs/CLIENT.md)',
+}, async (t) => {
+  const engine = await startEngine(t);
+  const proxy = await Proxy.start(t, engine.port);
+  const c = sdk(t, proxy.port, 'fay');
+  await c.join('once');
+  const watcher = await openClient(t, engine, 'watcher');
+  await joinRoom(watcher, 'once');
+  proxy.muted = true; // the engine's ack (and msg) will not reach the client
+  const acked = c.publish('once', 'exactly once');
+  const stored = async (): Promise<number> => {
+    const h = await watcher.request({ t: 'hist', room: 'once' });
+    return (h.msgs as { body: unknown }[]).filter((m) => m.body === 'exactly once').length;
+  };
+  await waitFor(async () => (await stored()) === 1, 'the engine stored the publish');
+  proxy.cut();
+  proxy.muted = false;
+  const { seq } = await acked;
+  assert.ok(seq >= 1);
+  assert.equal(await stored(), 1, 'the retry was not stored a second time');
 });

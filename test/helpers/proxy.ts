@@ -8,6 +8,8 @@ import type { TestContext } from 'node:test';
 
 export class Proxy {
   blocked = false;
+  /** While true, what the engine sends is dropped (the client hears nothing, e.g. a lost ack). */
+  muted = false;
   accepted = 0;
   private readonly sockets = new Set<net.Socket>();
   private constructor(private readonly server: net.Server, public target: number) {}
@@ -30,7 +32,8 @@ export class Proxy {
     this.sockets.add(s); this.sockets.add(up);
     const drop = (): void => { s.destroy(); up.destroy(); this.sockets.delete(s); this.sockets.delete(up); };
     s.on('error', drop); up.on('error', drop); s.on('close', drop); up.on('close', drop);
-    s.pipe(up); up.pipe(s);
+    s.pipe(up);
+    up.on('data', (d: Buffer) => { if (!this.muted) s.write(d); });
   }
 
   /** Drops every proxied connection now. */
