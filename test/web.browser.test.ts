@@ -13,6 +13,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import WebSocket from 'ws';
+import { ShardchatClient } from '../engine/client/index.js';
 import { requireTool } from './helpers/tools.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -92,8 +94,21 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   // and without it the first server's TIME_WAIT sockets would block the restart for a minute.
   let server = await startCli(t, await freePort());
   const port = server.port;
+  // 60 messages of history, published through the SDK in Node (it paces itself to the rate limit).
+  const seeder = new ShardchatClient({ url: `ws://127.0.0.1:${port}/ws`, user: 'seeder', WebSocket });
+  t.after(() => seeder.close());
+  await seeder.join('lobby');
+  await Promise.all(Array.from({ length: 60 }, (_, i) => seeder.publish('lobby', { text: `old ${i + 1}` })));
+  seeder.close();
+
   const browser = await launch(t, exe);
   const alice = await openAs(browser, port, 'alice', 'lobby');
+  // The latest page (50), then one click pages back to the first message.
+  await alice.locator('#messages li .text', { hasText: 'old 60' }).waitFor({ timeout: 3000 });
+  assert.equal((await shown(alice))[0]!.text, 'old 11');
+  await alice.click('#older');
+  await alice.locator('#messages li .text', { hasText: /^old 1$/ }).waitFor({ timeout: 3000 });
+  assert.deepEqual((await shown(alice)).map((m) => m.seq), Array.from({ length: 60 }, (_, i) => i + 1));
   const bob = await openAs(browser, port, 'bob', 'lobby');
 
   await alice.locator('#members li', { hasText: 'bob' }).waitFor({ timeout: 3000 });
@@ -112,6 +127,22 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   assert.equal(await alice.locator('#messages b, #messages img').count(), 0, 'no element made from message text');
   await alice.locator('#messages li.pending').waitFor({ state: 'detached', timeout: 2000 });
   await alice.screenshot({ path: path.join(outDir, 'browser-chat.png') });
+
+  // Unread badges: alice in two rooms, bob writes in the one she is not looking at.
+  for (const p of [alice, bob]) {
+    await p.fill('#new-room', 'side');
+    await p.press('#new-room', 'Enter');
+    await p.locator('#rooms li.active', { hasText: 'side' }).waitFor({ timeout: 3000 });
+  }
+  await alice.locator('#members li', { hasText: 'bob' }).waitFor({ timeout: 3000 });
+  await alice.click('#rooms li[data-room="lobby"]');
+  await send(bob, 'psst');
+  await alice.locator('#rooms li[data-room="side"] .badge', { hasText: '1' }).waitFor({ timeout: 2000 });
+  await alice.screenshot({ path: path.join(outDir, 'browser-unread.png') });
+  await alice.click('#rooms li[data-room="side"]');
+  await alice.locator('#messages li .text', { hasText: 'psst' }).waitFor({ timeout: 2000 });
+  await alice.locator('#rooms li[data-room="side"] .badge:empty').waitFor({ state: 'attached', timeout: 2000 });
+  for (const p of [alice, bob]) await p.click('#rooms li[data-room="lobby"]');
 
   // Restart: SIGTERM drains and exits 0; the same port serves again.
   server.child.kill('SIGTERM');
