@@ -75,6 +75,11 @@ test('the client SDK imports only engine/protocol, and no package or Node module
       assert.ok(inside, `${f} imports ${i}: the SDK may import only engine/protocol (and itself)`);
     }
   }
+  // No Node globals either (lint also type-checks the SDK without Node's types, via web/tsconfig.json).
+  for (const f of client) {
+    const text = readFileSync(path.join(root, f), 'utf8');
+    assert.ok(!/\b(Buffer|process|require|__dirname|global)\b\s*[.(]/.test(text), `${f} uses a Node global`);
+  }
   // What the SDK reaches in protocol/ must itself be free of Node: the codec only.
   for (const f of client) {
     for (const i of imports(f).filter((x) => x.startsWith(path.join('engine', 'protocol')))) {

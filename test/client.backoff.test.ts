@@ -46,13 +46,15 @@ test('backoffDelay: every delay within [min(cap, base), min(cap, base + base*2^n
 type Behaviour = (ws: WebSocket, frame: Record<string, unknown> | null, n: number) => void;
 
 /** A tiny server: sends hello on every connection, then lets `behaviour` act on it and on each frame. */
-async function fakeServer(t: TestContext, behaviour: Behaviour): Promise<{ port: number; opened: number[]; frames: Record<string, unknown>[] }> {
+async function fakeServer(t: TestContext, behaviour: Behaviour): Promise<{ port: number; opened: number[]; frames: Record<string, unknown>[]; upgrades: { url: string; protocol: string | undefined }[] }> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
   await new Promise<void>((resolve) => wss.once('listening', resolve));
   const opened: number[] = [];
   const frames: Record<string, unknown>[] = [];
-  wss.on('connection', (ws) => {
+  const upgrades: { url: string; protocol: string | undefined }[] = [];
+  wss.on('connection', (ws, req) => {
     opened.push(Date.now());
+    upgrades.push({ url: req.url ?? '', protocol: req.headers['sec-websocket-protocol'] });
     const n = opened.length;
     ws.send(encode({ t: 'hello', conn: `c${n}`, user: 'u', v: 1, limits: { maxFrame: 65536, maxRooms: 100, ratePerSec: 1000, burst: 1000, maxBuffer: 1 << 20 } }));
     ws.on('message', (data) => {
@@ -66,7 +68,7 @@ async function fakeServer(t: TestContext, behaviour: Behaviour): Promise<{ port:
     for (const c of wss.clients) c.terminate();
     await new Promise<void>((resolve) => wss.close(() => resolve()));
   });
-  return { port: (wss.address() as { port: number }).port, opened, frames };
+  return { port: (wss.address() as { port: number }).port, opened, frames, upgrades };
 }
 
 function client(t: TestContext, port: number, opts: Partial<ClientOptions>): ShardchatClient {
@@ -186,4 +188,25 @@ test('a seq at or below the last delivered is never delivered twice, even when t
   await waitFor(() => seqs.includes(7), 'seq 7', 5000);
   assert.deepEqual(seqs, [4, 5, 6, 7]);
   assert.deepEqual(srv.frames.filter((f) => f.t === 'join').map((j) => j.since), [undefined, 5]);
+});
+
+test('getToken is asked before every attempt; the token goes in ?token= (Node) or beside shardchat.v1 as bearer.<token>', async (t) => {
+  const srv = await fakeServer(t, (ws, f) => { if (f === null) setTimeout(() => ws.close(4000, 'again'), 20); });
+  let n = 0;
+  const q = client(t, srv.port, { backoffBaseMs: 10, backoffCapMs: 20, getToken: async () => `tok${++n}` });
+  await waitFor(() => srv.upgrades.length >= 3, 'three attempts', 5000);
+  q.close();
+  assert.deepEqual(srv.upgrades.slice(0, 3).map((u) => [new URL(u.url, 'ws://x').searchParams.get('token'), u.protocol]),
+    [['tok1', undefined], ['tok2', undefined], ['tok3', undefined]]);
+  const before = srv.upgrades.length;
+  const p = client(t, srv.port, { token: 'abc', tokenIn: 'protocol' });
+  await waitFor(() => srv.upgrades.length > before, 'the protocol attempt', 5000);
+  p.close();
+  assert.deepEqual(srv.upgrades[before]!.protocol?.split(',').map((x) => x.trim()), ['shardchat.v1', 'bearer.abc']);
+  assert.equal(new URL(srv.upgrades[before]!.url, 'ws://x').searchParams.get('token'), null);
+  const failing = client(t, srv.port, { backoffBaseMs: 10, backoffCapMs: 20, getToken: () => { throw new Error('no token'); } });
+  const causes: string[] = [];
+  failing.on('state', (e) => causes.push(`${e.state}:${e.cause.reason}`));
+  await waitFor(() => causes.filter((c) => c === 'disconnected:token').length >= 2, 'token failures retried with back-off', 5000);
+  failing.close();
 });
