@@ -143,12 +143,16 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   await alice.locator('#messages li .text', { hasText: 'psst' }).waitFor({ timeout: 2000 });
   await alice.locator('#rooms li[data-room="side"] .badge:empty').waitFor({ state: 'attached', timeout: 2000 });
   for (const p of [alice, bob]) await p.click('#rooms li[data-room="lobby"]');
+  // Opening the room marked it read: its badge stays empty once she looks elsewhere.
+  await alice.locator('#rooms li[data-room="side"] .badge:empty').waitFor({ state: 'attached', timeout: 2000 });
 
   // Restart: SIGTERM drains and exits 0; the same port serves again.
   server.child.kill('SIGTERM');
   assert.equal(await server.exited, 0, 'the CLI drains and exits 0 on SIGTERM');
   await alice.locator('#status.disconnected').waitFor({ timeout: 5000 });
   assert.match(await alice.locator('#status').textContent() ?? '', /reconnecting in \d+ s/);
+  await alice.screenshot({ path: path.join(outDir, 'browser-reconnecting.png') });
+  assert.equal(await alice.locator('#rooms li[data-room="side"] .badge').textContent(), '', 'side stays read');
   server = await startCli(t, port);
   // 1001 -> a random 0-5 s, then the back-off's 0.5-1 s.
   await alice.locator('#status.connected').waitFor({ timeout: 15_000 });

@@ -90,17 +90,23 @@ function renderStatus(): void {
   const s = $('status');
   const state = client?.state ?? 'disconnected';
   s.className = `status ${state}`;
+  // Who is here is only known while connected: show the last list faded meanwhile.
+  $('members').classList.toggle('stale', state !== 'connected');
   if (state === 'disconnected' && retryAt > 0) {
     s.textContent = `reconnecting in ${Math.max(0, Math.ceil((retryAt - Date.now()) / 1000))} s`;
   } else s.textContent = state === 'connected' ? `connected as ${client?.user ?? ''}` : state;
 }
 
-function markReadSoon(): void {
-  if (readTimer || !client || document.visibilityState === 'hidden') return;
-  readTimer = setTimeout(() => {
-    readTimer = null;
-    if (client && client.roomState(active) === 'joined' && client.unread(active) > 0) client.read(active).catch(() => undefined);
-  }, 300);
+/** Marks `room` read now (the user opened it) or soon (messages arriving while it is open). */
+function markRead(room: string, soon: boolean): void {
+  // Messages arriving in a hidden tab stay unread; opening a room is the user looking at it.
+  if (!client || (soon && document.visibilityState === 'hidden')) return;
+  const now = (): void => {
+    if (client && client.roomState(room) === 'joined' && client.unread(room) > 0) client.read(room).catch(() => undefined);
+  };
+  if (!soon) { now(); return; }
+  if (readTimer) return;
+  readTimer = setTimeout(() => { readTimer = null; if (room === active) now(); }, 300);
 }
 
 async function loadLatest(room: string): Promise<void> {
@@ -129,7 +135,7 @@ function switchTo(room: string): void {
   renderRooms();
   renderMessages();
   renderMembers();
-  markReadSoon();
+  markRead(room, false);
 }
 
 function joinRoom(room: string): void {
@@ -165,7 +171,7 @@ function start(user: string, room: string): void {
   });
   c.on('message', (m) => {
     view(m.room).msgs.set(m.seq, m);
-    if (m.room === active) { renderMessages(); markReadSoon(); } else renderRooms();
+    if (m.room === active) { renderMessages(); markRead(m.room, true); } else renderRooms();
   });
   c.on('unread', () => renderRooms());
   c.on('members', (e) => { if (e.room === active) renderMembers(); });
@@ -211,6 +217,6 @@ $('compose').addEventListener('submit', (ev) => {
   input.value = '';
 });
 $('older').addEventListener('click', () => { loadOlder().catch(() => undefined); });
-document.addEventListener('visibilitychange', markReadSoon);
+document.addEventListener('visibilitychange', () => { if (active) markRead(active, false); });
 window.addEventListener('pagehide', () => { if (countdown) clearInterval(countdown); client?.close(); });
 ($('name') as HTMLInputElement).value = localStorage.getItem('shardchat.name') ?? '';
