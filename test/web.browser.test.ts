@@ -153,10 +153,17 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   assert.match(await alice.locator('#status').textContent() ?? '', /reconnecting in \d+ s/);
   await alice.screenshot({ path: path.join(outDir, 'browser-reconnecting.png') });
   assert.equal(await alice.locator('#rooms li[data-room="side"] .badge').textContent(), '', 'side stays read');
+  const stoppedAt = Date.now();
   server = await startCli(t, port);
-  // 1001 -> a random 0-5 s, then the back-off's 0.5-1 s.
-  await alice.locator('#status.connected').waitFor({ timeout: 15_000 });
-  await bob.locator('#status.connected').waitFor({ timeout: 15_000 });
+  const upAt = Date.now();
+  // 1001 -> a random 0-5 s plus the back-off's 0.5-1 s; attempts while the server is still down
+  // fail and wait longer (1.5 s, then 2.5 s at most): 30 s leaves room for a loaded machine.
+  for (const [who, p] of [['alice', alice], ['bob', bob]] as const) {
+    await p.locator('#status.connected').waitFor({ timeout: 30_000 }).catch(async (e: Error) => {
+      throw new Error(`${who} did not reconnect: status "${await p.locator('#status').textContent()}"; ${e.message}`);
+    });
+  }
+  t.diagnostic(`server down for ${upAt - stoppedAt} ms; both pages back ${Date.now() - stoppedAt} ms after it stopped`);
   await alice.locator('#members li', { hasText: 'bob' }).waitFor({ timeout: 3000 });
 
   await send(bob, 'after the restart');
