@@ -210,3 +210,30 @@ test('getToken is asked before every attempt; the token goes in ?token= (Node) o
   await waitFor(() => causes.filter((c) => c === 'disconnected:token').length >= 2, 'token failures retried with back-off', 5000);
   failing.close();
 });
+
+test('an unsolicited joined (shard restart, new epoch) raises gap and reloads the latest page, like a resume', async (t) => {
+  const msg = (room: unknown, seq: number, body: string): Record<string, unknown> => ({ t: 'msg', room, seq, from: 'x', body, ts: 1 });
+  const srv = await fakeServer(t, (ws, f) => {
+    if (f?.t === 'who') ws.send(encode({ t: 'who', ref: f.ref, room: f.room, users: ['u'] }));
+    if (f?.t === 'join') {
+      ws.send(encode({ t: 'joined', ref: f.ref, room: f.room, epoch: 'epoch-one', seq: 2, unread: 0, members: 1 }));
+      ws.send(encode(msg(f.room, 3, 'old-3')));
+      // The shard restarts: its rooms start again under a new epoch, announced without a ref.
+      setTimeout(() => ws.send(encode({ t: 'joined', room: f.room, epoch: 'epoch-two', seq: 0, unread: 0, members: 1 })), 20);
+    }
+    if (f?.t === 'hist') {
+      ws.send(encode(msg('r', 1, 'live-1'))); // arrives before the page: held until the page is in
+      ws.send(encode({ t: 'hist', ref: f.ref, room: f.room, msgs: [] }));
+    }
+  });
+  const log: string[] = [];
+  const c = client(t, srv.port, {});
+  c.on('message', (m) => log.push(`${m.seq}:${String(m.body)}`));
+  c.on('gap', (g) => log.push(`gap:${g.reason}:${g.epoch}`));
+  await c.join('r');
+  await waitFor(() => log.includes('1:live-1'), 'the new epoch live message', 5000);
+  assert.deepEqual(log, ['3:old-3', 'gap:epoch:epoch-two', '1:live-1']);
+  const hist = srv.frames.find((f) => f.t === 'hist');
+  assert.equal(hist?.before, 1, 'the page asked for is the latest of the new epoch');
+  assert.equal(c.roomState('r'), 'joined');
+});
