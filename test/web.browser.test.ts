@@ -20,7 +20,7 @@ import { requireTool } from './helpers/tools.js';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const outDir = path.join(root, 'test-output');
 
-interface Server { child: ChildProcess; port: number; exited: Promise<number | null> }
+interface Server { child: ChildProcess; port: number; exited: Promise<number | null>; output: () => string }
 
 /** Starts `shardchat` (dist/engine/cli.js) and resolves once it logs that it listens. */
 function startCli(t: TestContext, port: number): Promise<Server> {
@@ -35,7 +35,7 @@ function startCli(t: TestContext, port: number): Promise<Server> {
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /"event":"listening"[^\n]*"port":(\d+)/.exec(out);
-      if (m) { clearTimeout(timer); resolve({ child, port: Number(m[1]), exited }); }
+      if (m) { clearTimeout(timer); resolve({ child, port: Number(m[1]), exited, output: () => out }); }
     });
     child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`the CLI exited with ${code} before listening:\n${out}`)); });
   });
@@ -147,6 +147,7 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   await alice.locator('#rooms li[data-room="side"] .badge:empty').waitFor({ state: 'attached', timeout: 2000 });
 
   // Restart: SIGTERM drains and exits 0; the same port serves again.
+  const termAt = Date.now();
   server.child.kill('SIGTERM');
   assert.equal(await server.exited, 0, 'the CLI drains and exits 0 on SIGTERM');
   await alice.locator('#status.disconnected').waitFor({ timeout: 5000 });
@@ -154,6 +155,7 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   await alice.screenshot({ path: path.join(outDir, 'browser-reconnecting.png') });
   assert.equal(await alice.locator('#rooms li[data-room="side"] .badge').textContent(), '', 'side stays read');
   const stoppedAt = Date.now();
+  const drainMs = /"event":"drain_finished","ms":(\d+)/.exec(server.output())?.[1] ?? '?';
   server = await startCli(t, port);
   const upAt = Date.now();
   // 1001 -> a random 0-5 s plus the back-off's 0.5-1 s; attempts while the server is still down
@@ -163,7 +165,7 @@ test('two browser tabs chat, see each other, and come back by themselves after a
       throw new Error(`${who} did not reconnect: status "${await p.locator('#status').textContent()}"; ${e.message}`);
     });
   }
-  t.diagnostic(`server down for ${upAt - stoppedAt} ms; both pages back ${Date.now() - stoppedAt} ms after it stopped`);
+  t.diagnostic(`drain ${drainMs} ms, SIGTERM to exit ${stoppedAt - termAt} ms, down ${upAt - stoppedAt} ms; both pages back ${Date.now() - termAt} ms after SIGTERM`);
   await alice.locator('#members li', { hasText: 'bob' }).waitFor({ timeout: 3000 });
 
   await send(bob, 'after the restart');

@@ -30,6 +30,8 @@ test('GET / serves the page, /assets/* its bundle and style, with a same-origin 
   assert.match(page.headers['content-type'] ?? '', /^text\/html/);
   assert.match(String(page.headers['content-security-policy']), /default-src 'self'/);
   assert.match(page.body, /<script type="module" src="\/assets\/app.js">/);
+  // No keep-alive: an idle browser connection would otherwise hold a draining CLI ~10 s.
+  assert.equal(page.headers.connection, 'close');
   assert.doesNotMatch(page.body, /https?:\/\//, 'nothing from another origin');
   const app = await get(engine.port, '/assets/app.js');
   assert.equal(app.status, 200);
