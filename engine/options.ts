@@ -45,6 +45,7 @@ export interface EngineOptions {
   metricsHost?: string;
   logLevel?: LogLevel;
   logPretty?: boolean;
+  web?: boolean;
   authenticate?: Authenticate;
 }
 
@@ -89,6 +90,7 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'metricsPort', flag: 'metrics-port', env: 'SHARDCHAT_METRICS_PORT', kind: 'int', min: -1, max: 65535, help: 'serve /metrics on its own port (-1 = on the main port; 0 = any free port)', def: () => -1 },
   { key: 'metricsHost', flag: 'metrics-host', env: 'SHARDCHAT_METRICS_HOST', kind: 'string', help: 'address of the separate /metrics listener', def: () => '127.0.0.1' },
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', help: 'fatal|error|warn|info|debug|trace|silent', def: () => 'info' },
+  { key: 'web', flag: 'web', env: 'SHARDCHAT_WEB', kind: 'bool', help: 'serve the chat page at GET / (false: not)', def: () => true },
   { key: 'logPretty', flag: 'log-pretty', env: 'SHARDCHAT_LOG_PRETTY', kind: 'bool', help: 'human-readable log lines instead of JSON', def: () => false },
 ];
 

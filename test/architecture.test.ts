@@ -1,7 +1,8 @@
 /**
  * Keeps the dependency arrows true by reading the sources' imports: the leaves (ring, protocol,
  * pool, metrics) import nothing else of the project; workers never import the server or uWS;
- * exactly one module loads uWebSockets.js, and only engine/server uses piscina.
+ * exactly one module loads uWebSockets.js, and only engine/server uses piscina; the client SDK
+ * imports only protocol/ and nothing of Node (it runs in browsers); the page imports only the SDK.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -88,6 +89,29 @@ test('the hostile-mix harness speaks only the protocol: it imports nothing of th
   }
 });
 
+test('the client SDK imports only engine/protocol, and no package or Node module', () => {
+  const client = all.filter((x) => x.startsWith(path.join('engine', 'client')));
+  assert.ok(client.includes(path.join('engine', 'client', 'client.ts')), 'engine/client/client.ts is found');
+  for (const f of client) {
+    for (const i of imports(f)) {
+      const inside = i.startsWith(path.join('engine', 'client')) || i.startsWith(path.join('engine', 'protocol'));
+      assert.ok(inside, `${f} imports ${i}: the SDK may import only engine/protocol (and itself)`);
+    }
+  }
+  // No Node globals either (lint also type-checks the SDK without Node's types, via web/tsconfig.json).
+  for (const f of client) {
+    const text = readFileSync(path.join(root, f), 'utf8');
+    assert.ok(!/\b(Buffer|process|require|__dirname|global)\b\s*[.(]/.test(text), `${f} uses a Node global`);
+  }
+  // What the SDK reaches in protocol/ must itself be free of Node: the codec only.
+  for (const f of client) {
+    for (const i of imports(f).filter((x) => x.startsWith(path.join('engine', 'protocol')))) {
+      assert.ok(imports(i).every((x) => x.startsWith(path.join('engine', 'protocol'))), `${i} (used by ${f}) imports outside protocol/`);
+      assert.ok(!/from 'node:|require\(/.test(readFileSync(path.join(root, i), 'utf8')), `${i} (used by ${f}) uses Node`);
+    }
+  }
+});
+
 test('the store: only workers/store opens SQLite; engine/store-dir is pure fs; backends import only leaves', () => {
   for (const f of all) {
     if (imports(f).includes('better-sqlite3') || /require\([^)]*\)\('better-sqlite3'\)/.test(readFileSync(path.join(root, f), 'utf8'))) {
@@ -102,6 +126,16 @@ test('the store: only workers/store opens SQLite; engine/store-dir is pure fs; b
     for (const i of imports(f)) {
       if (!i.startsWith('engine') && !i.startsWith('workers')) continue;
       assert.ok(i.startsWith(path.join('workers', 'store')) || leaves.some((l) => i.startsWith(l)), `${f} imports ${i}: a store imports only leaves`);
+    }
+  }
+});
+
+test('the chat page (web/) imports only the client SDK', () => {
+  const web = sources('web');
+  assert.ok(web.includes(path.join('web', 'app.ts')), 'web/app.ts is found');
+  for (const f of web) {
+    for (const i of imports(f)) {
+      assert.ok(i.startsWith(path.join('engine', 'client')), `${f} imports ${i}: the page may import only engine/client`);
     }
   }
 });

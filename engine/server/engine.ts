@@ -26,6 +26,7 @@ import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { parseUserQuery } from '../protocol/identity.js';
+import { routeStatic } from './static.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Histogram } from 'prom-client';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
@@ -375,6 +376,7 @@ export class Engine {
       res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
     });
     if (o.metrics && o.metricsPort === -1) this.routeMetrics(app);
+    if (o.web) routeStatic(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
     await new Promise<void>((resolve, reject) => {
       app.listen(o.host, o.port, (ls) => {
