@@ -24,6 +24,7 @@ import {
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
+import { SlowConsumerGuard } from './slow-consumers.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { parseUserQuery } from '../protocol/identity.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
@@ -38,6 +39,8 @@ interface Conn {
   user: string;
   /** Rooms this connection joined (and has not left), as the main thread routed them. */
   rooms: Set<string>;
+  /** uWS topics the socket is subscribed to (kept by SlowConsumerGuard). */
+  topics: Set<string>;
   tokens: number;
   lastRefill: number;
   closed: boolean;
@@ -48,7 +51,7 @@ interface Conn {
 export interface PublishResult { seq: number; epoch: string }
 
 const HARD_PAYLOAD_CAP = 16 << 20;
-/** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
+/** How often recently published-to connections are re-checked against maxBufferBytes (see SlowConsumerGuard). */
 const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
 /** Young-generation cap of a shard worker (see the Piscina options). */
@@ -83,6 +86,7 @@ export class Engine {
   private closing: Promise<void> | null = null;
   private readonly started: Promise<void>;
   private sweeper: NodeJS.Timeout | null = null;
+  private readonly guard: SlowConsumerGuard<Conn>;
   private fanoutCount = 0;
   private readonly fanoutLatency: Histogram;
   private readonly metrics: EngineMetrics;
@@ -116,6 +120,7 @@ export class Engine {
       resourceLimits: { maxYoungGenerationSizeMb: SHARD_YOUNG_GEN_MB },
     });
     this.pool.on('error', (err: Error) => this.log.error({ event: 'pool_error', err: err.message }, 'worker pool error'));
+    this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
     this.fanoutLatency = this.metrics.fanoutLatency;
     for (const link of this.links) this.startShard(link);
@@ -282,6 +287,7 @@ export class Engine {
     const rs = end - b[off + 1]!;
     switch (b[off]) {
       case OUT_PUBLISH: {
+        this.guard.beforePublish(asciiString(b, rs, end), rs - off - OUT_BODY);
         this.app?.publish(b.subarray(rs, end), b.subarray(off + OUT_BODY, rs), true);
         this.observeFanout(getU32(b, off + 4));
         return;
@@ -291,6 +297,7 @@ export class Engine {
         const ms = p + 8;
         const me = ms + getU32(b, p + 4);
         const id = getU32(b, off + 4);
+        this.guard.beforePublish(asciiString(b, rs, end), me - ms);
         this.app?.publish(b.subarray(rs, end), b.subarray(ms, me), true);
         if (this.conns.has(id)) { this.ackConns.push(id); this.ackFrames.push(b.subarray(me, rs)); }
         this.observeFanout(getU32(b, p));
@@ -304,13 +311,17 @@ export class Engine {
       case OUT_JOINED: {
         const ws = this.replyTo(b, off);
         if (ws === undefined) return;
-        if (this.send(ws, b.subarray(off + OUT_BODY, rs))) ws.subscribe(b.subarray(rs, end));
+        if (this.send(ws, b.subarray(off + OUT_BODY, rs))) {
+          ws.subscribe(b.subarray(rs, end));
+          this.guard.subscribed(ws, asciiString(b, rs, end));
+        }
         return;
       }
       case OUT_LEFT: {
         const ws = this.replyTo(b, off);
         if (ws === undefined) return;
         ws.unsubscribe(b.subarray(rs, end));
+        this.guard.unsubscribed(ws, asciiString(b, rs, end));
         this.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }
@@ -343,11 +354,10 @@ export class Engine {
     this.app = app;
     app.ws<Conn>('/ws', {
       maxPayloadLength: Math.max(HARD_PAYLOAD_CAP, o.maxFrameBytes * 2),
-      // uWS drops what exceeds maxBackpressure; shardchat closes with 4008 at maxBufferBytes
-      // first (slowConsumerSweep). The higher uWS limit, closing without a close frame, is only
-      // a backstop for a buffer that grows by more than the headroom between two sweeps.
-      maxBackpressure: o.maxBufferBytes * 2 + (16 << 20),
-      closeOnBackpressureLimit: 1,
+      // No uWS limit: one firing inside the C++ fan-out would drop the socket without a close
+      // frame. SlowConsumerGuard keeps every buffer bounded and closes with 4008 instead.
+      maxBackpressure: 0,
+      closeOnBackpressureLimit: 0,
       idleTimeout: o.idleTimeoutSec === 0 ? 0 : Math.max(8, o.idleTimeoutSec),
       sendPingsAutomatically: true,
       upgrade: (res, req, ctx) => this.onUpgrade(res, req, ctx),
@@ -373,7 +383,7 @@ export class Engine {
     if (o.metrics && o.metricsPort >= 0) await this.listenMetrics();
     this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
     this.loopDelay.enable();
-    this.sweeper = setInterval(() => this.slowConsumerSweep(), SLOW_SWEEP_MS);
+    this.sweeper = setInterval(() => this.guard.timerSweep(), SLOW_SWEEP_MS);
     this.log.info({ event: 'listening', host: o.host, port: this.boundPort, shards: this.links.length, uws: this.uws.from }, 'listening');
     return this.boundPort;
   }
@@ -468,7 +478,7 @@ export class Engine {
     if (this.nextConn > 0xffffffff) this.nextConn = 1;
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
-      id, connStr, user: user ?? `anon-${connStr}`, rooms: new Set(), tokens: this.options.rateBurst,
+      id, connStr, user: user ?? `anon-${connStr}`, rooms: new Set(), topics: new Set(), tokens: this.options.rateBurst,
       lastRefill: Date.now(), closed: false, lastLimitLog: 0,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);
@@ -548,18 +558,6 @@ export class Engine {
     if (!link.writeFrame(c.id, null, u8, stamp)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
   }
 
-  /**
-   * Closes, with 4008, every connection whose unsent data held by uWS passes maxBufferBytes.
-   * Publishes fan out in C++ without telling JavaScript which subscriber fell behind, so the
-   * check is a sweep: O(connections) every SLOW_SWEEP_MS, about 30 ns a connection.
-   */
-  private slowConsumerSweep(): void {
-    const max = this.options.maxBufferBytes;
-    for (const ws of this.conns.values()) {
-      if (ws.getBufferedAmount() > max) this.closeSlow(ws);
-    }
-  }
-
   private closeSlow(ws: WebSocket<Conn>): void {
     const c = ws.getUserData();
     if (c.closed) return;
@@ -579,6 +577,7 @@ export class Engine {
     c.closed = true;
     this.counters.closedByCode.set(code, (this.counters.closedByCode.get(code) ?? 0) + 1);
     this.conns.delete(c.id);
+    this.guard.closed(ws);
     if (this.stopped) { c.rooms.clear(); return; }
     let told = 0n;
     for (const room of c.rooms) {
