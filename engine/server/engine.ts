@@ -50,7 +50,13 @@ interface Conn {
 
 export interface PublishResult { seq: number; epoch: string }
 
-const HARD_PAYLOAD_CAP = 16 << 20;
+/**
+ * uWS holds an incoming message until its last byte, up to its maxPayloadLength, and drops the
+ * socket (no close frame; close handler code 1006) as soon as a frame header announces more.
+ * So what one connection can make it hold is maxFrameBytes + FRAME_SLACK; a message in between
+ * reaches onMessage and gets 1009 with a close frame.
+ */
+export const FRAME_SLACK = 4096;
 /** How often recently published-to connections are re-checked against maxBufferBytes (see SlowConsumerGuard). */
 const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
@@ -353,7 +359,7 @@ export class Engine {
     const app = this.uws.mod.App();
     this.app = app;
     app.ws<Conn>('/ws', {
-      maxPayloadLength: Math.max(HARD_PAYLOAD_CAP, o.maxFrameBytes * 2),
+      maxPayloadLength: o.maxFrameBytes + FRAME_SLACK,
       // No uWS limit: one firing inside the C++ fan-out would drop the socket without a close
       // frame. SlowConsumerGuard keeps every buffer bounded and closes with 4008 instead.
       maxBackpressure: 0,
