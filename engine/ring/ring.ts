@@ -240,13 +240,13 @@ export class RingWriter extends RingEnd {
    */
   private async waitForRoom(ready: () => boolean, timeoutMs: number): Promise<boolean> {
     this.publish();
-    const deadline = timeoutMs === Infinity ? Infinity : Date.now() + timeoutMs;
+    const deadline = timeoutMs === Infinity ? Infinity : performance.now() + timeoutMs;
     for (;;) {
       if (ready()) return true;
       const seen = this.readCache | 0;
       Atomics.store(this.header, SLOT_PRODUCER_WAITING, 1);
       if ((Atomics.load(this.header, SLOT_READ) | 0) === seen) {
-        const left = deadline === Infinity ? Infinity : deadline - Date.now();
+        const left = deadline === Infinity ? Infinity : deadline - performance.now();
         if (left <= 0) {
           Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
           return ready();

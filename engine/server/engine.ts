@@ -25,6 +25,7 @@ import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
 import { SlowConsumerGuard } from './slow-consumers.js';
+import { type BucketState, TokenBucketPolicy, monotonicMs } from './token-bucket.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { parseUserQuery } from '../protocol/identity.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
@@ -41,10 +42,10 @@ interface Conn {
   rooms: Set<string>;
   /** uWS topics the socket is subscribed to (kept by SlowConsumerGuard). */
   topics: Set<string>;
-  tokens: number;
-  lastRefill: number;
+  /** The frame-rate token bucket (policy: Engine.rate). */
+  bucket: BucketState;
   closed: boolean;
-  /** When this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
+  /** When (monotonic ms) this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
   lastLimitLog: number;
 }
 
@@ -93,6 +94,8 @@ export class Engine {
   private readonly started: Promise<void>;
   private sweeper: NodeJS.Timeout | null = null;
   private readonly guard: SlowConsumerGuard<Conn>;
+  /** Per-connection frame rate (ratePerSec, rateBurst) on the monotonic clock. */
+  private readonly rate: TokenBucketPolicy;
   private fanoutCount = 0;
   private readonly fanoutLatency: Histogram;
   private readonly metrics: EngineMetrics;
@@ -126,6 +129,7 @@ export class Engine {
       resourceLimits: { maxYoungGenerationSizeMb: SHARD_YOUNG_GEN_MB },
     });
     this.pool.on('error', (err: Error) => this.log.error({ event: 'pool_error', err: err.message }, 'worker pool error'));
+    this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
     this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
     this.fanoutLatency = this.metrics.fanoutLatency;
@@ -484,8 +488,8 @@ export class Engine {
     if (this.nextConn > 0xffffffff) this.nextConn = 1;
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
-      id, connStr, user: user ?? `anon-${connStr}`, rooms: new Set(), topics: new Set(), tokens: this.options.rateBurst,
-      lastRefill: Date.now(), closed: false, lastLimitLog: 0,
+      id, connStr, user: user ?? `anon-${connStr}`, rooms: new Set(), topics: new Set(),
+      bucket: this.rate.full(), closed: false, lastLimitLog: -Infinity,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);
   }
@@ -524,16 +528,14 @@ export class Engine {
     const u8 = new Uint8Array(msg);
     const err = isBinary ? f.scan(u8, 0, u8.byteLength, o.maxBodyDepth) : E_BAD_FRAME;
     // Every frame costs a token, valid or not.
-    const now = Date.now();
-    c.tokens = Math.min(o.rateBurst, c.tokens + ((now - c.lastRefill) * o.ratePerSec) / 1000);
-    c.lastRefill = now;
+    const wait = this.rate.take(c.bucket);
+    const now = c.bucket.last;
     const ref = err === 0 || f.ref >= 0 ? f.ref : -1;
-    if (c.tokens < 1) {
+    if (wait > 0) {
       this.limitHit(c, 'rate_limited', now);
-      this.sendErr(ws, E_RATE_LIMITED, 'rate limit exceeded', isBinary ? ref : -1, Math.ceil(((1 - c.tokens) * 1000) / o.ratePerSec));
+      this.sendErr(ws, E_RATE_LIMITED, 'rate limit exceeded', isBinary ? ref : -1, wait);
       return;
     }
-    c.tokens -= 1;
     if (!isBinary) { this.sendErr(ws, E_BAD_FRAME, 'frames must be binary MessagePack', -1); return; }
     if (err !== 0) { this.sendErr(ws, err, f.message, f.ref); return; }
     if (this.draining) { this.sendErr(ws, E_SHUTTING_DOWN, 'engine is shutting down', f.ref); return; }
@@ -655,7 +657,7 @@ export class Engine {
   }
 
   private async drain(): Promise<void> {
-    const started = Date.now();
+    const started = performance.now();
     this.draining = true;
     this.log.info({ event: 'drain_started', connections: this.conns.size }, 'drain started');
     await this.started.catch(() => undefined);
@@ -665,7 +667,7 @@ export class Engine {
     // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
     for (;;) {
       for (const l of this.links) l.reader.drain(this.onOut, Infinity, this.flushAcks);
-      if (this.links.every((l) => l.drained) || Date.now() >= deadline) break;
+      if (this.links.every((l) => l.drained) || performance.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5));
     }
     const forced = !this.links.every((l) => l.drained);
@@ -682,7 +684,8 @@ export class Engine {
     await Promise.allSettled(this.links.map((l) => l.task));
     for (const l of this.links) l.stop();
     this.app = null;
-    if (forced) this.log.warn({ event: 'drain_forced', ms: Date.now() - started }, 'drain deadline passed; stopped what was left');
-    this.log.info({ event: 'drain_finished', ms: Date.now() - started, forced }, 'drain finished');
+    const ms = Math.round(performance.now() - started);
+    if (forced) this.log.warn({ event: 'drain_forced', ms }, 'drain deadline passed; stopped what was left');
+    this.log.info({ event: 'drain_finished', ms, forced }, 'drain finished');
   }
 }
