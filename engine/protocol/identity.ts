@@ -3,26 +3,41 @@
  */
 import { isValidUser } from './frames.js';
 
+/** Ids the engine gives connections without `?user=` (`anon-<conn>`): no client may claim one. */
+export const ANON_PREFIX = 'anon-';
+
+/** The user from a query: `user` null when absent, or `error` saying why the query is refused. */
+export type UserQuery = { user: string | null; error?: undefined } | { user?: undefined; error: string };
+
 /**
- * The user from `?user=ID`: null when absent, false when invalid (empty, repeated, badly
- * percent-encoded, or bytes outside [A-Za-z0-9_.@-], or longer than 64).
+ * The user from `?user=ID`. Refused (with the reason, for the HTTP 400 body): repeated, badly
+ * percent-encoded, empty, longer than 64 bytes or bytes outside [A-Za-z0-9_.@-], or an id in
+ * the anonymous namespace (`anon-...`), which would take over an anonymous connection's
+ * presence and read cursors.
  */
-export function parseUserQuery(query: string): string | null | false {
+export function checkUserQuery(query: string): UserQuery {
   let user: string | null = null;
-  if (query === '') return null;
+  if (query === '') return { user: null };
   for (const part of query.split('&')) {
     const eq = part.indexOf('=');
     const k = eq < 0 ? part : part.slice(0, eq);
     if (k !== 'user') continue;
-    if (user !== null) return false;
+    if (user !== null) return { error: 'invalid user: user given more than once' };
     let v: string;
     try {
       v = decodeURIComponent(eq < 0 ? '' : part.slice(eq + 1));
     } catch {
-      return false;
+      return { error: 'invalid user: bad percent-encoding' };
     }
-    if (!isValidUser(v)) return false;
+    if (!isValidUser(v)) return { error: 'invalid user: must be 1..64 bytes of [A-Za-z0-9_.@-]' };
+    if (v.startsWith(ANON_PREFIX)) return { error: `invalid user: ids starting with "${ANON_PREFIX}" are reserved for anonymous connections (connect without ?user= to be one)` };
     user = v;
   }
-  return user;
+  return { user };
+}
+
+/** checkUserQuery without the reason: the user, null when absent, false when refused. */
+export function parseUserQuery(query: string): string | null | false {
+  const r = checkUserQuery(query);
+  return r.error === undefined ? r.user : false;
 }

@@ -27,7 +27,7 @@ import { ShardLink } from './link.js';
 import { SlowConsumerGuard } from './slow-consumers.js';
 import { type BucketState, TokenBucketPolicy, monotonicMs } from './token-bucket.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
-import { parseUserQuery } from '../protocol/identity.js';
+import { checkUserQuery } from '../protocol/identity.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Histogram } from 'prom-client';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
@@ -450,9 +450,9 @@ export class Engine {
     const query = req.getQuery() ?? '';
     const auth = this.options.authenticate;
     if (auth === null) {
-      const user = parseUserQuery(query);
-      if (user === false) { res.writeStatus('400 Bad Request').end('invalid user'); return; }
-      this.upgrade(res, user, key, protocol, extensions, ctx);
+      const q = checkUserQuery(query);
+      if (q.error !== undefined) { res.writeStatus('400 Bad Request').writeHeader('content-type', 'text/plain').end(q.error); return; }
+      this.upgrade(res, q.user, key, protocol, extensions, ctx);
       return;
     }
     const headers: Record<string, string> = {};
