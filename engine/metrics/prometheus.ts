@@ -30,7 +30,8 @@ export interface ShardSnapshot {
 export interface MetricsSnapshot {
   connections: number;
   opened: number;
-  closedByCode: ReadonlyMap<number, number>;
+  /** Closes by label: a close code, or `other` (the engine bounds the labels). */
+  closedByCode: ReadonlyMap<string, number>;
   framesIn: number;
   /** err replies by wire code. */
   errors: ReadonlyMap<string, number>;
@@ -77,7 +78,7 @@ export class EngineMetrics {
     new Counter({ name: 'shardchat_connections_opened_total', help: 'WebSocket connections opened', registers: [r],
       collect() { this.reset(); this.inc(get().opened); } });
     new Counter({ name: 'shardchat_connections_closed_total', help: 'WebSocket connections closed, by close code', labelNames: ['code'], registers: [r],
-      collect() { this.reset(); for (const [code, n] of get().closedByCode) this.inc({ code: String(code) }, n); } });
+      collect() { this.reset(); for (const [code, n] of get().closedByCode) this.inc({ code }, n); } });
     new Counter({ name: 'shardchat_messages_received_total', help: 'Client frames received', registers: [r],
       collect() { this.reset(); this.inc(get().framesIn); } });
     new Counter({ name: 'shardchat_errors_total', help: 'err replies sent, by code', labelNames: ['code'], registers: [r],

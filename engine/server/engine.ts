@@ -9,7 +9,7 @@ import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { createLogger } from './log.js';
 import { pack as packBody } from 'msgpackr';
-import { EngineError, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG } from '../errors.js';
+import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
@@ -104,7 +104,7 @@ export class Engine {
   private loopDelay: IntervalHistogram | null = null;
   /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
   private authPending = 0;
-  /** Counters the metrics module reads: closes by code, `err` replies by code, slow consumers closed. */
+  /** Counters the metrics module reads: closes by code (KNOWN_CLOSE_CODES, else CLOSE_OTHER), `err` replies by code, slow consumers closed. */
   readonly counters = {
     opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0,
     framesIn: 0,
@@ -434,7 +434,8 @@ export class Engine {
     const lag = this.loopDelay === null ? 0 : this.loopDelay.percentile(99) / 1e9;
     this.loopDelay?.reset();
     return {
-      connections: st.connections, opened: this.counters.opened, closedByCode: this.counters.closedByCode,
+      connections: st.connections, opened: this.counters.opened,
+      closedByCode: new Map([...this.counters.closedByCode].map(([code, n]) => [code === CLOSE_OTHER ? 'other' : String(code), n])),
       framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
       slowConsumers: this.counters.slowConsumers, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
       shards: st.shards.map(metricsShard),
@@ -583,7 +584,8 @@ export class Engine {
   private onClose(ws: WebSocket<Conn>, code: number): void {
     const c = ws.getUserData();
     c.closed = true;
-    this.counters.closedByCode.set(code, (this.counters.closedByCode.get(code) ?? 0) + 1);
+    const key = KNOWN_CLOSE_CODES.has(code) ? code : CLOSE_OTHER;
+    this.counters.closedByCode.set(key, (this.counters.closedByCode.get(key) ?? 0) + 1);
     this.conns.delete(c.id);
     this.guard.closed(ws);
     if (this.stopped) { c.rooms.clear(); return; }
