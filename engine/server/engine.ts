@@ -63,6 +63,12 @@ const SLOW_SWEEP_MS = 100;
 const OUT_BATCH = 2048;
 /** Young-generation cap of a shard worker (see the Piscina options). */
 const SHARD_YOUNG_GEN_MB = 4;
+/**
+ * Sockets still open this long before the drain deadline (idle HTTP keep-alives such as a
+ * Prometheus scraper, WebSocket peers that never answered the 1001) are closed then, so the
+ * process can exit within the deadline.
+ */
+const SOCKET_CLOSE_MARGIN_MS = 100;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
@@ -100,6 +106,7 @@ export class Engine {
   private readonly fanoutLatency: Histogram;
   private readonly metrics: EngineMetrics;
   private metricsSocket: us_listen_socket | null = null;
+  private metricsApp: TemplatedApp | null = null;
   /** Main-thread event-loop delay; made in listen(), so an engine that never listened holds none. */
   private loopDelay: IntervalHistogram | null = null;
   /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
@@ -417,6 +424,7 @@ export class Engine {
   private async listenMetrics(): Promise<void> {
     const o = this.options;
     const app = this.uws.mod.App();
+    this.metricsApp = app;
     this.routeMetrics(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
     await new Promise<void>((resolve, reject) => {
@@ -658,6 +666,22 @@ export class Engine {
     return this.closing;
   }
 
+  /**
+   * uWS keeps an idle keep-alive HTTP socket (and a WebSocket whose peer never answers the close)
+   * open for its own timeouts, about 10 s, which holds the process beyond the drain deadline.
+   * app.close() closes every socket of an app; it runs shortly before the deadline, by an unref'd
+   * timer: a process with nothing else left exits at once, and close() does not wait for it.
+   */
+  private closeLeftoverSockets(deadline: number): void {
+    const apps = [this.app, this.metricsApp].filter((a): a is TemplatedApp => a !== null);
+    this.metricsApp = null;
+    if (apps.length === 0) return;
+    // App.close() is in uWS 20.30 (the one this package depends on) but not in its typings.
+    const close = (a: TemplatedApp): void => { (a as TemplatedApp & { close?: () => void }).close?.(); };
+    const timer = setTimeout(() => { for (const a of apps) close(a); }, Math.max(0, deadline - SOCKET_CLOSE_MARGIN_MS - performance.now()));
+    timer.unref();
+  }
+
   private async drain(): Promise<void> {
     const started = performance.now();
     this.draining = true;
@@ -678,6 +702,7 @@ export class Engine {
     for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
     if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; }
+    this.closeLeftoverSockets(deadline);
     this.loopDelay?.disable();
     this.loopDelay = null;
     for (const l of this.links) l.reader.wake();
