@@ -12,7 +12,8 @@ export type EngineErrorCode =
   | 'SHARDCHAT_OVERLOADED'
   | 'SHARDCHAT_BAD_ROOM'
   | 'SHARDCHAT_BAD_BODY'
-  | 'SHARDCHAT_SHARD_RESTARTED';
+  | 'SHARDCHAT_SHARD_RESTARTED'
+  | 'SHARDCHAT_SHARD_FAILED';
 
 export class EngineError extends Error {
   constructor(readonly code: EngineErrorCode, message: string) {

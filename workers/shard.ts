@@ -16,7 +16,7 @@
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
   S_CONNS, S_CURSORS, S_HEAP_USED, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_ERR_BASE, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 
@@ -78,6 +78,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
   stats[S_UP] = 1;
   try {
     for (;;) {
+      stats[S_HEARTBEAT]! += 1; // the supervisor's heartbeat (engine/server/supervisor.ts)
       let n = 0;
       while (n < BATCH && inbound.next() >= 0) {
         let need: number;
@@ -88,6 +89,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
           inbound.syncRead();
           outWaits++;
           await out.waitForFree(need);
+          stats[S_HEARTBEAT]! += 1;
         }
         inbound.release();
         n++;

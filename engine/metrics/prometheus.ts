@@ -13,6 +13,10 @@ export interface ShardSnapshot {
   index: number;
   up: boolean;
   restarts: number;
+  /** Restart budget spent: the shard is not restarted. */
+  failed: boolean;
+  /** Times the shard was terminated because its heartbeat stopped. */
+  stalls: number;
   rooms: number;
   members: number;
   presentUsers: number;
@@ -118,6 +122,8 @@ export class EngineMetrics {
     perShard('shardchat_present_users', 'Presence entries (user x room), per shard', (s) => s.presentUsers);
     perShard('shardchat_worker_heap_used_bytes', 'V8 heap used by the shard worker', (s) => s.heapUsed);
     perShard('shardchat_shard_restarts_total', 'Shard restarts after a crash', (s) => s.restarts, true);
+    perShard('shardchat_shard_failed', '1 once the shard spent its restart budget (it is not restarted)', (s) => (s.failed ? 1 : 0));
+    perShard('shardchat_shard_stalls_total', 'Shards terminated because their heartbeat stopped (a stuck loop)', (s) => s.stalls, true);
     perShard('shardchat_messages_published_total', 'Messages given a seq, per shard', (s) => s.published, true);
     perShard('shardchat_messages_delivered_total', 'Deliveries made by fan-out (members at each publish), per shard', (s) => s.delivered, true);
     perShard('shardchat_shard_overloaded_total', 'Requests refused because this shard queue was full', (s) => s.overloaded, true);

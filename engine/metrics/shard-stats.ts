@@ -19,6 +19,8 @@ export const S_LOOP_LAG_MS = 11;
 export const S_PARKS = 12;
 export const S_OUT_WAITS = 13;
 export const S_DELIVERED = 14;
+/** Bumped by the shard once per turn of its loop (at least once per tick): the supervisor's heartbeat. */
+export const S_HEARTBEAT = 15;
 /** err replies sent by the shard: slot S_ERR_BASE + error number (frames.ts E_*). */
 export const S_ERR_BASE = 16;
 export const SHARD_STAT_SLOTS = 32;

@@ -18,12 +18,13 @@ import {
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
+  CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
   OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
+import { ShardSupervisor } from './supervisor.js';
 import { SlowConsumerGuard } from './slow-consumers.js';
 import { type BucketState, TokenBucketPolicy, monotonicMs } from './token-bucket.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
@@ -99,6 +100,7 @@ export class Engine {
   private closing: Promise<void> | null = null;
   private readonly started: Promise<void>;
   private sweeper: NodeJS.Timeout | null = null;
+  private readonly supervisor: ShardSupervisor;
   private readonly guard: SlowConsumerGuard<Conn>;
   /** Per-connection frame rate (ratePerSec, rateBurst) on the monotonic clock. */
   private readonly rate: TokenBucketPolicy;
@@ -140,7 +142,16 @@ export class Engine {
     this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
     this.fanoutLatency = this.metrics.fanoutLatency;
-    for (const link of this.links) this.startShard(link);
+    this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
+      taskOptions: () => ({ historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth }),
+      deliverAll: (link) => { link.reader.drain(this.onOut, Infinity, this.flushAcks); },
+      failUnhandled: (inbound, shard) => this.failUnhandled(inbound, shard),
+      replay: (link) => this.replay(link),
+      pump: (link, gen) => { void this.pump(link, gen); },
+      draining: () => this.draining,
+      stopped: () => this.stopped,
+    });
+    this.supervisor.startAll();
     this.started = this.waitShardsUp();
   }
 
@@ -171,45 +182,12 @@ export class Engine {
 
   // ---- shards -------------------------------------------------------------------------------
 
-  private startShard(link: ShardLink): void {
-    const o = this.options;
-    const gen = link.generation;
-    link.up = true;
-    const task = this.pool.run({
-      index: link.index, inbound: link.inbound, outbound: link.outbound, stats: link.statsSab,
-      historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
-    });
-    link.task = task;
-    task.then(
-      () => { if (link.generation === gen) link.up = false; },
-      (err: Error) => this.onShardCrash(link, gen, err),
-    );
-    void this.pump(link, gen);
-  }
-
-  private onShardCrash(link: ShardLink, gen: number, err: Error): void {
-    if (link.generation !== gen) return;
-    link.up = false;
-    // A worker that exited never ran its cleanup: mark it down so /readyz is 503 until the new one runs.
-    link.stats[S_UP] = 0;
-    if (this.stopped) return;
-    this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
-    // Deliver everything the dead shard published, then answer what it never handled.
-    link.reader.drain(this.onOut, Infinity, this.flushAcks);
-    const oldInbound = link.inbound;
-    const oldReader = link.reader;
-    link.fresh();
-    oldReader.wake(); // ends the old generation's pump
-    link.restarts++;
-    this.failUnhandled(oldInbound, link.index);
-    this.startShard(link);
-    // Replay memberships so rooms come back (with a new epoch, told by a `joined`).
+  /** Replays the memberships of a restarted shard's rooms (the main thread's view of them). */
+  private replay(link: ShardLink): void {
     for (const ws of this.conns.values()) {
       const c = ws.getUserData();
       for (const room of c.rooms) if (this.shardOf(room) === link.index) link.replay(c.id, c.user, room);
     }
-    if (this.draining) link.control(Uint8Array.of(IN_DRAIN));
-    this.log.warn({ event: 'shard_restarted', shard: link.index, restarts: link.restarts }, 'shard restarted');
   }
 
   /** Answers every request left unhandled in a dead shard's inbound ring with `internal`. */
@@ -550,6 +528,7 @@ export class Engine {
     if (this.draining) { this.sendErr(ws, E_SHUTTING_DOWN, 'engine is shutting down', f.ref); return; }
     const shard = fnv1a(u8, f.roomStart, f.roomEnd) % this.links.length;
     const link = this.links[shard]!;
+    if (link.failed) { this.sendErr(ws, E_INTERNAL, `shard ${shard} failed; its rooms are unavailable until the engine restarts`, f.ref); return; }
     if (f.type === T_JOIN) {
       const room = asciiString(u8, f.roomStart, f.roomEnd);
       const added = !c.rooms.has(room);
@@ -627,6 +606,7 @@ export class Engine {
     if (end !== bytes.byteLength) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `body must be plain MessagePack data nested at most ${this.options.maxBodyDepth} levels`));
     if (bytes.byteLength > this.options.maxFrameBytes) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `body of ${bytes.byteLength} bytes exceeds maxFrameBytes ${this.options.maxFrameBytes}`));
     const shard = this.shardOf(room);
+    if (this.links[shard]!.failed) return Promise.reject(new EngineError('SHARDCHAT_SHARD_FAILED', `shard ${shard} failed (restart budget spent); its rooms are unavailable until the engine restarts`));
     const req = this.nextReq++;
     if (this.nextReq > 0xffffffff) this.nextReq = 1;
     return new Promise<PublishResult>((resolve, reject) => {
@@ -649,11 +629,11 @@ export class Engine {
     };
   }
 
-  /** Test hook: makes shard `index` throw from its task ('throw') or exit its worker ('exit'). */
-  _crashShard(index: number, mode: 'throw' | 'exit'): void {
+  /** Test hook: makes shard `index` throw from its task ('throw'), exit its worker ('exit') or loop forever ('hang'). */
+  _crashShard(index: number, mode: 'throw' | 'exit' | 'hang'): void {
     const link = this.links[index];
     if (!link) throw new RangeError(`no shard ${index}`);
-    link.control(Uint8Array.of(IN_CRASH, mode === 'exit' ? CRASH_EXIT : CRASH_THROW));
+    link.control(Uint8Array.of(IN_CRASH, mode === 'exit' ? CRASH_EXIT : mode === 'hang' ? CRASH_HANG : CRASH_THROW));
   }
 
   /**
@@ -687,17 +667,18 @@ export class Engine {
     this.draining = true;
     this.log.info({ event: 'drain_started', connections: this.conns.size }, 'drain started');
     await this.started.catch(() => undefined);
-    for (const l of this.links) l.control(Uint8Array.of(IN_DRAIN));
+    for (const l of this.links) l.drainNow();
     const deadline = started + this.options.drainTimeoutMs;
     // Deliver as the shards drain (the pumps do too; this also catches a shard whose task has
     // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
     for (;;) {
       for (const l of this.links) l.reader.drain(this.onOut, Infinity, this.flushAcks);
-      if (this.links.every((l) => l.drained) || performance.now() >= deadline) break;
+      if (this.links.every((l) => l.drained || l.failed) || performance.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5));
     }
-    const forced = !this.links.every((l) => l.drained);
+    const forced = !this.links.every((l) => l.drained || l.failed);
     this.stopped = true;
+    this.supervisor.stop();
     if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
     for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }

@@ -7,7 +7,7 @@
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
 import { S_DELIVERED, S_ERR_BASE, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
-import { IN_CLOSE, IN_FRAME, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+import { IN_CLOSE, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
   inbound!: SharedArrayBuffer;
@@ -31,6 +31,17 @@ export class ShardLink {
   deadDelivered = 0;
   /** The running shard task (one per incarnation). */
   task: Promise<unknown> = Promise.resolve();
+  /** Aborts the running task: piscina then terminates its worker (a stuck shard). */
+  abort: AbortController | null = null;
+  /** The heartbeat slot's value when last seen to move, and when (monotonic ms). */
+  lastBeat = 0;
+  lastBeatAt = 0;
+  /** Times this shard was terminated for a stalled heartbeat. */
+  stalls = 0;
+  /** When (monotonic ms) the restarts within the supervisor's window happened. */
+  restartTimes: number[] = [];
+  /** The restart budget is spent: the shard is not restarted and its rooms are refused. */
+  failed = false;
   private stopped = false;
   inboundHighWater = 0;
   outboundHighWater = 0;
@@ -119,6 +130,11 @@ export class ShardLink {
     w.publish();
     this.noteInboundDepth();
     return true;
+  }
+
+  /** Tells the shard to drain (IN_DRAIN). */
+  drainNow(): void {
+    this.control(Uint8Array.of(IN_DRAIN));
   }
 
   close(conn: number): void {
