@@ -28,6 +28,7 @@ export interface EngineOptions {
   maxRoomsPerConn?: number;
   ratePerSec?: number;
   rateBurst?: number;
+  replyBytesPerToken?: number;
   maxBufferBytes?: number;
   maxConnections?: number;
   maxBodyDepth?: number;
@@ -69,6 +70,7 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'maxRoomsPerConn', flag: 'max-rooms', env: 'SHARDCHAT_MAX_ROOMS', kind: 'int', min: 1, max: 100_000, help: 'rooms one connection may join (too_many_rooms above)', def: () => 100 },
   { key: 'ratePerSec', flag: 'rate-per-sec', env: 'SHARDCHAT_RATE_PER_SEC', kind: 'int', min: 1, max: 1e9, help: 'token bucket refill per connection (frames/s)', def: () => 10 },
   { key: 'rateBurst', flag: 'rate-burst', env: 'SHARDCHAT_RATE_BURST', kind: 'int', min: 1, max: 1e9, help: 'token bucket size per connection', def: () => 50 },
+  { key: 'replyBytesPerToken', flag: 'reply-bytes-per-token', env: 'SHARDCHAT_REPLY_BYTES_PER_TOKEN', kind: 'int', min: 1024, max: 1 << 30, help: 'a hist/who/joined reply costs one more rate token per this many bytes', def: () => 65536 },
   { key: 'maxBufferBytes', flag: 'max-buffer-bytes', env: 'SHARDCHAT_MAX_BUFFER_BYTES', kind: 'int', min: 1024, max: 1 << 30, help: 'unsent bytes per connection before close 4008', def: () => 1 << 20 },
   { key: 'maxConnections', flag: 'max-connections', env: 'SHARDCHAT_MAX_CONNECTIONS', kind: 'int', min: 1, max: 10_000_000, help: 'open connections (HTTP 503 at upgrade above)', def: () => 50_000 },
   { key: 'maxBodyDepth', flag: 'max-body-depth', env: 'SHARDCHAT_MAX_BODY_DEPTH', kind: 'int', min: 32, max: 1000, help: 'nesting levels allowed in a body (the body is level 1)', def: () => 32 },

@@ -300,13 +300,14 @@ export class Engine {
       }
       case OUT_SEND: {
         const ws = this.replyTo(b, off);
-        if (ws !== undefined) this.send(ws, b.subarray(off + OUT_BODY, rs));
+        if (ws !== undefined && this.send(ws, b.subarray(off + OUT_BODY, rs))) this.chargeReply(ws, rs - off - OUT_BODY);
         return;
       }
       case OUT_JOINED: {
         const ws = this.replyTo(b, off);
         if (ws === undefined) return;
         if (this.send(ws, b.subarray(off + OUT_BODY, rs))) {
+          this.chargeReply(ws, rs - off - OUT_BODY);
           ws.subscribe(b.subarray(rs, end));
           this.guard.subscribed(ws, asciiString(b, rs, end));
         }
@@ -497,6 +498,16 @@ export class Engine {
       return false;
     }
     return true;
+  }
+
+  /**
+   * A direct reply (`hist`, `who`, `joined` with `missed`) costs its connection one more token
+   * per replyBytesPerToken bytes, taken when it is sent (the bucket may go down to -rateBurst):
+   * one token would otherwise pull up to maxHistBytes. Smaller replies cost nothing extra.
+   */
+  private chargeReply(ws: WebSocket<Conn>, bytes: number): void {
+    const cost = Math.floor(bytes / this.options.replyBytesPerToken);
+    if (cost > 0) this.rate.charge(ws.getUserData().bucket, cost);
   }
 
   private sendErr(ws: WebSocket<Conn>, code: number, msg: string, ref: number, retryAfterMs = -1): void {
