@@ -40,6 +40,8 @@ export interface MetricsSnapshot {
   /** err replies by wire code. */
   errors: ReadonlyMap<string, number>;
   slowConsumers: number;
+  /** Upgrades refused by the admission rate (upgradeRatePerSec). */
+  upgradesThrottled: number;
   mainLoopLagSeconds: number;
   shards: readonly ShardSnapshot[];
 }
@@ -93,6 +95,8 @@ export class EngineMetrics {
       collect() { this.reset(); this.inc(get().errors.get('overloaded') ?? 0); } });
     new Counter({ name: 'shardchat_slow_consumers_total', help: 'Connections closed with 4008 (slow consumer)', registers: [r],
       collect() { this.reset(); this.inc(get().slowConsumers); } });
+    new Counter({ name: 'shardchat_upgrades_throttled_total', help: 'Upgrades refused with 503 + Retry-After by the admission rate (upgradeRatePerSec)', registers: [r],
+      collect() { this.reset(); this.inc(get().upgradesThrottled); } });
     new Gauge({ name: 'shardchat_event_loop_lag_seconds', help: 'Event-loop lag, main thread and each shard', labelNames: ['thread'], registers: [r],
       collect() {
         this.reset();

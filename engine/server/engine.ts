@@ -70,6 +70,8 @@ const SHARD_YOUNG_GEN_MB = 4;
  * process can exit within the deadline.
  */
 const SOCKET_CLOSE_MARGIN_MS = 100;
+/** A drain spread over drainSpreadMs closes one slice of the connections this often. */
+const DRAIN_SLICE_MS = 10;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
@@ -104,6 +106,9 @@ export class Engine {
   private readonly guard: SlowConsumerGuard<Conn>;
   /** Per-connection frame rate (ratePerSec, rateBurst) on the monotonic clock. */
   private readonly rate: TokenBucketPolicy;
+  /** New connections a second (upgradeRatePerSec; null = unlimited), one bucket for the engine. */
+  private readonly admission: TokenBucketPolicy | null;
+  private readonly admitted: BucketState;
   private fanoutCount = 0;
   private readonly fanoutLatency: Histogram;
   private readonly metrics: EngineMetrics;
@@ -115,7 +120,7 @@ export class Engine {
   private authPending = 0;
   /** Counters the metrics module reads: closes by code (KNOWN_CLOSE_CODES, else CLOSE_OTHER), `err` replies by code, slow consumers closed. */
   readonly counters = {
-    opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0,
+    opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0, upgradesThrottled: 0,
     framesIn: 0,
   };
 
@@ -139,6 +144,8 @@ export class Engine {
     });
     this.pool.on('error', (err: Error) => this.log.error({ event: 'pool_error', err: err.message }, 'worker pool error'));
     this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
+    this.admission = o.upgradeRatePerSec === 0 ? null : new TokenBucketPolicy(o.upgradeRatePerSec, o.upgradeRatePerSec, monotonicMs);
+    this.admitted = this.admission?.full() ?? { tokens: 0, last: 0 };
     this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
     this.fanoutLatency = this.metrics.fanoutLatency;
@@ -424,13 +431,21 @@ export class Engine {
       connections: st.connections, opened: this.counters.opened,
       closedByCode: new Map([...this.counters.closedByCode].map(([code, n]) => [code === CLOSE_OTHER ? 'other' : String(code), n])),
       framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
-      slowConsumers: this.counters.slowConsumers, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
+      slowConsumers: this.counters.slowConsumers, upgradesThrottled: this.counters.upgradesThrottled, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
       shards: st.shards.map(metricsShard),
     };
   }
 
   private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
     if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
+    if (this.admission !== null) {
+      const wait = this.admission.take(this.admitted);
+      if (wait > 0) {
+        this.counters.upgradesThrottled++;
+        res.writeStatus('503 Service Unavailable').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain').end('too many new connections; retry after Retry-After seconds');
+        return;
+      }
+    }
     if (this.conns.size + this.authPending >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
     const key = req.getHeader('sec-websocket-key');
     const protocol = req.getHeader('sec-websocket-protocol');
@@ -673,6 +688,22 @@ export class Engine {
     timer.unref();
   }
 
+  /**
+   * Closes every connection with 1001: at once, or spread over drainSpreadMs (in slices every
+   * DRAIN_SLICE_MS, finishing before the deadline) so that clients do not all reconnect in one
+   * instant.
+   */
+  private async closeAll(deadline: number): Promise<void> {
+    const all = [...this.conns.values()];
+    const window = Math.min(this.options.drainSpreadMs, deadline - SOCKET_CLOSE_MARGIN_MS - performance.now());
+    const slices = window > DRAIN_SLICE_MS ? Math.floor(window / DRAIN_SLICE_MS) : 1;
+    const per = Math.ceil(all.length / slices);
+    for (let i = 0; i < all.length; i += per) {
+      if (i > 0) await new Promise((r) => setTimeout(r, DRAIN_SLICE_MS));
+      for (const ws of all.slice(i, i + per)) if (!ws.getUserData().closed) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
+    }
+  }
+
   private async drain(): Promise<void> {
     const started = performance.now();
     this.draining = true;
@@ -691,7 +722,7 @@ export class Engine {
     this.stopped = true;
     this.supervisor.stop();
     if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
-    for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
+    await this.closeAll(deadline);
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
     if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; }
     this.closeLeftoverSockets(deadline);
