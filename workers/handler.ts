@@ -12,7 +12,7 @@ import {
   errBound, isAbsent, msgBound, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_REPLAY, IN_SERVER_PUB,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_REPLAY, IN_SERVER_PUB,
   IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
@@ -35,6 +35,8 @@ export class Handler {
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
+  /** Test hook (CRASH_AFTER_PUBLISH): exit after the publish that carries a message past this count; -1 = off. */
+  crashAfterPublishOf = -1;
   /** Deliveries the fan-out makes: the room's member connections at each publish. */
   delivered = 0;
   private readonly frame = new ClientFrame();
@@ -66,6 +68,7 @@ export class Handler {
       case IN_CRASH:
         if (b[off + 1] === CRASH_EXIT) process.exit(70);
         if (b[off + 1] === CRASH_THROW) throw new Error('shard crash requested (test hook)');
+        if (b[off + 1] === CRASH_AFTER_PUBLISH) this.crashAfterPublishOf = this.published;
         if (b[off + 1] === CRASH_HANG) for (;;) { /* test hook: a stuck shard (the supervisor's heartbeat watch ends it) */ }
         return 0;
       default:

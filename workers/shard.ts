@@ -16,7 +16,7 @@
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
   S_CONNS, S_CURSORS, S_HEAP_USED, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 
@@ -74,6 +74,13 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     publishStats();
     return true;
   };
+  // Tell the main thread which input this publish answers (see S_IN_HANDLED), then publish.
+  const publishOutput = (): void => {
+    stats[S_IN_HANDLED] = inbound.position;
+    stats[S_OUT_PUBLISH_END] = out.position;
+    out.publish();
+    if (h.crashAfterPublishOf >= 0 && h.published > h.crashAfterPublishOf) process.exit(70); // test hook
+  };
   const keepAlive = setInterval(() => undefined, 1 << 30);
   stats[S_UP] = 1;
   try {
@@ -85,7 +92,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
         while ((need = h.handle(inbound.bytes, inbound.offset, inbound.length)) > 0) {
           // Outbound is short of room: hand back what we consumed, publish, wait for the main thread.
           if (need > out.capacity) throw new Error(`a record needs ${need} outbound bytes, more than the ring's ${out.capacity}`);
-          out.publish();
+          publishOutput();
           inbound.syncRead();
           outWaits++;
           await out.waitForFree(need);
@@ -99,7 +106,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
       if (n > 0) {
         // Output first, then mark the input consumed: should the shard die in between, the
         // main thread answers the records it still sees as unhandled, rather than losing them.
-        out.publish();
+        publishOutput();
         inbound.syncRead();
         publishStats();
       }

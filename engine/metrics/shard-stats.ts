@@ -23,7 +23,16 @@ export const S_DELIVERED = 14;
 export const S_HEARTBEAT = 15;
 /** err replies sent by the shard: slot S_ERR_BASE + error number (frames.ts E_*). */
 export const S_ERR_BASE = 16;
-export const SHARD_STAT_SLOTS = 32;
+/**
+ * Written by the shard just before each outbound publish: the inbound read counter past the
+ * last record whose output that publish carries, and the outbound write counter the publish
+ * will make visible. After a crash, if the outbound ring's published counter equals
+ * S_OUT_PUBLISH_END, that publish happened and the inbound records before S_IN_HANDLED were
+ * answered already (the supervisor resets S_OUT_PUBLISH_END to -1 for each incarnation).
+ */
+export const S_IN_HANDLED = 32;
+export const S_OUT_PUBLISH_END = 33;
+export const SHARD_STAT_SLOTS = 40;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_ROOMS]: 'rooms', [S_MEMBERS]: 'members', [S_PRESENT_USERS]: 'presentUsers', [S_CONNS]: 'conns',

@@ -18,7 +18,7 @@ import {
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
   OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
@@ -152,7 +152,7 @@ export class Engine {
     this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
       taskOptions: () => ({ historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth }),
       deliverAll: (link) => { link.reader.drain(this.onOut, Infinity, this.flushAcks); },
-      failUnhandled: (inbound, shard) => this.failUnhandled(inbound, shard),
+      failUnhandled: (inbound, shard, handledUpTo) => this.failUnhandled(inbound, shard, handledUpTo),
       replay: (link) => this.replay(link),
       pump: (link, gen) => { void this.pump(link, gen); },
       draining: () => this.draining,
@@ -197,10 +197,15 @@ export class Engine {
     }
   }
 
-  /** Answers every request left unhandled in a dead shard's inbound ring with `internal`. */
-  private failUnhandled(inbound: SharedArrayBuffer, shard: number): void {
+  /**
+   * Answers every request left unhandled in a dead shard's inbound ring with `internal`. Records
+   * the shard had already answered (its output published, but it died before marking them read:
+   * up to `handledUpTo`) are skipped, so no request is answered twice.
+   */
+  private failUnhandled(inbound: SharedArrayBuffer, shard: number, handledUpTo: number | null): void {
     const r = new RingReader(inbound);
     while (r.next() >= 0) {
+      if (handledUpTo !== null && ((handledUpTo - r.peekPosition) | 0) >= 0) { r.release(); continue; }
       const b = r.bytes; const off = r.offset;
       if (b[off] === IN_FRAME) {
         const conn = getU32(b, off + 4);
@@ -655,11 +660,16 @@ export class Engine {
     };
   }
 
-  /** Test hook: makes shard `index` throw from its task ('throw'), exit its worker ('exit') or loop forever ('hang'). */
-  _crashShard(index: number, mode: 'throw' | 'exit' | 'hang'): void {
+  /**
+   * Test hook: makes shard `index` throw from its task ('throw'), exit its worker ('exit'), loop
+   * forever ('hang'), or exit right after publishing the output of its next published message,
+   * before marking that input read ('after-publish').
+   */
+  _crashShard(index: number, mode: 'throw' | 'exit' | 'hang' | 'after-publish'): void {
     const link = this.links[index];
     if (!link) throw new RangeError(`no shard ${index}`);
-    link.control(Uint8Array.of(IN_CRASH, mode === 'exit' ? CRASH_EXIT : mode === 'hang' ? CRASH_HANG : CRASH_THROW));
+    const code = { throw: CRASH_THROW, exit: CRASH_EXIT, hang: CRASH_HANG, 'after-publish': CRASH_AFTER_PUBLISH }[mode];
+    link.control(Uint8Array.of(IN_CRASH, code));
   }
 
   /**

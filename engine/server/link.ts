@@ -6,7 +6,7 @@
  * frames are refused too, so that per-connection order is kept.
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
-import { S_DELIVERED, S_ERR_BASE, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
+import { S_DELIVERED, S_ERR_BASE, S_IN_HANDLED, S_OUT_PUBLISH_END, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
 import { IN_CLOSE, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
@@ -66,6 +66,7 @@ export class ShardLink {
       this.deadErrors[code]! += this.stats[S_ERR_BASE + code]!;
       this.stats[S_ERR_BASE + code] = 0;
     }
+    this.stats[S_OUT_PUBLISH_END] = -1; // no publish of the new incarnation yet (see handledUpTo)
     this.inbound = createRing(this.ringBytes);
     this.outbound = createRing(this.ringBytes);
     const old = this.writer as RingWriter | undefined;
@@ -74,6 +75,16 @@ export class ShardLink {
     this.reader = new RingReader(this.outbound);
     this.generation++;
     this.drained = false;
+  }
+
+  /**
+   * For a dead incarnation, before fresh(): the inbound read counter up to which its output was
+   * published (those records were answered), or null when its last publish did not happen.
+   */
+  handledUpTo(): number | null {
+    const end = this.stats[S_OUT_PUBLISH_END]!;
+    if (end < 0 || this.reader.producerPosition() !== end) return null;
+    return this.stats[S_IN_HANDLED]!;
   }
 
   /** Writes a client frame record; false when it cannot be queued (the client gets `overloaded`). */

@@ -35,8 +35,8 @@ export interface SupervisorHooks {
   taskOptions(): Record<string, unknown>;
   /** Delivers everything a (dead) shard published in its outbound ring. */
   deliverAll(link: ShardLink): void;
-  /** Answers the records a dead shard left unhandled in its inbound ring. */
-  failUnhandled(inbound: SharedArrayBuffer, shard: number): void;
+  /** Answers the records a dead shard left unhandled in its inbound ring (those before `handledUpTo` were answered). */
+  failUnhandled(inbound: SharedArrayBuffer, shard: number, handledUpTo: number | null): void;
   /** Writes the memberships of this shard's rooms into its (new) inbound ring. */
   replay(link: ShardLink): void;
   /** Starts moving this incarnation's output to sockets. */
@@ -119,11 +119,12 @@ export class ShardSupervisor {
     this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
     // Deliver everything the dead shard published, then answer what it never handled.
     this.hooks.deliverAll(link);
+    const handledUpTo = link.handledUpTo();
     const oldInbound = link.inbound;
     const oldReader = link.reader;
     link.fresh();
     oldReader.wake(); // ends the old generation's pump
-    this.hooks.failUnhandled(oldInbound, link.index);
+    this.hooks.failUnhandled(oldInbound, link.index, handledUpTo);
     const now = performance.now();
     link.restartTimes = link.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
     if (link.restartTimes.length >= this.opts.restartBudget) {
