@@ -2,8 +2,11 @@
  * The main thread: uWebSockets.js accepts every connection and does all socket I/O; each client
  * frame is validated, rate-limited and copied into its room's shard inbound ring inside the uWS
  * callback; shard output comes back through the outbound rings and becomes `send`/`publish`
- * calls on views of the ring (no copy). Owns connections, uWS topics, the shard supervisor and
- * shutdown. The only other module that touches uWS is ./uws.ts (loading it).
+ * calls on views of the ring (no copy). This facade owns connections, uWS topics, HTTP routes
+ * and shutdown; its parts live beside it: ./supervisor.ts (shard start, heartbeat, crash,
+ * back-off, replay), ./outbound.ts (ring output to sockets), ./slow-consumers.ts (the 4008
+ * bound), ./token-bucket.ts (rate limits), ./link.ts (one main <-> shard channel). The only
+ * other module that touches uWS is ./uws.ts (loading it).
  */
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
@@ -18,19 +21,18 @@ import {
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT,
-  OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, getU32,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
 import { ShardSupervisor } from './supervisor.js';
+import { OutboundDispatcher, nowMicros } from './outbound.js';
 import { SlowConsumerGuard } from './slow-consumers.js';
 import { type BucketState, TokenBucketPolicy, monotonicMs } from './token-bucket.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { checkUserQuery } from '../protocol/identity.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
-import type { Histogram } from 'prom-client';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
 
@@ -61,7 +63,6 @@ export interface PublishResult { seq: number; epoch: string }
 export const FRAME_SLACK = 4096;
 /** How often recently published-to connections are re-checked against maxBufferBytes (see SlowConsumerGuard). */
 const SLOW_SWEEP_MS = 100;
-const OUT_BATCH = 2048;
 /** Young-generation cap of a shard worker (see the Piscina options). */
 const SHARD_YOUNG_GEN_MB = 4;
 /**
@@ -76,9 +77,6 @@ const DRAIN_SLICE_MS = 10;
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
 const FANOUT_SAMPLE = 16;
-/** Main-thread microseconds mod 2^32 (both ends of the measurement are on the main thread). */
-const nowMicros = (): number => (performance.now() * 1000) >>> 0;
-const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 export class Engine {
   readonly options: ResolvedOptions;
@@ -103,6 +101,7 @@ export class Engine {
   private readonly started: Promise<void>;
   private sweeper: NodeJS.Timeout | null = null;
   private readonly supervisor: ShardSupervisor;
+  private readonly outbound: OutboundDispatcher<Conn>;
   private readonly guard: SlowConsumerGuard<Conn>;
   /** Per-connection frame rate (ratePerSec, rateBurst) on the monotonic clock. */
   private readonly rate: TokenBucketPolicy;
@@ -110,7 +109,6 @@ export class Engine {
   private readonly admission: TokenBucketPolicy | null;
   private readonly admitted: BucketState;
   private fanoutCount = 0;
-  private readonly fanoutLatency: Histogram;
   private readonly metrics: EngineMetrics;
   private metricsSocket: us_listen_socket | null = null;
   private metricsApp: TemplatedApp | null = null;
@@ -148,13 +146,23 @@ export class Engine {
     this.admitted = this.admission?.full() ?? { tokens: 0, last: 0 };
     this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
-    this.fanoutLatency = this.metrics.fanoutLatency;
+    this.outbound = new OutboundDispatcher<Conn>({
+      conns: this.conns,
+      app: () => this.app,
+      send: (ws, frame) => this.send(ws, frame),
+      chargeReply: (ws, bytes) => this.chargeReply(ws, bytes),
+      serverAck: (req, seq, epoch) => {
+        const p = this.pending.get(req);
+        if (p) { this.pending.delete(req); p.resolve({ seq, epoch }); }
+      },
+      stopped: () => this.stopped,
+    }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
     this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
       taskOptions: () => ({ historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth }),
-      deliverAll: (link) => { link.reader.drain(this.onOut, Infinity, this.flushAcks); },
+      deliverAll: (link) => this.outbound.deliverAll(link),
       failUnhandled: (inbound, shard, handledUpTo) => this.failUnhandled(inbound, shard, handledUpTo),
       replay: (link) => this.replay(link),
-      pump: (link, gen) => { void this.pump(link, gen); },
+      pump: (link, gen) => { void this.outbound.pump(link, gen); },
       draining: () => this.draining,
       stopped: () => this.stopped,
     });
@@ -227,128 +235,6 @@ export class Engine {
       r.release();
     }
   }
-
-  /**
-   * Moves shard output to sockets until the link's generation changes or the engine stops. It
-   * parks as soon as the ring is empty rather than polling once per event-loop turn: polling
-   * keeps the loop from blocking in epoll, so each turn reads only the few sockets that happen
-   * to be ready and a closed loop of clients splits into many small cohorts, each fanned out with
-   * its own write per subscriber. Parked, the loop waits for sockets or for the shard's notify
-   * (one per output batch), and each turn's fan-out carries what the turn gathered. Measured in
-   * fanout-10x100: 0.87x plain uWS's throughput and 1.07x its main-thread CPU per delivery,
-   * against 0.80x and 1.20x polling for 64 idle turns (native-bench, 5 runs each).
-   */
-  private async pump(link: ShardLink, gen: number): Promise<void> {
-    const reader = link.reader;
-    while (!this.stopped && link.generation === gen) {
-      const depth = reader.depth();
-      if (depth > link.outboundHighWater) link.outboundHighWater = depth;
-      const n = reader.drain(this.onOut, OUT_BATCH, this.flushAcks);
-      if (n === OUT_BATCH) { await yieldToLoop(); continue; }
-      if (reader.hasNext()) continue;
-      await reader.waitForData();
-    }
-  }
-
-  // Acks of this drain batch, sent once the batch's publishes are in (flushAcks). Each sender's
-  // ack then leaves in the same write as every message of the batch its rooms got: uWS's send
-  // first drains the socket's queued pub/sub messages into the cork. Sent at once instead, the ack
-  // would cost the sender a write of its own before the end-of-turn pub/sub drain. The views point
-  // into the outbound ring, valid until the batch's read counter is published (after the flush).
-  private readonly ackConns: number[] = [];
-  private readonly ackFrames: Uint8Array[] = [];
-  private ackWs: WebSocket<Conn> | null = null;
-  private ackFrame: Uint8Array | null = null;
-  private readonly sendAck = (): void => { this.send(this.ackWs!, this.ackFrame!); };
-
-  /** Sends the queued acks, each corked with its socket's queued pub/sub messages. */
-  private readonly flushAcks = (): void => {
-    const ids = this.ackConns;
-    if (ids.length === 0) return;
-    const frames = this.ackFrames;
-    for (let i = 0; i < ids.length; i++) {
-      const ws = this.conns.get(ids[i]!);
-      if (ws === undefined) continue; // closed since (a slow consumer closed mid-batch, say)
-      this.ackWs = ws; this.ackFrame = frames[i]!;
-      ws.cork(this.sendAck);
-    }
-    this.ackWs = this.ackFrame = null;
-    ids.length = 0;
-    frames.length = 0;
-  };
-
-  /** The connection a direct reply record is for; queued acks leave first, so a connection's replies keep the shard's order. */
-  private replyTo(b: Uint8Array, off: number): WebSocket<Conn> | undefined {
-    this.flushAcks();
-    return this.conns.get(getU32(b, off + 4));
-  }
-
-  private observeFanout(stamp: number): void {
-    // Receipt-to-fan-out latency of the sampled pubs (the ones that carry a stamp).
-    if (stamp !== 0) this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
-  }
-
-  private readonly onOut = (b: Uint8Array, off: number, len: number): void => {
-    // Layout (protocol/records.ts): [0] kind, [1] roomLen, [4] id, [8..] body, room at the end.
-    const end = off + len;
-    const rs = end - b[off + 1]!;
-    switch (b[off]) {
-      case OUT_PUBLISH: {
-        this.guard.beforePublish(asciiString(b, rs, end), rs - off - OUT_BODY);
-        this.app?.publish(b.subarray(rs, end), b.subarray(off + OUT_BODY, rs), true);
-        this.observeFanout(getU32(b, off + 4));
-        return;
-      }
-      case OUT_PUBLISH_ACK: {
-        const p = off + OUT_BODY;
-        const ms = p + 8;
-        const me = ms + getU32(b, p + 4);
-        const id = getU32(b, off + 4);
-        this.guard.beforePublish(asciiString(b, rs, end), me - ms);
-        this.app?.publish(b.subarray(rs, end), b.subarray(ms, me), true);
-        if (this.conns.has(id)) { this.ackConns.push(id); this.ackFrames.push(b.subarray(me, rs)); }
-        this.observeFanout(getU32(b, p));
-        return;
-      }
-      case OUT_SEND: {
-        const ws = this.replyTo(b, off);
-        if (ws !== undefined && this.send(ws, b.subarray(off + OUT_BODY, rs))) this.chargeReply(ws, rs - off - OUT_BODY);
-        return;
-      }
-      case OUT_JOINED: {
-        const ws = this.replyTo(b, off);
-        if (ws === undefined) return;
-        if (this.send(ws, b.subarray(off + OUT_BODY, rs))) {
-          this.chargeReply(ws, rs - off - OUT_BODY);
-          ws.subscribe(b.subarray(rs, end));
-          this.guard.subscribed(ws, asciiString(b, rs, end));
-        }
-        return;
-      }
-      case OUT_LEFT: {
-        const ws = this.replyTo(b, off);
-        if (ws === undefined) return;
-        ws.unsubscribe(b.subarray(rs, end));
-        this.guard.unsubscribed(ws, asciiString(b, rs, end));
-        this.send(ws, b.subarray(off + OUT_BODY, rs));
-        return;
-      }
-      case OUT_SERVER_ACK: {
-        const req = getU32(b, off + 4);
-        const p = off + OUT_BODY;
-        const seq = getU32(b, p) * 0x100000000 + getU32(b, p + 4);
-        const epoch = asciiString(b, p + 9, p + 9 + b[p + 8]!);
-        const pending = this.pending.get(req);
-        if (pending) { this.pending.delete(req); pending.resolve({ seq, epoch }); }
-        return;
-      }
-      case OUT_DRAINED:
-        for (const l of this.links) if (l.reader.bytes === b) l.drained = true;
-        return;
-      default:
-        this.log.error({ event: 'bad_outbound_record', kind: b[off] }, 'unknown outbound record');
-    }
-  };
 
   // ---- sockets ------------------------------------------------------------------------------
 
@@ -724,7 +610,7 @@ export class Engine {
     // Deliver as the shards drain (the pumps do too; this also catches a shard whose task has
     // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
     for (;;) {
-      for (const l of this.links) l.reader.drain(this.onOut, Infinity, this.flushAcks);
+      for (const l of this.links) this.outbound.deliverAll(l);
       if (this.links.every((l) => l.drained || l.failed) || performance.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5));
     }
