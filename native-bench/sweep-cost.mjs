@@ -45,7 +45,7 @@ if (mode === 'client') {
 } else {
   const n = Number(mode ?? 19_900); const rooms = Number(a1 ?? 100);
   const { createEngine } = await import('../dist/engine/index.js');
-  const engine = await createEngine({ port: 0, host: '127.0.0.1', shards: 1, logLevel: 'silent', maxConnections: n + 10, idleTimeoutSec: 0, metrics: false });
+  const engine = await createEngine({ port: 0, host: '127.0.0.1', shards: 1, logLevel: 'silent', maxConnections: n + 10, idleTimeoutSec: 0, metrics: false, upgradeRatePerSec: 0 });
   await engine.listen();
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'client', String(engine.port), String(n), String(rooms)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const killer = setTimeout(() => { child.kill(); process.exit(3); }, 180_000);
