@@ -63,14 +63,16 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
   };
   // The tick measures how late the loop came round to it (the shard's loop lag), samples the
   // heap and drops rooms past their TTL.
-  let nextTick = Date.now() + TICK_MS;
+  // Scheduled on the monotonic clock: after a wall-clock step back, Date.now() would park an
+  // idle shard for the size of the step, and its missed heartbeat would get it restarted.
+  let nextTick = performance.now() + TICK_MS;
   const tickIfDue = (): boolean => {
-    const now = Date.now();
+    const now = performance.now();
     if (now < nextTick) return false;
     stats[S_LOOP_LAG_MS] = now - nextTick;
     nextTick = now + TICK_MS;
     stats[S_HEAP_USED] = process.memoryUsage().heapUsed;
-    h.rooms.sweep(now);
+    h.rooms.sweep(Date.now()); // room TTLs are kept in wall-clock time (workers/rooms.ts)
     publishStats();
     return true;
   };
@@ -115,7 +117,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
       if (tickIfDue() || n === BATCH) { await yieldToLoop(); continue; }
       let spins = 0;
       while (spins < SPINS && !inbound.hasNext()) spins++;
-      if (!inbound.hasNext()) inbound.waitForDataSync(Math.max(1, nextTick - Date.now()));
+      if (!inbound.hasNext()) inbound.waitForDataSync(Math.max(1, nextTick - performance.now()));
     }
   } finally {
     clearInterval(keepAlive);
