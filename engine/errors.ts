@@ -12,7 +12,8 @@ export type EngineErrorCode =
   | 'SHARDCHAT_OVERLOADED'
   | 'SHARDCHAT_BAD_ROOM'
   | 'SHARDCHAT_BAD_BODY'
-  | 'SHARDCHAT_SHARD_RESTARTED';
+  | 'SHARDCHAT_SHARD_RESTARTED'
+  | 'SHARDCHAT_SHARD_FAILED';
 
 export class EngineError extends Error {
   constructor(readonly code: EngineErrorCode, message: string) {
@@ -34,3 +35,12 @@ export class OptionError extends TypeError {
 export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_TOO_BIG = 1009;
 export const CLOSE_SLOW_CONSUMER = 4008;
+
+/**
+ * Close codes counted under their own metric label: the engine's, and the common ones a peer
+ * or the transport produces. Any other code (a client chooses it) is counted as CLOSE_OTHER,
+ * so a client cannot create metric series or map entries.
+ */
+export const KNOWN_CLOSE_CODES: ReadonlySet<number> = new Set([1000, 1001, 1002, 1005, 1006, 1009, 1011, CLOSE_SLOW_CONSUMER]);
+/** The key of every other close code (0 is never a close code on the wire); labelled `other`. */
+export const CLOSE_OTHER = 0;

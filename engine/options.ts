@@ -34,11 +34,16 @@ export interface EngineOptions {
   maxRoomsPerConn?: number;
   ratePerSec?: number;
   rateBurst?: number;
+  replyBytesPerToken?: number;
   maxBufferBytes?: number;
   maxConnections?: number;
+  upgradeRatePerSec?: number;
+  drainSpreadMs?: number;
   maxBodyDepth?: number;
   idleTimeoutSec?: number;
   drainTimeoutMs?: number;
+  shardStallMs?: number;
+  shardRestartBudget?: number;
   ringBytes?: number;
   metrics?: boolean;
   metricsPort?: number;
@@ -80,11 +85,16 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'maxRoomsPerConn', flag: 'max-rooms', env: 'SHARDCHAT_MAX_ROOMS', kind: 'int', min: 1, max: 100_000, help: 'rooms one connection may join (too_many_rooms above)', def: () => 100 },
   { key: 'ratePerSec', flag: 'rate-per-sec', env: 'SHARDCHAT_RATE_PER_SEC', kind: 'int', min: 1, max: 1e9, help: 'token bucket refill per connection (frames/s)', def: () => 10 },
   { key: 'rateBurst', flag: 'rate-burst', env: 'SHARDCHAT_RATE_BURST', kind: 'int', min: 1, max: 1e9, help: 'token bucket size per connection', def: () => 50 },
+  { key: 'replyBytesPerToken', flag: 'reply-bytes-per-token', env: 'SHARDCHAT_REPLY_BYTES_PER_TOKEN', kind: 'int', min: 1024, max: 1 << 30, help: 'a hist/who/joined reply costs one more rate token per this many bytes', def: () => 65536 },
   { key: 'maxBufferBytes', flag: 'max-buffer-bytes', env: 'SHARDCHAT_MAX_BUFFER_BYTES', kind: 'int', min: 1024, max: 1 << 30, help: 'unsent bytes per connection before close 4008', def: () => 1 << 20 },
   { key: 'maxConnections', flag: 'max-connections', env: 'SHARDCHAT_MAX_CONNECTIONS', kind: 'int', min: 1, max: 10_000_000, help: 'open connections (HTTP 503 at upgrade above)', def: () => 50_000 },
+  { key: 'upgradeRatePerSec', flag: 'upgrade-rate-per-sec', env: 'SHARDCHAT_UPGRADE_RATE_PER_SEC', kind: 'int', min: 0, max: 10_000_000, help: 'new connections admitted per second, burst the same (HTTP 503 + Retry-After above; 0 = unlimited)', def: () => 10_000 },
   { key: 'maxBodyDepth', flag: 'max-body-depth', env: 'SHARDCHAT_MAX_BODY_DEPTH', kind: 'int', min: 32, max: 1000, help: 'nesting levels allowed in a body (the body is level 1)', def: () => 32 },
   { key: 'idleTimeoutSec', flag: 'idle-timeout-sec', env: 'SHARDCHAT_IDLE_TIMEOUT_SEC', kind: 'int', min: 0, max: 960, help: 'close a silent connection after this (pings are sent automatically; 0 = never)', def: () => 60 },
   { key: 'drainTimeoutMs', flag: 'drain-timeout-ms', env: 'SHARDCHAT_DRAIN_TIMEOUT_MS', kind: 'int', min: 0, max: 3_600_000, help: 'drain deadline on shutdown', def: () => 10_000 },
+  { key: 'shardStallMs', flag: 'shard-stall-ms', env: 'SHARDCHAT_SHARD_STALL_MS', kind: 'int', min: 0, max: 3_600_000, help: 'terminate and restart a shard whose heartbeat stops this long (0 = never; else at least 1000)', def: () => 10_000 },
+  { key: 'shardRestartBudget', flag: 'shard-restart-budget', env: 'SHARDCHAT_SHARD_RESTART_BUDGET', kind: 'int', min: 1, max: 1000, help: 'shard restarts allowed within 60 s before the shard is reported failed', def: () => 5 },
+  { key: 'drainSpreadMs', flag: 'drain-spread-ms', env: 'SHARDCHAT_DRAIN_SPREAD_MS', kind: 'int', min: 0, max: 3_600_000, help: 'spread the 1001 closes of a drain over this window (within the drain deadline; 0 = all at once)', def: () => 0 },
   { key: 'ringBytes', flag: 'ring-bytes', env: 'SHARDCHAT_RING_BYTES', kind: 'int', min: 1 << 16, max: 1 << 30, pow2: true, help: 'bytes of each ring (power of two)', def: () => 8 << 20 },
   { key: 'metrics', flag: 'metrics', env: 'SHARDCHAT_METRICS', kind: 'bool', help: 'serve /metrics and time fan-outs (false: neither)', def: () => true },
   { key: 'metricsPort', flag: 'metrics-port', env: 'SHARDCHAT_METRICS_PORT', kind: 'int', min: -1, max: 65535, help: 'serve /metrics on its own port (-1 = on the main port; 0 = any free port)', def: () => -1 },
@@ -113,6 +123,9 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   const r = out as ResolvedOptions;
   if (r.maxHistBytes * 4 > r.ringBytes) {
     throw new OptionError('maxHistBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxHistBytes}`);
+  }
+  if (r.shardStallMs !== 0 && r.shardStallMs < 1000) {
+    throw new OptionError('shardStallMs', `must be 0 (never) or at least 1000 (two shard ticks), got ${r.shardStallMs}`);
   }
   if (r.maxFrameBytes * 4 > r.ringBytes) {
     throw new OptionError('maxFrameBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxFrameBytes}`);

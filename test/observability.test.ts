@@ -52,6 +52,8 @@ test('/metrics counters equal a known workload', async (t) => {
   await waitFor(() => b.framesOf('msg', room).length === N, `bob received ${N} msgs`);
   // Shard counters are published once per batch: wait for them to reach the workload.
   await waitFor(() => Number(e.stats().shards[shard]!.published) === N, 'shard published count');
+  // A shard publishes its err counters just after the batch's replies: the reply can be here first.
+  await waitFor(() => e.metricsSnapshot().errors.get('not_joined') === 1, 'the not_joined err counted');
   const res = await httpGet(e.port, '/metrics');
   assert.equal(res.status, 200);
   const m = res.body;

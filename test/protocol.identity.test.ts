@@ -21,6 +21,13 @@ const cases: [string, string | null | false][] = [
   ['user=a%20b', false],
   ['user=%C3%A9', false],
   ['user=a:b', false],
+  // The anonymous namespace is the engine's (issue 10, item 14); only the exact prefix.
+  ['user=anon-c1', false],
+  ['user=anon-', false],
+  ['user=anon%2Dc1', false],
+  ['user=Anon-c1', 'Anon-c1'],
+  ['user=anonymous', 'anonymous'],
+  ['user=xanon-c1', 'xanon-c1'],
 ];
 
 for (const [query, want] of cases) {

@@ -16,8 +16,8 @@ import {
   isAbsent, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  CRASH_EXIT, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB,
-  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB,
+  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32, putU32,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
@@ -49,6 +49,8 @@ export class Handler {
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
+  /** Test hook (CRASH_AFTER_PUBLISH): exit after the publish that carries a message past this count; -1 = off. */
+  crashAfterPublishOf = -1;
   /** Deliveries the fan-out makes: the room's member connections at each publish. */
   delivered = 0;
   /** err replies sent, by error number. */
@@ -91,6 +93,8 @@ export class Handler {
       case IN_CRASH:
         if (b[off + 1] === CRASH_EXIT) process.exit(70);
         if (b[off + 1] === CRASH_THROW) throw new Error('shard crash requested (test hook)');
+        if (b[off + 1] === CRASH_AFTER_PUBLISH) this.crashAfterPublishOf = this.published;
+        if (b[off + 1] === CRASH_HANG) for (;;) { /* test hook: a stuck shard (the supervisor's heartbeat watch ends it) */ }
         return 0;
       default:
         throw new Error(`unknown inbound record kind ${b[off]}`);

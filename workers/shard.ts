@@ -16,7 +16,7 @@
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
   S_ARRAY_BUFFERS, S_CONNS, S_CURSORS, S_CURSORS_EVICTED, S_HEAP_USED, S_HISTORY_EVICTED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_ERR_BASE, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 
@@ -67,34 +67,45 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
   };
   // The tick measures how late the loop came round to it (the shard's loop lag), samples the
   // heap and drops rooms past their TTL.
-  let nextTick = Date.now() + TICK_MS;
+  // Scheduled on the monotonic clock: after a wall-clock step back, Date.now() would park an
+  // idle shard for the size of the step, and its missed heartbeat would get it restarted.
+  let nextTick = performance.now() + TICK_MS;
   const tickIfDue = (): boolean => {
-    const now = Date.now();
+    const now = performance.now();
     if (now < nextTick) return false;
     stats[S_LOOP_LAG_MS] = now - nextTick;
     nextTick = now + TICK_MS;
     const mem = process.memoryUsage();
     stats[S_HEAP_USED] = mem.heapUsed;
     stats[S_ARRAY_BUFFERS] = mem.arrayBuffers;
-    h.rooms.sweep(now);
+    h.rooms.sweep(Date.now()); // room TTLs are kept in wall-clock time (workers/rooms.ts)
     h.rooms.history.trimIdle();
     publishStats();
     return true;
+  };
+  // Tell the main thread which input this publish answers (see S_IN_HANDLED), then publish.
+  const publishOutput = (): void => {
+    stats[S_IN_HANDLED] = inbound.position;
+    stats[S_OUT_PUBLISH_END] = out.position;
+    out.publish();
+    if (h.crashAfterPublishOf >= 0 && h.published > h.crashAfterPublishOf) process.exit(70); // test hook
   };
   const keepAlive = setInterval(() => undefined, 1 << 30);
   stats[S_UP] = 1;
   try {
     for (;;) {
+      stats[S_HEARTBEAT]! += 1; // the supervisor's heartbeat (engine/server/supervisor.ts)
       let n = 0;
       while (n < BATCH && inbound.next() >= 0) {
         let need: number;
         while ((need = h.handle(inbound.bytes, inbound.offset, inbound.length)) > 0) {
           // Outbound is short of room: hand back what we consumed, publish, wait for the main thread.
           if (need > out.capacity) throw new Error(`a record needs ${need} outbound bytes, more than the ring's ${out.capacity}`);
-          out.publish();
+          publishOutput();
           inbound.syncRead();
           outWaits++;
           await out.waitForFree(need);
+          stats[S_HEARTBEAT]! += 1;
         }
         inbound.release();
         n++;
@@ -104,7 +115,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
       if (n > 0) {
         // Output first, then mark the input consumed: should the shard die in between, the
         // main thread answers the records it still sees as unhandled, rather than losing them.
-        out.publish();
+        publishOutput();
         inbound.syncRead();
         publishStats();
       }
@@ -113,7 +124,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
       if (tickIfDue() || n === BATCH) { await yieldToLoop(); continue; }
       let spins = 0;
       while (spins < SPINS && !inbound.hasNext()) spins++;
-      if (!inbound.hasNext()) inbound.waitForDataSync(Math.max(1, nextTick - Date.now()));
+      if (!inbound.hasNext()) inbound.waitForDataSync(Math.max(1, nextTick - performance.now()));
     }
   } finally {
     clearInterval(keepAlive);

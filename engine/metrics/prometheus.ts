@@ -13,6 +13,10 @@ export interface ShardSnapshot {
   index: number;
   up: boolean;
   restarts: number;
+  /** Restart budget spent: the shard is not restarted. */
+  failed: boolean;
+  /** Times the shard was terminated because its heartbeat stopped. */
+  stalls: number;
   rooms: number;
   members: number;
   presentUsers: number;
@@ -32,11 +36,14 @@ export interface ShardSnapshot {
 export interface MetricsSnapshot {
   connections: number;
   opened: number;
-  closedByCode: ReadonlyMap<number, number>;
+  /** Closes by label: a close code, or `other` (the engine bounds the labels). */
+  closedByCode: ReadonlyMap<string, number>;
   framesIn: number;
   /** err replies by wire code. */
   errors: ReadonlyMap<string, number>;
   slowConsumers: number;
+  /** Upgrades refused by the admission rate (upgradeRatePerSec). */
+  upgradesThrottled: number;
   mainLoopLagSeconds: number;
   shards: readonly ShardSnapshot[];
 }
@@ -79,7 +86,7 @@ export class EngineMetrics {
     new Counter({ name: 'shardchat_connections_opened_total', help: 'WebSocket connections opened', registers: [r],
       collect() { this.reset(); this.inc(get().opened); } });
     new Counter({ name: 'shardchat_connections_closed_total', help: 'WebSocket connections closed, by close code', labelNames: ['code'], registers: [r],
-      collect() { this.reset(); for (const [code, n] of get().closedByCode) this.inc({ code: String(code) }, n); } });
+      collect() { this.reset(); for (const [code, n] of get().closedByCode) this.inc({ code }, n); } });
     new Counter({ name: 'shardchat_messages_received_total', help: 'Client frames received', registers: [r],
       collect() { this.reset(); this.inc(get().framesIn); } });
     new Counter({ name: 'shardchat_errors_total', help: 'err replies sent, by code', labelNames: ['code'], registers: [r],
@@ -90,6 +97,8 @@ export class EngineMetrics {
       collect() { this.reset(); this.inc(get().errors.get('overloaded') ?? 0); } });
     new Counter({ name: 'shardchat_slow_consumers_total', help: 'Connections closed with 4008 (slow consumer)', registers: [r],
       collect() { this.reset(); this.inc(get().slowConsumers); } });
+    new Counter({ name: 'shardchat_upgrades_throttled_total', help: 'Upgrades refused with 503 + Retry-After by the admission rate (upgradeRatePerSec)', registers: [r],
+      collect() { this.reset(); this.inc(get().upgradesThrottled); } });
     new Gauge({ name: 'shardchat_event_loop_lag_seconds', help: 'Event-loop lag, main thread and each shard', labelNames: ['thread'], registers: [r],
       collect() {
         this.reset();
@@ -120,6 +129,8 @@ export class EngineMetrics {
     perShard('shardchat_worker_heap_used_bytes', 'V8 heap used by the shard worker', (s) => s.heapUsed);
     perShard('shardchat_history_bytes', 'History bytes a shard keeps (charged against historyBudgetBytes)', (s) => s.historyBytes);
     perShard('shardchat_shard_restarts_total', 'Shard restarts after a crash', (s) => s.restarts, true);
+    perShard('shardchat_shard_failed', '1 once the shard spent its restart budget (it is not restarted)', (s) => (s.failed ? 1 : 0));
+    perShard('shardchat_shard_stalls_total', 'Shards terminated because their heartbeat stopped (a stuck loop)', (s) => s.stalls, true);
     perShard('shardchat_messages_published_total', 'Messages given a seq, per shard', (s) => s.published, true);
     perShard('shardchat_messages_delivered_total', 'Deliveries made by fan-out (members at each publish), per shard', (s) => s.delivered, true);
     perShard('shardchat_shard_overloaded_total', 'Requests refused because this shard queue was full', (s) => s.overloaded, true);

@@ -32,6 +32,17 @@ export const S_HISTORY_EVICTED = 33;
 export const S_CURSORS_EVICTED = 34;
 /** Bytes in the history pool's free lists (capped, trimmed when idle). */
 export const S_POOL_FREE_BYTES = 35;
+/** Bumped by the shard once per turn of its loop (at least once per tick): the supervisor's heartbeat. */
+export const S_HEARTBEAT = 36;
+/**
+ * Written by the shard just before each outbound publish: the inbound read counter past the
+ * last record whose output that publish carries, and the outbound write counter the publish
+ * will make visible. After a crash, if the outbound ring's published counter equals
+ * S_OUT_PUBLISH_END, that publish happened and the inbound records before S_IN_HANDLED were
+ * answered already (the supervisor resets S_OUT_PUBLISH_END to -1 for each incarnation).
+ */
+export const S_IN_HANDLED = 37;
+export const S_OUT_PUBLISH_END = 38;
 export const SHARD_STAT_SLOTS = 40;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {

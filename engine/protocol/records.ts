@@ -16,7 +16,7 @@
  *   IN_SERVER_PUB [0] kind, [1..5] req u32, roomLen u8, room, fromLen u8, from, body (one MessagePack value)
  *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room, flags u8 (join after a shard restart)
  *   IN_DRAIN      [0] kind                    (everything before it is handled; answer OUT_DRAINED)
- *   IN_CRASH      [0] kind, [1] mode          (test hook: 1 = throw from the task, 2 = exit the worker)
+ *   IN_CRASH      [0] kind, [1] mode          (test hook: 1 = throw from the task, 2 = exit the worker, 3 = hang, 4 = exit between a publish and its syncRead)
  *
  * `stamp`: the main thread's receipt time of a `pub` in microseconds mod 2^32 (0 = none), carried
  * to its publish record so the main thread can measure receipt-to-fan-out latency.
@@ -63,6 +63,10 @@ export const OUT_BODY = 8;
 
 export const CRASH_THROW = 1;
 export const CRASH_EXIT = 2;
+/** Test hook: the shard's thread enters an endless loop (a stuck shard). */
+export const CRASH_HANG = 3;
+/** Test hook: the shard exits right after the next outbound publish that carries a published message, before marking its input read. */
+export const CRASH_AFTER_PUBLISH = 4;
 
 export function putU32(b: Uint8Array, p: number, v: number): void {
   b[p] = v & 0xff; b[p + 1] = (v >>> 8) & 0xff; b[p + 2] = (v >>> 16) & 0xff; b[p + 3] = v >>> 24;

@@ -155,6 +155,11 @@ export class RingWriter extends RingEnd {
     this.resOffset = -1;
   }
 
+  /** The write counter of everything committed so far (published or not). */
+  get position(): number {
+    return this.w;
+  }
+
   /** Makes every committed record visible and wakes the consumer if (and only if) it is parked. */
   publish(): void {
     if (this.w === this.published) return;
@@ -240,13 +245,13 @@ export class RingWriter extends RingEnd {
    */
   private async waitForRoom(ready: () => boolean, timeoutMs: number): Promise<boolean> {
     this.publish();
-    const deadline = timeoutMs === Infinity ? Infinity : Date.now() + timeoutMs;
+    const deadline = timeoutMs === Infinity ? Infinity : performance.now() + timeoutMs;
     for (;;) {
       if (ready()) return true;
       const seen = this.readCache | 0;
       Atomics.store(this.header, SLOT_PRODUCER_WAITING, 1);
       if ((Atomics.load(this.header, SLOT_READ) | 0) === seen) {
-        const left = deadline === Infinity ? Infinity : deadline - Date.now();
+        const left = deadline === Infinity ? Infinity : deadline - performance.now();
         if (left <= 0) {
           Atomics.store(this.header, SLOT_PRODUCER_WAITING, 0);
           return ready();
@@ -352,6 +357,21 @@ export class RingReader extends RingEnd {
       throw new Error(`ring release out of order: oldest record is at ${pos + RECORD_HEADER_BYTES}, not ${offset}`);
     }
     this.r = (r + recordSpan(len)) >>> 0;
+  }
+
+  /** The released boundary: the read counter just past the last released record. */
+  get position(): number {
+    return this.r;
+  }
+
+  /** The read counter just past the record last handed out by `next()`. */
+  get peekPosition(): number {
+    return this.peekIdx;
+  }
+
+  /** The producer's published write counter, loaded now. */
+  producerPosition(): number {
+    return Atomics.load(this.header, SLOT_WRITE) >>> 0;
   }
 
   /** Releases everything handed out so far. */

@@ -2,14 +2,17 @@
  * The main thread: uWebSockets.js accepts every connection and does all socket I/O; each client
  * frame is validated, rate-limited and copied into its room's shard inbound ring inside the uWS
  * callback; shard output comes back through the outbound rings and becomes `send`/`publish`
- * calls on views of the ring (no copy). Owns connections, uWS topics, the shard supervisor and
- * shutdown. The only other module that touches uWS is ./uws.ts (loading it).
+ * calls on views of the ring (no copy). This facade owns connections, uWS topics, HTTP routes
+ * and shutdown; its parts live beside it: ./supervisor.ts (shard start, heartbeat, crash,
+ * back-off, replay), ./outbound.ts (ring output to sockets), ./slow-consumers.ts (the 4008
+ * bound), ./token-bucket.ts (rate limits), ./link.ts (one main <-> shard channel). The only
+ * other module that touches uWS is ./uws.ts (loading it).
  */
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { createLogger } from './log.js';
 import { pack as packBody } from 'msgpackr';
-import { EngineError, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG } from '../errors.js';
+import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
@@ -18,17 +21,19 @@ import {
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_EXIT, CRASH_THROW, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_REFUSED,
-  OUT_BODY, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_SEND, OUT_SERVER_ACK, addrHash, getU32,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, addrHash, getU32,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
+import { ShardSupervisor } from './supervisor.js';
+import { OutboundDispatcher, nowMicros } from './outbound.js';
+import { SlowConsumerGuard } from './slow-consumers.js';
+import { type BucketState, TokenBucketPolicy, monotonicMs } from './token-bucket.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
-import { parseUserQuery } from '../protocol/identity.js';
+import { checkUserQuery } from '../protocol/identity.js';
 import { routeStatic } from './static.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
-import type { Histogram } from 'prom-client';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
 
@@ -43,28 +48,40 @@ interface Conn {
   addr: number;
   /** Rooms this connection joined (and has not left), as the main thread routed them. */
   rooms: Set<string>;
-  tokens: number;
-  lastRefill: number;
+  /** uWS topics the socket is subscribed to (kept by SlowConsumerGuard). */
+  topics: Set<string>;
+  /** The frame-rate token bucket (policy: Engine.rate). */
+  bucket: BucketState;
   closed: boolean;
-  /** When this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
+  /** When (monotonic ms) this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
   lastLimitLog: number;
 }
 
 export interface PublishResult { seq: number; epoch: string }
 
-const HARD_PAYLOAD_CAP = 16 << 20;
-/** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
+/**
+ * uWS holds an incoming message until its last byte, up to its maxPayloadLength, and drops the
+ * socket (no close frame; close handler code 1006) as soon as a frame header announces more.
+ * So what one connection can make it hold is maxFrameBytes + FRAME_SLACK; a message in between
+ * reaches onMessage and gets 1009 with a close frame.
+ */
+export const FRAME_SLACK = 4096;
+/** How often recently published-to connections are re-checked against maxBufferBytes (see SlowConsumerGuard). */
 const SLOW_SWEEP_MS = 100;
-const OUT_BATCH = 2048;
 /** Young-generation cap of a shard worker (see the Piscina options). */
 const SHARD_YOUNG_GEN_MB = 4;
+/**
+ * Sockets still open this long before the drain deadline (idle HTTP keep-alives such as a
+ * Prometheus scraper, WebSocket peers that never answered the 1001) are closed then, so the
+ * process can exit within the deadline.
+ */
+const SOCKET_CLOSE_MARGIN_MS = 100;
+/** A drain spread over drainSpreadMs closes one slice of the connections this often. */
+const DRAIN_SLICE_MS = 10;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
 const FANOUT_SAMPLE = 16;
-/** Main-thread microseconds mod 2^32 (both ends of the measurement are on the main thread). */
-const nowMicros = (): number => (performance.now() * 1000) >>> 0;
-const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 export class Engine {
   readonly options: ResolvedOptions;
@@ -88,17 +105,25 @@ export class Engine {
   private closing: Promise<void> | null = null;
   private readonly started: Promise<void>;
   private sweeper: NodeJS.Timeout | null = null;
+  private readonly supervisor: ShardSupervisor;
+  private readonly outbound: OutboundDispatcher<Conn>;
+  private readonly guard: SlowConsumerGuard<Conn>;
+  /** Per-connection frame rate (ratePerSec, rateBurst) on the monotonic clock. */
+  private readonly rate: TokenBucketPolicy;
+  /** New connections a second (upgradeRatePerSec; null = unlimited), one bucket for the engine. */
+  private readonly admission: TokenBucketPolicy | null;
+  private readonly admitted: BucketState;
   private fanoutCount = 0;
-  private readonly fanoutLatency: Histogram;
   private readonly metrics: EngineMetrics;
   private metricsSocket: us_listen_socket | null = null;
+  private metricsApp: TemplatedApp | null = null;
   /** Main-thread event-loop delay; made in listen(), so an engine that never listened holds none. */
   private loopDelay: IntervalHistogram | null = null;
   /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
   private authPending = 0;
-  /** Counters the metrics module reads: closes by code, `err` replies by code, slow consumers closed. */
+  /** Counters the metrics module reads: closes by code (KNOWN_CLOSE_CODES, else CLOSE_OTHER), `err` replies by code, slow consumers closed. */
   readonly counters = {
-    opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0,
+    opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0, upgradesThrottled: 0,
     framesIn: 0,
   };
 
@@ -121,9 +146,37 @@ export class Engine {
       resourceLimits: { maxYoungGenerationSizeMb: SHARD_YOUNG_GEN_MB },
     });
     this.pool.on('error', (err: Error) => this.log.error({ event: 'pool_error', err: err.message }, 'worker pool error'));
+    this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
+    this.admission = o.upgradeRatePerSec === 0 ? null : new TokenBucketPolicy(o.upgradeRatePerSec, o.upgradeRatePerSec, monotonicMs);
+    this.admitted = this.admission?.full() ?? { tokens: 0, last: 0 };
+    this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
-    this.fanoutLatency = this.metrics.fanoutLatency;
-    for (const link of this.links) this.startShard(link);
+    this.outbound = new OutboundDispatcher<Conn>({
+      conns: this.conns,
+      app: () => this.app,
+      send: (ws, frame) => this.send(ws, frame),
+      chargeReply: (ws, bytes) => this.chargeReply(ws, bytes),
+      refused: (ws, room) => { ws.getUserData().rooms.delete(room); },
+      serverAck: (req, seq, epoch) => {
+        const p = this.pending.get(req);
+        if (p) { this.pending.delete(req); p.resolve({ seq, epoch }); }
+      },
+      stopped: () => this.stopped,
+    }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
+    this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
+      taskOptions: () => ({
+        historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
+        historyBudgetBytes: o.historyBudgetBytes, maxRoomsPerShard: o.maxRoomsPerShard, roomCreateRate: o.roomCreateRate,
+        roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
+      }),
+      deliverAll: (link) => this.outbound.deliverAll(link),
+      failUnhandled: (inbound, shard, handledUpTo) => this.failUnhandled(inbound, shard, handledUpTo),
+      replay: (link) => this.replay(link),
+      pump: (link, gen) => { void this.outbound.pump(link, gen); },
+      draining: () => this.draining,
+      stopped: () => this.stopped,
+    });
+    this.supervisor.startAll();
     this.started = this.waitShardsUp();
   }
 
@@ -154,53 +207,23 @@ export class Engine {
 
   // ---- shards -------------------------------------------------------------------------------
 
-  private startShard(link: ShardLink): void {
-    const o = this.options;
-    const gen = link.generation;
-    link.up = true;
-    const task = this.pool.run({
-      index: link.index, inbound: link.inbound, outbound: link.outbound, stats: link.statsSab,
-      historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
-      historyBudgetBytes: o.historyBudgetBytes, maxRoomsPerShard: o.maxRoomsPerShard, roomCreateRate: o.roomCreateRate,
-      roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
-    });
-    link.task = task;
-    task.then(
-      () => { if (link.generation === gen) link.up = false; },
-      (err: Error) => this.onShardCrash(link, gen, err),
-    );
-    void this.pump(link, gen);
-  }
-
-  private onShardCrash(link: ShardLink, gen: number, err: Error): void {
-    if (link.generation !== gen) return;
-    link.up = false;
-    // A worker that exited never ran its cleanup: mark it down so /readyz is 503 until the new one runs.
-    link.stats[S_UP] = 0;
-    if (this.stopped) return;
-    this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
-    // Deliver everything the dead shard published, then answer what it never handled.
-    link.reader.drain(this.onOut, Infinity, this.flushAcks);
-    const oldInbound = link.inbound;
-    const oldReader = link.reader;
-    link.fresh();
-    oldReader.wake(); // ends the old generation's pump
-    link.restarts++;
-    this.failUnhandled(oldInbound, link.index);
-    this.startShard(link);
-    // Replay memberships so rooms come back (with a new epoch, told by a `joined`).
+  /** Replays the memberships of a restarted shard's rooms (the main thread's view of them). */
+  private replay(link: ShardLink): void {
     for (const ws of this.conns.values()) {
       const c = ws.getUserData();
       for (const room of c.rooms) if (this.shardOf(room) === link.index) link.replay(c.id, c.user, room, c.anon);
     }
-    if (this.draining) link.control(Uint8Array.of(IN_DRAIN));
-    this.log.warn({ event: 'shard_restarted', shard: link.index, restarts: link.restarts }, 'shard restarted');
   }
 
-  /** Answers every request left unhandled in a dead shard's inbound ring with `internal`. */
-  private failUnhandled(inbound: SharedArrayBuffer, shard: number): void {
+  /**
+   * Answers every request left unhandled in a dead shard's inbound ring with `internal`. Records
+   * the shard had already answered (its output published, but it died before marking them read:
+   * up to `handledUpTo`) are skipped, so no request is answered twice.
+   */
+  private failUnhandled(inbound: SharedArrayBuffer, shard: number, handledUpTo: number | null): void {
     const r = new RingReader(inbound);
     while (r.next() >= 0) {
+      if (handledUpTo !== null && ((handledUpTo - r.peekPosition) | 0) >= 0) { r.release(); continue; }
       const b = r.bytes; const off = r.offset;
       if (b[off] === IN_FRAME) {
         const conn = getU32(b, off + 4);
@@ -223,129 +246,6 @@ export class Engine {
     }
   }
 
-  /**
-   * Moves shard output to sockets until the link's generation changes or the engine stops. It
-   * parks as soon as the ring is empty rather than polling once per event-loop turn: polling
-   * keeps the loop from blocking in epoll, so each turn reads only the few sockets that happen
-   * to be ready and a closed loop of clients splits into many small cohorts, each fanned out with
-   * its own write per subscriber. Parked, the loop waits for sockets or for the shard's notify
-   * (one per output batch), and each turn's fan-out carries what the turn gathered. Measured in
-   * fanout-10x100: 0.87x plain uWS's throughput and 1.07x its main-thread CPU per delivery,
-   * against 0.80x and 1.20x polling for 64 idle turns (native-bench, 5 runs each).
-   */
-  private async pump(link: ShardLink, gen: number): Promise<void> {
-    const reader = link.reader;
-    while (!this.stopped && link.generation === gen) {
-      const depth = reader.depth();
-      if (depth > link.outboundHighWater) link.outboundHighWater = depth;
-      const n = reader.drain(this.onOut, OUT_BATCH, this.flushAcks);
-      if (n === OUT_BATCH) { await yieldToLoop(); continue; }
-      if (reader.hasNext()) continue;
-      await reader.waitForData();
-    }
-  }
-
-  // Acks of this drain batch, sent once the batch's publishes are in (flushAcks). Each sender's
-  // ack then leaves in the same write as every message of the batch its rooms got: uWS's send
-  // first drains the socket's queued pub/sub messages into the cork. Sent at once instead, the ack
-  // would cost the sender a write of its own before the end-of-turn pub/sub drain. The views point
-  // into the outbound ring, valid until the batch's read counter is published (after the flush).
-  private readonly ackConns: number[] = [];
-  private readonly ackFrames: Uint8Array[] = [];
-  private ackWs: WebSocket<Conn> | null = null;
-  private ackFrame: Uint8Array | null = null;
-  private readonly sendAck = (): void => { this.send(this.ackWs!, this.ackFrame!); };
-
-  /** Sends the queued acks, each corked with its socket's queued pub/sub messages. */
-  private readonly flushAcks = (): void => {
-    const ids = this.ackConns;
-    if (ids.length === 0) return;
-    const frames = this.ackFrames;
-    for (let i = 0; i < ids.length; i++) {
-      const ws = this.conns.get(ids[i]!);
-      if (ws === undefined) continue; // closed since (a slow consumer closed mid-batch, say)
-      this.ackWs = ws; this.ackFrame = frames[i]!;
-      ws.cork(this.sendAck);
-    }
-    this.ackWs = this.ackFrame = null;
-    ids.length = 0;
-    frames.length = 0;
-  };
-
-  /** The connection a direct reply record is for; queued acks leave first, so a connection's replies keep the shard's order. */
-  private replyTo(b: Uint8Array, off: number): WebSocket<Conn> | undefined {
-    this.flushAcks();
-    return this.conns.get(getU32(b, off + 4));
-  }
-
-  private observeFanout(stamp: number): void {
-    // Receipt-to-fan-out latency of the sampled pubs (the ones that carry a stamp).
-    if (stamp !== 0) this.fanoutLatency.observe((((nowMicros() - stamp) >>> 0) / 1e6));
-  }
-
-  private readonly onOut = (b: Uint8Array, off: number, len: number): void => {
-    // Layout (protocol/records.ts): [0] kind, [1] roomLen, [4] id, [8..] body, room at the end.
-    const end = off + len;
-    const rs = end - b[off + 1]!;
-    switch (b[off]) {
-      case OUT_PUBLISH: {
-        this.app?.publish(b.subarray(rs, end), b.subarray(off + OUT_BODY, rs), true);
-        this.observeFanout(getU32(b, off + 4));
-        return;
-      }
-      case OUT_PUBLISH_ACK: {
-        const p = off + OUT_BODY;
-        const ms = p + 8;
-        const me = ms + getU32(b, p + 4);
-        const id = getU32(b, off + 4);
-        this.app?.publish(b.subarray(rs, end), b.subarray(ms, me), true);
-        if (this.conns.has(id)) { this.ackConns.push(id); this.ackFrames.push(b.subarray(me, rs)); }
-        this.observeFanout(getU32(b, p));
-        return;
-      }
-      case OUT_SEND: {
-        const ws = this.replyTo(b, off);
-        if (ws !== undefined) this.send(ws, b.subarray(off + OUT_BODY, rs));
-        return;
-      }
-      case OUT_REFUSED: {
-        // The shard refused a join (room_limit): the connection is not in that room after all.
-        const ws = this.replyTo(b, off);
-        if (ws === undefined) return;
-        ws.getUserData().rooms.delete(asciiString(b, rs, end));
-        this.send(ws, b.subarray(off + OUT_BODY, rs));
-        return;
-      }
-      case OUT_JOINED: {
-        const ws = this.replyTo(b, off);
-        if (ws === undefined) return;
-        if (this.send(ws, b.subarray(off + OUT_BODY, rs))) ws.subscribe(b.subarray(rs, end));
-        return;
-      }
-      case OUT_LEFT: {
-        const ws = this.replyTo(b, off);
-        if (ws === undefined) return;
-        ws.unsubscribe(b.subarray(rs, end));
-        this.send(ws, b.subarray(off + OUT_BODY, rs));
-        return;
-      }
-      case OUT_SERVER_ACK: {
-        const req = getU32(b, off + 4);
-        const p = off + OUT_BODY;
-        const seq = getU32(b, p) * 0x100000000 + getU32(b, p + 4);
-        const epoch = asciiString(b, p + 9, p + 9 + b[p + 8]!);
-        const pending = this.pending.get(req);
-        if (pending) { this.pending.delete(req); pending.resolve({ seq, epoch }); }
-        return;
-      }
-      case OUT_DRAINED:
-        for (const l of this.links) if (l.reader.bytes === b) l.drained = true;
-        return;
-      default:
-        this.log.error({ event: 'bad_outbound_record', kind: b[off] }, 'unknown outbound record');
-    }
-  };
-
   // ---- sockets ------------------------------------------------------------------------------
 
   /** Starts listening; resolves when bound (`port` tells the port). */
@@ -357,12 +257,11 @@ export class Engine {
     const app = this.uws.mod.App();
     this.app = app;
     app.ws<Conn>('/ws', {
-      maxPayloadLength: Math.max(HARD_PAYLOAD_CAP, o.maxFrameBytes * 2),
-      // uWS drops what exceeds maxBackpressure; shardchat closes with 4008 at maxBufferBytes
-      // first (slowConsumerSweep). The higher uWS limit, closing without a close frame, is only
-      // a backstop for a buffer that grows by more than the headroom between two sweeps.
-      maxBackpressure: o.maxBufferBytes * 2 + (16 << 20),
-      closeOnBackpressureLimit: 1,
+      maxPayloadLength: o.maxFrameBytes + FRAME_SLACK,
+      // No uWS limit: one firing inside the C++ fan-out would drop the socket without a close
+      // frame. SlowConsumerGuard keeps every buffer bounded and closes with 4008 instead.
+      maxBackpressure: 0,
+      closeOnBackpressureLimit: 0,
       idleTimeout: o.idleTimeoutSec === 0 ? 0 : Math.max(8, o.idleTimeoutSec),
       sendPingsAutomatically: true,
       upgrade: (res, req, ctx) => this.onUpgrade(res, req, ctx),
@@ -389,7 +288,7 @@ export class Engine {
     if (o.metrics && o.metricsPort >= 0) await this.listenMetrics();
     this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
     this.loopDelay.enable();
-    this.sweeper = setInterval(() => this.slowConsumerSweep(), SLOW_SWEEP_MS);
+    this.sweeper = setInterval(() => this.guard.timerSweep(), SLOW_SWEEP_MS);
     this.log.info({ event: 'listening', host: o.host, port: this.boundPort, shards: this.links.length, uws: this.uws.from }, 'listening');
     return this.boundPort;
   }
@@ -413,6 +312,7 @@ export class Engine {
   private async listenMetrics(): Promise<void> {
     const o = this.options;
     const app = this.uws.mod.App();
+    this.metricsApp = app;
     this.routeMetrics(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
     await new Promise<void>((resolve, reject) => {
@@ -430,15 +330,24 @@ export class Engine {
     const lag = this.loopDelay === null ? 0 : this.loopDelay.percentile(99) / 1e9;
     this.loopDelay?.reset();
     return {
-      connections: st.connections, opened: this.counters.opened, closedByCode: this.counters.closedByCode,
+      connections: st.connections, opened: this.counters.opened,
+      closedByCode: new Map([...this.counters.closedByCode].map(([code, n]) => [code === CLOSE_OTHER ? 'other' : String(code), n])),
       framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
-      slowConsumers: this.counters.slowConsumers, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
+      slowConsumers: this.counters.slowConsumers, upgradesThrottled: this.counters.upgradesThrottled, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
       shards: st.shards.map(metricsShard),
     };
   }
 
   private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
     if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
+    if (this.admission !== null) {
+      const wait = this.admission.take(this.admitted);
+      if (wait > 0) {
+        this.counters.upgradesThrottled++;
+        res.writeStatus('503 Service Unavailable').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain').end('too many new connections; retry after Retry-After seconds');
+        return;
+      }
+    }
     if (this.conns.size + this.authPending >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
     const key = req.getHeader('sec-websocket-key');
     const protocol = req.getHeader('sec-websocket-protocol');
@@ -446,9 +355,9 @@ export class Engine {
     const query = req.getQuery() ?? '';
     const auth = this.options.authenticate;
     if (auth === null) {
-      const user = parseUserQuery(query);
-      if (user === false) { res.writeStatus('400 Bad Request').end('invalid user'); return; }
-      this.upgrade(res, user, key, protocol, extensions, ctx);
+      const q = checkUserQuery(query);
+      if (q.error !== undefined) { res.writeStatus('400 Bad Request').writeHeader('content-type', 'text/plain').end(q.error); return; }
+      this.upgrade(res, q.user, key, protocol, extensions, ctx);
       return;
     }
     const headers: Record<string, string> = {};
@@ -485,8 +394,8 @@ export class Engine {
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
       id, connStr, user: user ?? `anon-${connStr}`, anon: user === null,
-      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), tokens: this.options.rateBurst,
-      lastRefill: Date.now(), closed: false, lastLimitLog: 0,
+      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), topics: new Set(),
+      bucket: this.rate.full(), closed: false, lastLimitLog: -Infinity,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);
   }
@@ -509,6 +418,16 @@ export class Engine {
     return true;
   }
 
+  /**
+   * A direct reply (`hist`, `who`, `joined` with `missed`) costs its connection one more token
+   * per replyBytesPerToken bytes, taken when it is sent (the bucket may go down to -rateBurst):
+   * one token would otherwise pull up to maxHistBytes. Smaller replies cost nothing extra.
+   */
+  private chargeReply(ws: WebSocket<Conn>, bytes: number): void {
+    const cost = Math.floor(bytes / this.options.replyBytesPerToken);
+    if (cost > 0) this.rate.charge(ws.getUserData().bucket, cost);
+  }
+
   private sendErr(ws: WebSocket<Conn>, code: number, msg: string, ref: number, retryAfterMs = -1): void {
     const w = this.sw.reset(this.scratch);
     writeErr(w, code, msg, ref, retryAfterMs);
@@ -525,21 +444,20 @@ export class Engine {
     const u8 = new Uint8Array(msg);
     const err = isBinary ? f.scan(u8, 0, u8.byteLength, o.maxBodyDepth) : E_BAD_FRAME;
     // Every frame costs a token, valid or not.
-    const now = Date.now();
-    c.tokens = Math.min(o.rateBurst, c.tokens + ((now - c.lastRefill) * o.ratePerSec) / 1000);
-    c.lastRefill = now;
+    const wait = this.rate.take(c.bucket);
+    const now = c.bucket.last;
     const ref = err === 0 || f.ref >= 0 ? f.ref : -1;
-    if (c.tokens < 1) {
+    if (wait > 0) {
       this.limitHit(c, 'rate_limited', now);
-      this.sendErr(ws, E_RATE_LIMITED, 'rate limit exceeded', isBinary ? ref : -1, Math.ceil(((1 - c.tokens) * 1000) / o.ratePerSec));
+      this.sendErr(ws, E_RATE_LIMITED, 'rate limit exceeded', isBinary ? ref : -1, wait);
       return;
     }
-    c.tokens -= 1;
     if (!isBinary) { this.sendErr(ws, E_BAD_FRAME, 'frames must be binary MessagePack', -1); return; }
     if (err !== 0) { this.sendErr(ws, err, f.message, f.ref); return; }
     if (this.draining) { this.sendErr(ws, E_SHUTTING_DOWN, 'engine is shutting down', f.ref); return; }
     const shard = fnv1a(u8, f.roomStart, f.roomEnd) % this.links.length;
     const link = this.links[shard]!;
+    if (link.failed) { this.sendErr(ws, E_INTERNAL, `shard ${shard} failed; its rooms are unavailable until the engine restarts`, f.ref); return; }
     if (f.type === T_JOIN) {
       const room = asciiString(u8, f.roomStart, f.roomEnd);
       const added = !c.rooms.has(room);
@@ -565,18 +483,6 @@ export class Engine {
     if (!link.writeFrame(c.id, null, u8, stamp)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
   }
 
-  /**
-   * Closes, with 4008, every connection whose unsent data held by uWS passes maxBufferBytes.
-   * Publishes fan out in C++ without telling JavaScript which subscriber fell behind, so the
-   * check is a sweep: O(connections) every SLOW_SWEEP_MS, about 30 ns a connection.
-   */
-  private slowConsumerSweep(): void {
-    const max = this.options.maxBufferBytes;
-    for (const ws of this.conns.values()) {
-      if (ws.getBufferedAmount() > max) this.closeSlow(ws);
-    }
-  }
-
   private closeSlow(ws: WebSocket<Conn>): void {
     const c = ws.getUserData();
     if (c.closed) return;
@@ -594,8 +500,10 @@ export class Engine {
   private onClose(ws: WebSocket<Conn>, code: number): void {
     const c = ws.getUserData();
     c.closed = true;
-    this.counters.closedByCode.set(code, (this.counters.closedByCode.get(code) ?? 0) + 1);
+    const key = KNOWN_CLOSE_CODES.has(code) ? code : CLOSE_OTHER;
+    this.counters.closedByCode.set(key, (this.counters.closedByCode.get(key) ?? 0) + 1);
     this.conns.delete(c.id);
+    this.guard.closed(ws);
     if (this.stopped) { c.rooms.clear(); return; }
     let told = 0n;
     for (const room of c.rooms) {
@@ -627,6 +535,7 @@ export class Engine {
     if (end !== bytes.byteLength) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `body must be plain MessagePack data nested at most ${this.options.maxBodyDepth} levels`));
     if (bytes.byteLength > this.options.maxFrameBytes) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `body of ${bytes.byteLength} bytes exceeds maxFrameBytes ${this.options.maxFrameBytes}`));
     const shard = this.shardOf(room);
+    if (this.links[shard]!.failed) return Promise.reject(new EngineError('SHARDCHAT_SHARD_FAILED', `shard ${shard} failed (restart budget spent); its rooms are unavailable until the engine restarts`));
     const req = this.nextReq++;
     if (this.nextReq > 0xffffffff) this.nextReq = 1;
     return new Promise<PublishResult>((resolve, reject) => {
@@ -649,11 +558,16 @@ export class Engine {
     };
   }
 
-  /** Test hook: makes shard `index` throw from its task ('throw') or exit its worker ('exit'). */
-  _crashShard(index: number, mode: 'throw' | 'exit'): void {
+  /**
+   * Test hook: makes shard `index` throw from its task ('throw'), exit its worker ('exit'), loop
+   * forever ('hang'), or exit right after publishing the output of its next published message,
+   * before marking that input read ('after-publish').
+   */
+  _crashShard(index: number, mode: 'throw' | 'exit' | 'hang' | 'after-publish'): void {
     const link = this.links[index];
     if (!link) throw new RangeError(`no shard ${index}`);
-    link.control(Uint8Array.of(IN_CRASH, mode === 'exit' ? CRASH_EXIT : CRASH_THROW));
+    const code = { throw: CRASH_THROW, exit: CRASH_EXIT, hang: CRASH_HANG, 'after-publish': CRASH_AFTER_PUBLISH }[mode];
+    link.control(Uint8Array.of(IN_CRASH, code));
   }
 
   /**
@@ -666,26 +580,60 @@ export class Engine {
     return this.closing;
   }
 
+  /**
+   * uWS keeps an idle keep-alive HTTP socket (and a WebSocket whose peer never answers the close)
+   * open for its own timeouts, about 10 s, which holds the process beyond the drain deadline.
+   * app.close() closes every socket of an app; it runs shortly before the deadline, by an unref'd
+   * timer: a process with nothing else left exits at once, and close() does not wait for it.
+   */
+  private closeLeftoverSockets(deadline: number): void {
+    const apps = [this.app, this.metricsApp].filter((a): a is TemplatedApp => a !== null);
+    this.metricsApp = null;
+    if (apps.length === 0) return;
+    // App.close() is in uWS 20.30 (the one this package depends on) but not in its typings.
+    const close = (a: TemplatedApp): void => { (a as TemplatedApp & { close?: () => void }).close?.(); };
+    const timer = setTimeout(() => { for (const a of apps) close(a); }, Math.max(0, deadline - SOCKET_CLOSE_MARGIN_MS - performance.now()));
+    timer.unref();
+  }
+
+  /**
+   * Closes every connection with 1001: at once, or spread over drainSpreadMs (in slices every
+   * DRAIN_SLICE_MS, finishing before the deadline) so that clients do not all reconnect in one
+   * instant.
+   */
+  private async closeAll(deadline: number): Promise<void> {
+    const all = [...this.conns.values()];
+    const window = Math.min(this.options.drainSpreadMs, deadline - SOCKET_CLOSE_MARGIN_MS - performance.now());
+    const slices = window > DRAIN_SLICE_MS ? Math.floor(window / DRAIN_SLICE_MS) : 1;
+    const per = Math.ceil(all.length / slices);
+    for (let i = 0; i < all.length; i += per) {
+      if (i > 0) await new Promise((r) => setTimeout(r, DRAIN_SLICE_MS));
+      for (const ws of all.slice(i, i + per)) if (!ws.getUserData().closed) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
+    }
+  }
+
   private async drain(): Promise<void> {
-    const started = Date.now();
+    const started = performance.now();
     this.draining = true;
     this.log.info({ event: 'drain_started', connections: this.conns.size }, 'drain started');
     await this.started.catch(() => undefined);
-    for (const l of this.links) l.control(Uint8Array.of(IN_DRAIN));
+    for (const l of this.links) l.drainNow();
     const deadline = started + this.options.drainTimeoutMs;
     // Deliver as the shards drain (the pumps do too; this also catches a shard whose task has
     // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
     for (;;) {
-      for (const l of this.links) l.reader.drain(this.onOut, Infinity, this.flushAcks);
-      if (this.links.every((l) => l.drained) || Date.now() >= deadline) break;
+      for (const l of this.links) this.outbound.deliverAll(l);
+      if (this.links.every((l) => l.drained || l.failed) || performance.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5));
     }
-    const forced = !this.links.every((l) => l.drained);
+    const forced = !this.links.every((l) => l.drained || l.failed);
     this.stopped = true;
+    this.supervisor.stop();
     if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
-    for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
+    await this.closeAll(deadline);
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
     if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; }
+    this.closeLeftoverSockets(deadline);
     this.loopDelay?.disable();
     this.loopDelay = null;
     for (const l of this.links) l.reader.wake();
@@ -694,7 +642,8 @@ export class Engine {
     await Promise.allSettled(this.links.map((l) => l.task));
     for (const l of this.links) l.stop();
     this.app = null;
-    if (forced) this.log.warn({ event: 'drain_forced', ms: Date.now() - started }, 'drain deadline passed; stopped what was left');
-    this.log.info({ event: 'drain_finished', ms: Date.now() - started, forced }, 'drain finished');
+    const ms = Math.round(performance.now() - started);
+    if (forced) this.log.warn({ event: 'drain_forced', ms }, 'drain deadline passed; stopped what was left');
+    this.log.info({ event: 'drain_finished', ms, forced }, 'drain finished');
   }
 }

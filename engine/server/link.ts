@@ -6,8 +6,8 @@
  * frames are refused too, so that per-connection order is kept.
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
-import { S_DELIVERED, S_ERR_BASE, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
-import { IN_CLOSE, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+import { S_DELIVERED, S_ERR_BASE, S_IN_HANDLED, S_OUT_PUBLISH_END, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
+import { IN_CLOSE, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
   inbound!: SharedArrayBuffer;
@@ -31,6 +31,17 @@ export class ShardLink {
   deadDelivered = 0;
   /** The running shard task (one per incarnation). */
   task: Promise<unknown> = Promise.resolve();
+  /** Aborts the running task: piscina then terminates its worker (a stuck shard). */
+  abort: AbortController | null = null;
+  /** The heartbeat slot's value when last seen to move, and when (monotonic ms). */
+  lastBeat = 0;
+  lastBeatAt = 0;
+  /** Times this shard was terminated for a stalled heartbeat. */
+  stalls = 0;
+  /** When (monotonic ms) the restarts within the supervisor's window happened. */
+  restartTimes: number[] = [];
+  /** The restart budget is spent: the shard is not restarted and its rooms are refused. */
+  failed = false;
   private stopped = false;
   inboundHighWater = 0;
   outboundHighWater = 0;
@@ -55,6 +66,7 @@ export class ShardLink {
       this.deadErrors[code]! += this.stats[S_ERR_BASE + code]!;
       this.stats[S_ERR_BASE + code] = 0;
     }
+    this.stats[S_OUT_PUBLISH_END] = -1; // no publish of the new incarnation yet (see handledUpTo)
     this.inbound = createRing(this.ringBytes);
     this.outbound = createRing(this.ringBytes);
     const old = this.writer as RingWriter | undefined;
@@ -63,6 +75,16 @@ export class ShardLink {
     this.reader = new RingReader(this.outbound);
     this.generation++;
     this.drained = false;
+  }
+
+  /**
+   * For a dead incarnation, before fresh(): the inbound read counter up to which its output was
+   * published (those records were answered), or null when its last publish did not happen.
+   */
+  handledUpTo(): number | null {
+    const end = this.stats[S_OUT_PUBLISH_END]!;
+    if (end < 0 || this.reader.producerPosition() !== end) return null;
+    return this.stats[S_IN_HANDLED]!;
   }
 
   /**
@@ -124,6 +146,11 @@ export class ShardLink {
     w.publish();
     this.noteInboundDepth();
     return true;
+  }
+
+  /** Tells the shard to drain (IN_DRAIN). */
+  drainNow(): void {
+    this.control(Uint8Array.of(IN_DRAIN));
   }
 
   close(conn: number): void {

@@ -11,6 +11,8 @@ export interface ShardStats {
   index: number;
   up: boolean;
   restarts: number;
+  failed: boolean;
+  stalls: number;
   rooms: number;
   members: number;
   inboundDepth: number;
@@ -37,7 +39,7 @@ export interface EngineStats {
 /** One shard's numbers: the link's own, then every shared-memory slot the shard publishes. */
 export function shardStats(l: ShardLink): ShardStats {
   const s: ShardStats = {
-    index: l.index, up: l.up && l.stats[S_UP] === 1, restarts: l.restarts,
+    index: l.index, up: l.up && l.stats[S_UP] === 1, restarts: l.restarts, failed: l.failed, stalls: l.stalls,
     rooms: l.stats[S_ROOMS]!, members: l.stats[S_MEMBERS]!,
     inboundDepth: l.writer.depth(), outboundDepth: l.reader.depth(),
     inboundHighWater: l.inboundHighWater, outboundHighWater: l.outboundHighWater,
@@ -63,7 +65,7 @@ export function errorCounts(mainErrors: Uint32Array, links: readonly ShardLink[]
 
 export function metricsShard(s: ShardStats): ShardSnapshot {
   return {
-    index: s.index, up: s.up, restarts: s.restarts, rooms: s.rooms, members: s.members,
+    index: s.index, up: s.up, restarts: s.restarts, failed: s.failed, stalls: s.stalls, rooms: s.rooms, members: s.members,
     presentUsers: Number(s.presentUsers), published: Number(s.published), delivered: Number(s.delivered),
     inboundDepth: s.inboundDepth, outboundDepth: s.outboundDepth, inboundHighWater: s.inboundHighWater,
     outboundHighWater: s.outboundHighWater, loopLagMs: Number(s.loopLagMs), heapUsed: Number(s.heapUsed),

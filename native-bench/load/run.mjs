@@ -251,6 +251,7 @@ const shardchatArgs = (port, extra) => [
   ...startNodeFlags,
   ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []),
   cliJs, '--port', String(port), '--host', '127.0.0.1', '--rate-per-sec', '1000000000', '--rate-burst', '1000000000',
+  '--upgrade-rate-per-sec', '0', // the idle scenario measures how fast connections open: no admission limit
   '--log-level', 'warn', '--max-connections', '50000', ...extra,
 ];
 const SIO_PATH = '/socket.io/?EIO=4&transport=websocket';
