@@ -1,0 +1,162 @@
+/**
+ * Cluster mode, the node's subscriber, against a real redis-server: pub/sub is at most once, so
+ * the subscriber checks every room's seq continuity, fills holes from the stream, replaces a
+ * dropped connection and resynchronises, detects a new epoch after Redis lost its data, and
+ * probes an idle connection. The consumer must see each room's seqs contiguous, each once.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { guardHandles } from './helpers/leaks.js';
+import { connectRedis, startRedis } from './helpers/redis-server.js';
+import { assertContiguous } from './helpers/seqs.js';
+import { waitFor } from './helpers/client.js';
+import { RedisSequencer, type PublishInput } from '../workers/store/redis/sequencer.js';
+import { RedisHistory } from '../workers/store/redis/history.js';
+import { RedisSubscriber, type SubscriberOptions } from '../workers/store/redis/subscriber.js';
+import type { RedisConnection } from '../workers/store/redis/connection.js';
+import { readSeq } from '../workers/store/redis/wire.js';
+
+guardHandles();
+
+function msg(text: string): PublishInput {
+  const body = Buffer.from(text);
+  const f = Buffer.alloc(13 + body.length);
+  f.write('\xa3seq', 0, 'latin1');
+  f[4] = 0xcf;
+  body.copy(f, 13);
+  return { user: 'ann', cid: null, ts: Date.now(), frame: f, seqOffset: 5 };
+}
+
+interface Seen {
+  seqs: Map<string, number[]>;
+  epochs: string[];
+  lost: string[];
+  health: boolean[];
+}
+
+async function subscriber(t: TestContext, url: string, conn: RedisConnection, opts: Partial<SubscriberOptions> = {}): Promise<{ sub: RedisSubscriber; seen: Seen }> {
+  const seen: Seen = { seqs: new Map(), epochs: [], lost: [], health: [] };
+  const sub = new RedisSubscriber({ url, node: 'n1', ...opts }, conn, new RedisHistory(conn), {
+    message(room, seq, frame) {
+      assert.equal(readSeq(frame, 5), seq, 'the frame carries its seq');
+      const l = seen.seqs.get(room) ?? [];
+      l.push(seq);
+      seen.seqs.set(room, l);
+    },
+    epoch(_room, epoch) { seen.epochs.push(epoch); },
+    lost(room, a, b) { seen.lost.push(`${room}:${a}..${b}`); },
+    presence() { /* not in these tests */ },
+    health(h) { seen.health.push(h); },
+  });
+  t.after(() => sub.close());
+  await sub.start();
+  return { sub, seen };
+}
+
+/** add + read + begin, as a joiner does: subscribe first, read the room's state, then deliver after it. */
+async function follow(sub: RedisSubscriber, conn: RedisConnection, room: string): Promise<{ epoch: string; seq: number }> {
+  await sub.add(room);
+  const r = await new RedisHistory(conn).read(room, { user: null, since: null, sinceEpoch: null, maxMissed: 0, maxBytes: 0, roomTtlMs: 0 });
+  sub.begin(room, r.epoch, r.seq);
+  return { epoch: r.epoch, seq: r.seq };
+}
+
+test('CLIENT KILL TYPE pubsub while publishing: the subscriber fills the gap, seqs stay contiguous', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const admin = await connectRedis(t, redis.url);
+  const { sub, seen } = await subscriber(t, redis.url, conn);
+  const rooms = ['kill-a', 'kill-b'];
+  for (const r of rooms) await follow(sub, conn, r);
+  const seq = new RedisSequencer(await connectRedis(t, redis.url));
+  const total = 400;
+  let killed = 0;
+  for (let i = 0; i < total / 4; i++) {
+    await Promise.all(rooms.map((r) => seq.publish(r, [msg(`${i}a`), msg(`${i}b`)])));
+    if (i === 30) killed += (await admin.call(['CLIENT', 'KILL', 'TYPE', 'pubsub'], 'test')) as number;
+    if (i === 70) {
+      // Kill the replacement too, once it is up (messages 31..70 were published while it was not).
+      await waitFor(() => sub.reconnects >= 1 && sub.healthy, 'the first replacement subscribed');
+      killed += (await admin.call(['CLIENT', 'KILL', 'TYPE', 'pubsub'], 'test')) as number;
+    }
+  }
+  assert.ok(killed >= 2, `killed ${killed} pub/sub connections`);
+  await waitFor(() => rooms.every((r) => (seen.seqs.get(r)?.length ?? 0) >= total / 2), 'every message delivered', 10_000);
+  for (const r of rooms) assertContiguous(seen.seqs.get(r)!, 1, total / 2, `room ${r}`);
+  assert.ok(sub.reconnects >= 2, `reconnects: ${sub.reconnects}`);
+  assert.deepEqual(seen.lost, []);
+  assert.deepEqual(seen.epochs, []);
+  await waitFor(() => sub.healthy, 'healthy again');
+});
+
+test('a message published into a hole is buffered until the hole is filled from the stream', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const { sub, seen } = await subscriber(t, redis.url, conn);
+  const seq = new RedisSequencer(conn);
+  await seq.publish('hole', [msg('1'), msg('2'), msg('3')]);
+  // The joiner read seq 1 (say, an older read): 2 and 3 are only in the stream.
+  await sub.add('hole');
+  const { epoch } = await new RedisHistory(conn).read('hole', { user: null, since: null, sinceEpoch: null, maxMissed: 0, maxBytes: 0, roomTtlMs: 0 });
+  sub.begin('hole', epoch, 1);
+  await seq.publish('hole', [msg('4')]);
+  await waitFor(() => (seen.seqs.get('hole')?.length ?? 0) >= 3, 'seqs 2..4');
+  assertContiguous(seen.seqs.get('hole')!, 2, 4, 'hole');
+  assert.ok(sub.fills >= 1);
+});
+
+test('Redis restarted without persistence: resubscribed, the new epoch is detected and delivered from 1', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const { sub, seen } = await subscriber(t, redis.url, conn);
+  const before = await follow(sub, conn, 'epoch-room');
+  const seq = new RedisSequencer(conn);
+  await seq.publish('epoch-room', [msg('a'), msg('b')]);
+  await waitFor(() => seen.seqs.get('epoch-room')?.length === 2, 'two messages before the restart');
+  await redis.restart('SIGKILL');
+  await waitFor(() => sub.healthy && sub.reconnects >= 1 && conn.healthy, 'subscriber and commands reconnected', 10_000);
+  const after = await seq.publish('epoch-room', [msg('c')]);
+  assert.notEqual(after.epoch, before.epoch, 'a new epoch');
+  assert.deepEqual(after.outcomes, [{ seq: 1, duplicate: false }]);
+  await waitFor(() => seen.seqs.get('epoch-room')!.length === 3, 'the new epoch message delivered');
+  assert.deepEqual(seen.seqs.get('epoch-room'), [1, 2, 1]);
+  assert.deepEqual(seen.epochs, [after.epoch], 'one epoch change reported');
+  assert.ok(seen.health.includes(false), 'health went down');
+});
+
+test('Redis restarted with AOF appendfsync always: epoch and seq continue', async (t) => {
+  const redis = await startRedis(t, { aof: true });
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const { sub, seen } = await subscriber(t, redis.url, conn);
+  const before = await follow(sub, conn, 'aof-room');
+  const seq = new RedisSequencer(conn);
+  await seq.publish('aof-room', [msg('a'), msg('b')]);
+  await redis.restart('SIGKILL');
+  await waitFor(() => sub.healthy && sub.reconnects >= 1 && conn.healthy, 'reconnected', 10_000);
+  const after = await seq.publish('aof-room', [msg('c')]);
+  assert.equal(after.epoch, before.epoch);
+  assert.deepEqual(after.outcomes, [{ seq: 3, duplicate: false }]);
+  await waitFor(() => seen.seqs.get('aof-room')?.length === 3, 'three messages');
+  assertContiguous(seen.seqs.get('aof-room')!, 1, 3, 'aof-room');
+  assert.deepEqual(seen.epochs, []);
+});
+
+test('an idle subscription whose probe does not come back is replaced', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const admin = await connectRedis(t, redis.url);
+  const { sub, seen } = await subscriber(t, redis.url, conn, { probeIntervalMs: 150, probeTimeoutMs: 200 });
+  await follow(sub, conn, 'idle');
+  await waitFor(() => sub.healthy, 'healthy');
+  // Redis holds every command (the probe's PUBLISH included) for 1 s: the echo cannot arrive.
+  await admin.call(['CLIENT', 'PAUSE', '1000', 'ALL'], 'test');
+  await waitFor(() => seen.health.includes(false), 'the probe timed out', 3000);
+  await waitFor(() => sub.healthy && sub.reconnects >= 1, 'reconnected after the pause', 10_000);
+  await new RedisSequencer(conn).publish('idle', [msg('after')]);
+  await waitFor(() => seen.seqs.get('idle')?.length === 1, 'delivery works again');
+});

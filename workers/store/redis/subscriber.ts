@@ -1,0 +1,315 @@
+/**
+ * The node's one pub/sub connection. It subscribes only to rooms with local members and turns
+ * Redis pub/sub (at most once) into "every message once, in seq order" per room:
+ * - continuity: each room's last delivered seq is kept; a message after a hole is buffered and
+ *   the hole is filled from the room's stream; duplicates are dropped;
+ * - a changed epoch (Redis lost the room) is reported, then the new epoch is delivered from 1;
+ * - a hole the stream no longer holds (trimmed) is reported as lost, never papered over;
+ * - any drop of the connection: a fresh connection, every room resubscribed (awaited), then every
+ *   room resynchronised from its stream (node-redis's own resubscribe is not trusted: reconnect
+ *   is ours);
+ * - an idle probe: when nothing arrived for probeIntervalMs, the node publishes to its own service
+ *   channel; no echo within probeTimeoutMs means a dead subscription: reconnect.
+ * `healthy` (subscribed and probed) is what /readyz should follow.
+ */
+import { createClient } from 'redis';
+import { backoffMs, type RedisConnection } from './connection.js';
+import { RedisUnavailableError } from './errors.js';
+import type { RedisHistory, RedisMessage } from './history.js';
+import { nodeChannel, roomChannel, roomOfChannel } from './keys.js';
+import { decodeRoomEvent } from './wire.js';
+
+export interface SubscriberEvents {
+  /** The room's next message: contiguous seqs, each once. */
+  message(room: string, seq: number, frame: Buffer): void;
+  /** The room has a new epoch (Redis lost it): its seq restarts; messages of the new epoch follow from 1. */
+  epoch(room: string, epoch: string): void;
+  /** Messages fromSeq..toSeq of the room can no longer be delivered (trimmed): the room's members must resync. */
+  lost(room: string, fromSeq: number, toSeq: number): void;
+  presence(room: string, user: string, state: 'join' | 'leave'): void;
+  health(healthy: boolean): void;
+}
+
+export interface SubscriberOptions {
+  url: string;
+  node: string;
+  probeIntervalMs?: number;
+  probeTimeoutMs?: number;
+  /** Out-of-order messages a room buffers while a fill runs; beyond, the fill reads them from the stream. */
+  maxPendingPerRoom?: number;
+  /** Messages per fill read. */
+  fillBatch?: number;
+  roomTtlMs?: number;
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  connectTimeoutMs?: number;
+}
+
+export const DEFAULT_SUBSCRIBER = {
+  probeIntervalMs: 2_000, probeTimeoutMs: 1_000, maxPendingPerRoom: 1024, fillBatch: 500, roomTtlMs: 0,
+  reconnectMinMs: 50, reconnectMaxMs: 2_000, connectTimeoutMs: 800,
+} as const;
+
+interface RoomState {
+  /** Null until begin(): messages are buffered while the joiner reads history. */
+  epoch: string | null;
+  seq: number;
+  pending: Map<number, { epoch: string; frame: Buffer }>;
+  filling: boolean;
+  fillAgain: boolean;
+}
+
+function createPubSubClient(url: string, connectTimeoutMs: number) {
+  // No reconnect of its own: a dropped subscriber is replaced, then resubscribed and resynced.
+  return createClient({ url, RESP: 2, disableOfflineQueue: true, socket: { connectTimeout: connectTimeoutMs, reconnectStrategy: false } });
+}
+type PubSubClient = ReturnType<typeof createPubSubClient>;
+
+export class RedisSubscriber {
+  private readonly o: Required<Omit<SubscriberOptions, 'url' | 'node'>> & { url: string; node: string };
+  private readonly rooms = new Map<string, RoomState>();
+  private client: PubSubClient | null = null;
+  private subscribed = false;
+  private closed = false;
+  private attempt = 0;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private lastActivity = Date.now();
+  private probeToken: string | null = null;
+  private probeDeadline = 0;
+  private probeSeq = 0;
+  private wasHealthy = false;
+  /** Completed reconnects (for tests and metrics). */
+  reconnects = 0;
+  /** Gaps filled from the stream (for tests and metrics). */
+  fills = 0;
+  private readonly listener = (message: Buffer, channel: Buffer): void => this.onRaw(channel.toString('latin1'), message);
+
+  constructor(options: SubscriberOptions, private readonly commands: RedisConnection, private readonly history: RedisHistory, private readonly events: SubscriberEvents) {
+    this.o = { ...DEFAULT_SUBSCRIBER, ...options };
+  }
+
+  get healthy(): boolean { return this.subscribed && !this.closed && this.probeToken === null; }
+
+  /** Connects and subscribes the node channel; rejects (unavailable) when Redis is down now, and keeps retrying. */
+  async start(): Promise<void> {
+    this.probeTimer = setInterval(() => this.tick(), Math.max(10, Math.floor(this.o.probeIntervalMs / 4)));
+    await this.connect();
+  }
+
+  /** Subscribes `room` and buffers its messages until begin(). */
+  async add(room: string): Promise<void> {
+    if (this.rooms.has(room)) return;
+    if (!this.subscribed || this.client === null) throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false);
+    this.rooms.set(room, { epoch: null, seq: 0, pending: new Map(), filling: false, fillAgain: false });
+    try {
+      await this.client.subscribe(roomChannel(room), this.listener, true);
+    } catch (err) {
+      this.rooms.delete(room);
+      throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false, err);
+    }
+  }
+
+  /**
+   * The joiner read the room's history (after add()): deliver from `seq` on. Buffered messages
+   * after it are merged in; a hole is filled from the stream.
+   */
+  begin(room: string, epoch: string, seq: number): void {
+    const st = this.rooms.get(room);
+    if (st === undefined) throw new Error(`begin(${room}) without add()`);
+    st.epoch = epoch;
+    st.seq = seq;
+    this.drain(room, st);
+  }
+
+  /** The room's last delivered seq and epoch (null before begin()). */
+  position(room: string): { epoch: string; seq: number } | null {
+    const st = this.rooms.get(room);
+    return st?.epoch == null ? null : { epoch: st.epoch, seq: st.seq };
+  }
+
+  async remove(room: string): Promise<void> {
+    if (!this.rooms.delete(room)) return;
+    if (this.subscribed && this.client !== null) {
+      try {
+        await this.client.unsubscribe(roomChannel(room), this.listener, true);
+      } catch {
+        // The connection dropped: the reconnect subscribes only the rooms still listed, so the
+        // room is gone from it either way.
+      }
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.probeTimer !== null) clearInterval(this.probeTimer);
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    this.dropClient();
+    this.rooms.clear();
+  }
+
+  /** Drops the connection as if it had died (what a failed probe does). */
+  recycle(): void {
+    if (this.closed) return;
+    this.lostConnection();
+  }
+
+  private async connect(): Promise<void> {
+    const client = createPubSubClient(this.o.url, this.o.connectTimeoutMs);
+    this.client = client;
+    client.on('error', () => { if (this.client === client) this.lostConnection(); });
+    client.on('end', () => { if (this.client === client) this.lostConnection(); });
+    try {
+      await client.connect();
+      await client.subscribe(nodeChannel(this.o.node), this.listener, true);
+      const channels = [...this.rooms.keys()].map(roomChannel);
+      for (let i = 0; i < channels.length; i += 1000) await client.subscribe(channels.slice(i, i + 1000), this.listener, true);
+    } catch (err) {
+      if (this.client === client) this.lostConnection();
+      throw new RedisUnavailableError('subscriber connect', this.o.reconnectMaxMs, false, err);
+    }
+    if (this.client !== client || this.closed) return;
+    this.subscribed = true;
+    this.attempt = 0;
+    this.lastActivity = Date.now();
+    this.probeToken = null;
+    // Everything published while we were away is in the streams: resynchronise every room.
+    for (const [room, st] of this.rooms) if (st.epoch !== null) this.fill(room, st);
+    this.setHealth();
+  }
+
+  private dropClient(): void {
+    const c = this.client;
+    this.client = null;
+    this.subscribed = false;
+    if (c !== null && c.isOpen) c.destroy();
+  }
+
+  private lostConnection(): void {
+    if (this.client === null && this.reconnectTimer !== null) return;
+    this.dropClient();
+    this.probeToken = null;
+    this.setHealth();
+    if (this.closed || this.reconnectTimer !== null) return;
+    const delay = backoffMs(this.attempt++, this.o.reconnectMinMs, this.o.reconnectMaxMs);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.connect().then(() => { this.reconnects++; }, () => { /* lostConnection() scheduled the next attempt */ });
+    }, delay);
+  }
+
+  private setHealth(): void {
+    const h = this.healthy;
+    if (h !== this.wasHealthy) {
+      this.wasHealthy = h;
+      this.events.health(h);
+    }
+  }
+
+  private tick(): void {
+    if (!this.subscribed) return;
+    const now = Date.now();
+    if (this.probeToken !== null) {
+      if (now > this.probeDeadline) this.lostConnection();
+      return;
+    }
+    if (now - this.lastActivity < this.o.probeIntervalMs) return;
+    const token = `${process.pid}.${++this.probeSeq}`;
+    this.probeToken = token;
+    this.probeDeadline = now + this.o.probeTimeoutMs;
+    this.commands.call(['PUBLISH', nodeChannel(this.o.node), `probe${token}`], 'subscriber probe').catch(() => {
+      // Redis did not take the probe: the deadline will recycle the subscriber.
+    });
+  }
+
+  private onRaw(channel: string, payload: Buffer): void {
+    this.lastActivity = Date.now();
+    if (channel === nodeChannel(this.o.node)) {
+      if (this.probeToken !== null && payload.toString('latin1') === `probe${this.probeToken}`) {
+        this.probeToken = null;
+        this.setHealth();
+      }
+      return;
+    }
+    const room = roomOfChannel(channel);
+    const st = room === null ? undefined : this.rooms.get(room);
+    if (room === null || st === undefined) return;
+    const ev = decodeRoomEvent(payload);
+    if (ev.kind === 'presence') {
+      this.events.presence(room, ev.user, ev.state);
+      return;
+    }
+    if (st.epoch !== null && ev.epoch === st.epoch && ev.seq <= st.seq) return; // a duplicate
+    if (st.pending.size >= this.o.maxPendingPerRoom) {
+      // Too far behind to buffer: the stream has them (or the fill reports them lost).
+      st.pending.clear();
+      if (st.epoch !== null) this.fill(room, st);
+      return;
+    }
+    st.pending.set(ev.seq, { epoch: ev.epoch, frame: ev.frame });
+    if (st.epoch !== null) this.drain(room, st);
+  }
+
+  /** Delivers the pending messages that continue the room; a hole or another epoch starts a fill. */
+  private drain(room: string, st: RoomState): void {
+    if (st.filling || st.epoch === null) return;
+    for (let p = st.pending.get(st.seq + 1); p !== undefined; p = st.pending.get(st.seq + 1)) {
+      if (p.epoch !== st.epoch) break;
+      st.pending.delete(st.seq + 1);
+      st.seq++;
+      this.events.message(room, st.seq, p.frame);
+    }
+    for (const [seq, p] of st.pending) {
+      if (p.epoch === st.epoch && seq <= st.seq) st.pending.delete(seq);
+    }
+    if (st.pending.size > 0) this.fill(room, st);
+  }
+
+  private fill(room: string, st: RoomState): void {
+    if (st.filling) {
+      st.fillAgain = true;
+      return;
+    }
+    st.filling = true;
+    this.fills++;
+    this.fillLoop(room, st).catch(() => {
+      // Redis went away mid-fill: the reconnect resynchronises every room.
+      st.filling = false;
+      if (this.subscribed) this.lostConnection();
+    });
+  }
+
+  private async fillLoop(room: string, st: RoomState): Promise<void> {
+    for (;;) {
+      st.fillAgain = false;
+      if (this.rooms.get(room) !== st || st.epoch === null) break;
+      const r = await this.history.after(room, st.seq, this.o.fillBatch, this.o.roomTtlMs);
+      if (this.rooms.get(room) !== st) break;
+      if (r.epoch !== st.epoch) {
+        st.epoch = r.epoch;
+        st.seq = 0;
+        for (const [seq, p] of st.pending) if (p.epoch !== r.epoch) st.pending.delete(seq);
+        this.events.epoch(room, r.epoch);
+        continue;
+      }
+      if (r.seq <= st.seq) break;
+      const first: RedisMessage | undefined = r.msgs[0];
+      const firstSeq = first?.seq ?? r.firstKept;
+      if (firstSeq > st.seq + 1) {
+        this.events.lost(room, st.seq + 1, firstSeq - 1);
+        st.seq = firstSeq - 1;
+      }
+      for (const m of r.msgs) {
+        if (m.seq !== st.seq + 1) break;
+        st.seq = m.seq;
+        st.pending.delete(m.seq);
+        this.events.message(room, m.seq, m.frame);
+      }
+      if (r.seq > st.seq && r.msgs.length > 0) continue; // more than one batch behind
+      if (!st.fillAgain) break;
+    }
+    st.filling = false;
+    this.drain(room, st);
+  }
+}
