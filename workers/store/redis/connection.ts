@@ -5,7 +5,7 @@
  * back-off. Every failure reaches the caller as RedisUnavailableError; replies of the server
  * (script errors) pass through unchanged. `healthy` is the flag /readyz can use.
  */
-import { createClient, ErrorReply, RESP_TYPES, type RedisArgument } from 'redis';
+import { createClient, ErrorReply, RESP_TYPES, SocketClosedUnexpectedlyError, TimeoutReadError, type RedisArgument } from 'redis';
 import { RedisUnavailableError } from './errors.js';
 
 export interface RedisConnectionOptions {
@@ -77,14 +77,27 @@ export class RedisConnection {
     this.client.on('error', (err: Error) => { this.lastError = err; });
   }
 
-  /** Connects once; a Redis that is down now fails here (unavailable) and is retried in the background. */
+  /**
+   * Connects once. A Redis that is down now fails here within connectTimeoutMs (unavailable),
+   * and node-redis keeps retrying in the background: `healthy` turns true when it succeeds.
+   */
   async connect(): Promise<void> {
-    if (this.connected) return;
+    if (this.connected) throw new Error('RedisConnection.connect() called twice');
     this.connected = true;
+    const deadlineMs = this.options.connectTimeoutMs ?? DEFAULT_CONNECTION.connectTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const pending = this.client.connect();
+    // node-redis's connect() only settles once connected (it retries inside): do not leave its
+    // rejection unhandled when close() ends the retries.
+    pending.catch((err: unknown) => { this.lastError = err as Error; });
     try {
-      await this.client.connect();
+      await Promise.race([pending, new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`not connected within ${deadlineMs} ms`)), deadlineMs);
+      })]);
     } catch (err) {
       throw new RedisUnavailableError(`connect to ${this.options.url}`, this.retryMs, false, err);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -104,8 +117,7 @@ export class RedisConnection {
     } catch (err) {
       if (err instanceof ErrorReply) throw err;
       // A reply that timed out, or a socket that closed with the command sent: it may have run.
-      const name = (err as Error).name ?? '';
-      const maybe = /TimeoutReadError|SocketClosedUnexpectedly|Disconnects/.test(name) || /closed unexpectedly|Disconnects/i.test(String((err as Error).message));
+      const maybe = err instanceof TimeoutReadError || err instanceof SocketClosedUnexpectedlyError;
       throw new RedisUnavailableError(operation, this.retryMs, maybe, err);
     }
   }
@@ -114,6 +126,7 @@ export class RedisConnection {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    // isOpen is true also while node-redis is still retrying a connect that never succeeded.
     if (this.client.isOpen) this.client.destroy();
   }
 }
