@@ -120,3 +120,28 @@ test('two Redis URLs: each room lives on the instance partitionIndex names', asy
   for (const r of rooms) assert.equal(during.get(r) instanceof Error, partitionIndex(r, urls) === 1, `${r} while instance 1 is down`);
   await waitFor(() => !n.store.healthy, 'unhealthy with one instance down');
 });
+
+test('joins racing publishes on a followed room: each joiner gets exactly the messages after its joined seq', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = [await node(t, [redis.url], 'ja'), await node(t, [redis.url], 'jb')];
+  const room = 'join-race';
+  const first = await a.store.join(room, 'c0', 'ann', null, null);
+  let publishing = true;
+  const pub = (async () => {
+    for (let i = 0; publishing && i < 400; i++) await b.store.publishBatch(new Map([[room, [msg('bob', `m${i}`)]]]));
+  })();
+  // Each join, taken when it resolves, must line up with node a's own deliveries: what a's
+  // subscriber delivers after the reply is what the joiner gets live; `missed` is the rest, up to
+  // exactly the reply's seq (the node often delivered past its read while the join waited).
+  for (let j = 0; j < 20; j++) {
+    const since = Math.max(0, (a.seqs.get(room)?.length ?? 0) - 3);
+    const r = await a.store.join(room, `c${j + 1}`, `u${j}`, since, first.epoch);
+    const deliveredAtReply = a.seqs.get(room)?.length ?? 0;
+    assert.equal(r.seq, deliveredAtReply, `join ${j}: joined.seq is node a's delivered seq`);
+    assert.equal(r.truncated, false, `join ${j}: since ${since}, ${JSON.stringify({ ...r, missed: r.missed?.map((m) => m.seq) })}`);
+    assertContiguous(r.missed!.map((m) => m.seq), since + 1, r.seq, `join ${j} missed`);
+  }
+  publishing = false;
+  await pub;
+});

@@ -9,7 +9,7 @@
 import { RedisConnection, type RedisConnectionOptions } from './connection.js';
 import { RedisCursors } from './cursors.js';
 import { RedisUnavailableError } from './errors.js';
-import { RedisHistory, type RedisMessage } from './history.js';
+import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
 import { partitionIndex } from './keys.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
@@ -35,9 +35,12 @@ export interface JoinResult {
   readonly seq: number;
   readonly unread: number;
   readonly members: string[];
-  readonly missed: RedisMessage[] | null;
+  /** The missed frames (replayable as is), ascending seq; null with truncated or without since. */
+  readonly missed: MissedMessage[] | null;
   readonly truncated: boolean;
 }
+
+export interface MissedMessage { readonly seq: number; readonly frame: Buffer }
 
 /** The outcome of one room of a batch: its seqs, or the typed error its pubs are answered with. */
 export type RoomOutcome = PublishResult | RedisUnavailableError;
@@ -62,6 +65,8 @@ export class ClusterStore {
   private readonly heartbeatTtlMs: number;
   /** Local connections per room (the rooms this node follows). */
   private readonly local = new Map<string, Map<string, string>>();
+  /** Rooms this node follows: resolves once the first join started delivery. */
+  private readonly following = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   /** The last failure of the background heartbeat/sweep (retried on the next tick), for logs. */
@@ -114,34 +119,65 @@ export class ClusterStore {
   /**
    * A local connection joins: subscribe first (the subscriber buffers), then read the room and
    * register presence, then start delivery after the read's seq. For a room this node already
-   * follows, the reply's seq is what this node delivered so far, so the member misses nothing and
-   * gets nothing twice.
+   * follows (or is starting to follow: a concurrent join waits for the first one's start), the
+   * reply's seq is what this node has delivered when the reply is made, and `missed` runs exactly
+   * up to it, so the member neither misses a message in flight to the node nor gets one twice.
+   * The caller must emit `joined` in the same turn as this promise resolves (no await between).
    */
   async join(room: string, conn: string, user: string, since: number | null, sinceEpoch: string | null): Promise<JoinResult> {
     const p = this.part(room);
-    let conns = this.local.get(room);
-    const first = conns === undefined;
-    if (first) await p.sub.add(room);
+    const opts = { user, since, sinceEpoch, maxMissed: this.limits.historyLimit, maxBytes: this.maxHistBytes, roomTtlMs: this.limits.roomTtlMs };
+    let ready = this.following.get(room);
+    let firstRead: Promise<RoomRead> | null = null;
+    if (ready === undefined) {
+      firstRead = (async () => {
+        await p.sub.add(room);
+        const r = await p.history.read(room, opts);
+        p.sub.begin(room, r.epoch, r.seq);
+        return r;
+      })();
+      ready = firstRead.then(() => undefined);
+      this.following.set(room, ready);
+    }
     try {
-      const [r] = await Promise.all([
-        p.history.read(room, { user, since, sinceEpoch, maxMissed: this.limits.historyLimit, maxBytes: this.maxHistBytes, roomTtlMs: this.limits.roomTtlMs }),
-        p.presence.join(room, conn, user),
-      ]);
-      if (first) p.sub.begin(room, r.epoch, r.seq);
-      const pos = p.sub.position(room) ?? { epoch: r.epoch, seq: r.seq };
-      conns = this.local.get(room) ?? new Map<string, string>();
+      const [r] = await Promise.all([firstRead ?? ready.then(() => p.history.read(room, opts)), p.presence.join(room, conn, user)]);
+      const conns = this.local.get(room) ?? new Map<string, string>();
       this.local.set(room, conns);
       conns.set(conn, user);
-      const members = await p.presence.who(room);
-      const sameEpoch = pos.epoch === r.epoch;
-      const missed = r.missed === null || !sameEpoch ? null : r.missed.filter((m) => m.seq <= pos.seq);
-      return {
-        epoch: pos.epoch, seq: pos.seq, unread: Math.max(0, pos.seq - (r.cursor ?? pos.seq)), members,
-        missed, truncated: r.truncated || (r.missed !== null && !sameEpoch),
-      };
+      return await this.answer(p, room, r, since);
     } catch (err) {
-      if (first && !this.local.has(room)) await p.sub.remove(room);
+      if (firstRead !== null && (this.local.get(room)?.size ?? 0) === 0) {
+        this.following.delete(room);
+        this.local.delete(room);
+        await p.sub.remove(room).catch(() => { /* the subscriber is down: nothing to undo */ });
+      }
       throw err;
+    }
+  }
+
+  /** The join reply from the read and the subscriber's position, extending `missed` up to that position. */
+  private async answer(p: Partition, room: string, r: RoomRead, since: number | null): Promise<JoinResult> {
+    const members = await p.presence.who(room);
+    let missed: MissedMessage[] | null = r.missed;
+    let truncated = r.truncated;
+    let upTo = r.seq;
+    for (let round = 0; ; round++) {
+      const pos = p.sub.position(room) ?? { epoch: r.epoch, seq: r.seq };
+      const base = { epoch: pos.epoch, seq: pos.seq, unread: Math.max(0, pos.seq - (r.cursor ?? pos.seq)), members };
+      if (since === null || truncated) return { ...base, missed: null, truncated };
+      if (pos.epoch !== r.epoch || round > 3) return { ...base, missed: null, truncated: true };
+      if (pos.seq <= upTo) return { ...base, missed: missed!.filter((m) => m.seq <= pos.seq), truncated: false };
+      // The node delivered past the read while we waited: take the difference from the
+      // subscriber's memory (no await: the position cannot move meanwhile), else the stream.
+      const extra = p.sub.recent(room, upTo + 1, pos.seq)
+        ?? await p.history.range(room, upTo + 1, pos.seq, pos.seq - upTo, Number.MAX_SAFE_INTEGER);
+      const all = [...missed!, ...extra];
+      let bytes = 0;
+      for (const m of all) bytes += m.frame.length;
+      const contiguous = extra.length === pos.seq - upTo && extra[0]?.seq === upTo + 1;
+      if (!contiguous || all.length > this.limits.historyLimit || bytes > this.maxHistBytes) truncated = true;
+      missed = all;
+      upTo = pos.seq;
     }
   }
 
@@ -152,6 +188,7 @@ export class ClusterStore {
     conns?.delete(conn);
     if (conns !== undefined && conns.size === 0) {
       this.local.delete(room);
+      this.following.delete(room);
       await p.sub.remove(room);
     }
     await p.presence.leave(room, conn, user);
@@ -197,6 +234,7 @@ export class ClusterStore {
     await Promise.allSettled(leaves);
     await Promise.allSettled(this.parts.map((p) => p.presence.retire()));
     this.local.clear();
+    this.following.clear();
     for (const p of this.parts) {
       p.sub.close();
       p.conn.close();

@@ -39,6 +39,8 @@ export interface SubscriberOptions {
   maxPendingPerRoom?: number;
   /** Messages per fill read. */
   fillBatch?: number;
+  /** Last delivered messages a room keeps in memory, so a join can catch up without a round trip. */
+  recentPerRoom?: number;
   roomTtlMs?: number;
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
@@ -46,7 +48,7 @@ export interface SubscriberOptions {
 }
 
 export const DEFAULT_SUBSCRIBER = {
-  probeIntervalMs: 2_000, probeTimeoutMs: 1_000, maxPendingPerRoom: 1024, fillBatch: 500, roomTtlMs: 0,
+  probeIntervalMs: 2_000, probeTimeoutMs: 1_000, maxPendingPerRoom: 1024, fillBatch: 500, recentPerRoom: 64, roomTtlMs: 0,
   reconnectMinMs: 50, reconnectMaxMs: 2_000, connectTimeoutMs: 800,
 } as const;
 
@@ -57,6 +59,8 @@ interface RoomState {
   pending: Map<number, { epoch: string; frame: Buffer }>;
   filling: boolean;
   fillAgain: boolean;
+  /** Ring of the last recentPerRoom delivered messages (seq -> frame at seq % size). */
+  recent: ({ seq: number; frame: Buffer } | undefined)[];
 }
 
 function createPubSubClient(url: string, connectTimeoutMs: number) {
@@ -101,7 +105,7 @@ export class RedisSubscriber {
   async add(room: string): Promise<void> {
     if (this.rooms.has(room)) return;
     if (!this.subscribed || this.client === null) throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false);
-    this.rooms.set(room, { epoch: null, seq: 0, pending: new Map(), filling: false, fillAgain: false });
+    this.rooms.set(room, { epoch: null, seq: 0, pending: new Map(), filling: false, fillAgain: false, recent: new Array(this.o.recentPerRoom) });
     try {
       await this.client.subscribe(roomChannel(room), this.listener, true);
     } catch (err) {
@@ -117,6 +121,7 @@ export class RedisSubscriber {
   begin(room: string, epoch: string, seq: number): void {
     const st = this.rooms.get(room);
     if (st === undefined) throw new Error(`begin(${room}) without add()`);
+    if (st.epoch !== null) return; // already delivering: its position is the truth
     st.epoch = epoch;
     st.seq = seq;
     this.drain(room, st);
@@ -126,6 +131,22 @@ export class RedisSubscriber {
   position(room: string): { epoch: string; seq: number } | null {
     const st = this.rooms.get(room);
     return st?.epoch == null ? null : { epoch: st.epoch, seq: st.seq };
+  }
+
+  /**
+   * Delivered messages fromSeq..toSeq of the current epoch from memory, or null when the ring no
+   * longer holds all of them.
+   */
+  recent(room: string, fromSeq: number, toSeq: number): { seq: number; frame: Buffer }[] | null {
+    const st = this.rooms.get(room);
+    if (st === undefined || toSeq > st.seq || toSeq - fromSeq + 1 > st.recent.length) return null;
+    const out: { seq: number; frame: Buffer }[] = [];
+    for (let s = fromSeq; s <= toSeq; s++) {
+      const m = st.recent[s % st.recent.length];
+      if (m === undefined || m.seq !== s) return null;
+      out.push(m);
+    }
+    return out;
   }
 
   async remove(room: string): Promise<void> {
@@ -258,12 +279,17 @@ export class RedisSubscriber {
       if (p.epoch !== st.epoch) break;
       st.pending.delete(st.seq + 1);
       st.seq++;
-      this.events.message(room, st.seq, p.frame);
+      this.deliver(room, st, st.seq, p.frame);
     }
     for (const [seq, p] of st.pending) {
       if (p.epoch === st.epoch && seq <= st.seq) st.pending.delete(seq);
     }
     if (st.pending.size > 0) this.fill(room, st);
+  }
+
+  private deliver(room: string, st: RoomState, seq: number, frame: Buffer): void {
+    if (st.recent.length > 0) st.recent[seq % st.recent.length] = { seq, frame };
+    this.events.message(room, seq, frame);
   }
 
   private fill(room: string, st: RoomState): void {
@@ -289,6 +315,7 @@ export class RedisSubscriber {
       if (r.epoch !== st.epoch) {
         st.epoch = r.epoch;
         st.seq = 0;
+        st.recent.fill(undefined);
         for (const [seq, p] of st.pending) if (p.epoch !== r.epoch) st.pending.delete(seq);
         this.events.epoch(room, r.epoch);
         continue;
@@ -304,7 +331,7 @@ export class RedisSubscriber {
         if (m.seq !== st.seq + 1) break;
         st.seq = m.seq;
         st.pending.delete(m.seq);
-        this.events.message(room, m.seq, m.frame);
+        this.deliver(room, st, m.seq, m.frame);
       }
       if (r.seq > st.seq && r.msgs.length > 0) continue; // more than one batch behind
       if (!st.fillAgain) break;
