@@ -10,7 +10,8 @@ import { guardHandles } from './helpers/leaks.js';
 import { connectRedis, startRedis } from './helpers/redis-server.js';
 import { assertContiguous } from './helpers/seqs.js';
 import { waitFor } from './helpers/client.js';
-import { RedisSequencer, type PublishInput } from '../workers/store/redis/sequencer.js';
+import { RedisSequencer, DEFAULT_SEQUENCER_LIMITS, type PublishInput } from '../workers/store/redis/sequencer.js';
+import { metaKey } from '../workers/store/redis/keys.js';
 import { RedisHistory } from '../workers/store/redis/history.js';
 import { RedisSubscriber, type SubscriberOptions } from '../workers/store/redis/subscriber.js';
 import type { RedisConnection } from '../workers/store/redis/connection.js';
@@ -159,4 +160,41 @@ test('an idle subscription whose probe does not come back is replaced', async (t
   await waitFor(() => sub.healthy && sub.reconnects >= 1, 'reconnected after the pause', 10_000);
   await new RedisSequencer(conn).publish('idle', [msg('after')]);
   await waitFor(() => seen.seqs.get('idle')?.length === 1, 'delivery works again');
+});
+
+test('a hole the stream no longer holds is reported lost, then delivery continues from what is kept', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  await conn.call(['CONFIG', 'SET', 'stream-node-max-entries', '10'], 'test');
+  const { sub, seen } = await subscriber(t, redis.url, conn);
+  const seq = new RedisSequencer(conn, { ...DEFAULT_SEQUENCER_LIMITS, historyLimit: 20 });
+  const { epoch } = await seq.publish('behind', Array.from({ length: 100 }, (_, i) => msg(`${i}`)));
+  const first = await new RedisHistory(conn).firstKept('behind');
+  assert.ok(first !== null && first > 1 && first <= 81, `first kept ${first}`);
+  // This node's position is seq 0: 1..first-1 are gone from the stream.
+  await sub.add('behind');
+  sub.begin('behind', epoch, 0);
+  await seq.publish('behind', [msg('live')]);
+  await waitFor(() => (seen.seqs.get('behind')?.length ?? 0) === 101 - first! + 1, 'the kept messages and the live one');
+  assert.deepEqual(seen.lost, [`behind:1..${first! - 1}`]);
+  assertContiguous(seen.seqs.get('behind')!, first!, 101, 'after the loss');
+});
+
+test('a room whose meta key vanished (eviction) starts a new epoch that the subscriber follows', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const { sub, seen } = await subscriber(t, redis.url, conn);
+  await follow(sub, conn, 'evicted');
+  const seq = new RedisSequencer(conn);
+  const before = await seq.publish('evicted', [msg('a'), msg('b')]);
+  await waitFor(() => seen.seqs.get('evicted')?.length === 2, 'two messages');
+  await conn.call(['DEL', metaKey('evicted')], 'test');
+  const after = await seq.publish('evicted', [msg('c')]);
+  assert.notEqual(after.epoch, before.epoch);
+  assert.deepEqual(after.outcomes, [{ seq: 1, duplicate: false }], 'the stale stream was dropped, seq 1 again');
+  await waitFor(() => seen.seqs.get('evicted')?.length === 3, 'the new epoch delivered');
+  assert.deepEqual(seen.seqs.get('evicted'), [1, 2, 1]);
+  assert.deepEqual(seen.epochs, [after.epoch]);
 });
