@@ -91,6 +91,18 @@ test('CLIENT KILL TYPE pubsub while publishing: the subscriber fills the gap, se
   await waitFor(() => sub.healthy, 'healthy again');
 });
 
+test('a foreign payload on a room channel is counted and checked against the stream, not delivered', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const { sub, seen } = await subscriber(t, redis.url, conn);
+  await follow(sub, conn, 'foreign');
+  await conn.call(['PUBLISH', 'sc:r:foreign', 'hello'], 'test');
+  await new RedisSequencer(conn).publish('foreign', [msg('real')]);
+  await waitFor(() => seen.seqs.get('foreign')?.length === 1, 'the real message');
+  assert.equal(sub.badPayloads, 1);
+});
+
 test('a message published into a hole is buffered until the hole is filled from the stream', async (t) => {
   const redis = await startRedis(t);
   if (redis === null) return;

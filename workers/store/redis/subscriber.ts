@@ -17,7 +17,7 @@ import { backoffMs, type RedisConnection } from './connection.js';
 import { RedisUnavailableError } from './errors.js';
 import type { RedisHistory, RedisMessage } from './history.js';
 import { nodeChannel, roomChannel, roomOfChannel } from './keys.js';
-import { decodeRoomEvent } from './wire.js';
+import { decodeRoomEvent, WireError, type ChannelEvent } from './wire.js';
 
 export interface SubscriberEvents {
   /** The room's next message: contiguous seqs, each once. */
@@ -87,6 +87,8 @@ export class RedisSubscriber {
   reconnects = 0;
   /** Gaps filled from the stream (for tests and metrics). */
   fills = 0;
+  /** Room-channel payloads that no script of ours produced (for metrics). */
+  badPayloads = 0;
   private readonly listener = (message: Buffer, channel: Buffer): void => this.onRaw(channel.toString('latin1'), message);
 
   constructor(options: SubscriberOptions, private readonly commands: RedisConnection, private readonly history: RedisHistory, private readonly events: SubscriberEvents) {
@@ -256,7 +258,17 @@ export class RedisSubscriber {
     const room = roomOfChannel(channel);
     const st = room === null ? undefined : this.rooms.get(room);
     if (room === null || st === undefined) return;
-    const ev = decodeRoomEvent(payload);
+    let ev: ChannelEvent;
+    try {
+      ev = decodeRoomEvent(payload);
+    } catch (err) {
+      // Not one of our scripts' payloads (someone else published on the channel): count it,
+      // and check the room against its stream in case a real message hides behind it.
+      if (!(err instanceof WireError)) throw err;
+      this.badPayloads++;
+      if (st.epoch !== null) this.fill(room, st);
+      return;
+    }
     if (ev.kind === 'presence') {
       this.events.presence(room, ev.user, ev.state);
       return;
