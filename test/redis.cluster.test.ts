@@ -145,3 +145,17 @@ test('joins racing publishes on a followed room: each joiner gets exactly the me
   publishing = false;
   await pub;
 });
+
+test('Redis restarted without persistence: a node puts its members back into presence', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const a = await node(t, [redis.url], 'pa');
+  const b = await node(t, [redis.url], 'pb');
+  await a.store.join('back', 'c1', 'ann', null, null);
+  await b.store.join('back', 'c2', 'bob', null, null);
+  assert.deepEqual(await a.store.who('back'), ['ann', 'bob']);
+  await redis.restart('SIGKILL');
+  await waitFor(() => a.store.healthy && b.store.healthy, 'both nodes healthy again', 10_000);
+  await waitFor(async () => (await a.store.who('back')).length === 2, 'both members present again', 5000);
+  assert.deepEqual(await b.store.who('back'), ['ann', 'bob']);
+});

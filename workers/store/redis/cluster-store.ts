@@ -83,9 +83,32 @@ export class ClusterStore {
       return {
         url, conn, history, seq: new RedisSequencer(conn, this.limits), cursors: new RedisCursors(conn),
         presence: new RedisPresence(conn, o.node, this.heartbeatTtlMs),
-        sub: new RedisSubscriber({ url, node: o.node, roomTtlMs: this.limits.roomTtlMs, ...o.subscriber }, conn, history, events),
+        sub: new RedisSubscriber({ url, node: o.node, roomTtlMs: this.limits.roomTtlMs, ...o.subscriber }, conn, history, {
+          ...events,
+          health: (h) => {
+            if (h) this.reassert(url);
+            events.health(h);
+          },
+        }),
       };
     });
+  }
+
+  /**
+   * After a subscriber reconnects, put this node's presence entries of that instance back (a Redis
+   * that lost its data lost them too; HSETNX makes it a no-op where they survived). A user whose
+   * entries were lost gets a second `join` event: a repeat, never a lost member.
+   */
+  private reassert(url: string): void {
+    const p = this.parts.find((x) => x.url === url);
+    if (p === undefined || this.closed) return;
+    for (const [room, conns] of this.local) {
+      if (this.part(room) !== p) continue;
+      for (const [conn, user] of conns) {
+        p.presence.join(room, conn, user).catch((err: unknown) => { this.lastHousekeepingError = err as Error; });
+      }
+    }
+    p.presence.heartbeat().catch((err: unknown) => { this.lastHousekeepingError = err as Error; });
   }
 
   /** Connects every instance; rejects (unavailable) when one is down now, retrying in the background. */
