@@ -1,7 +1,7 @@
 /**
  * The node's one pub/sub connection. It subscribes only to rooms with local members and turns
  * Redis pub/sub (at most once) into "every message once, in seq order" per room:
- * - continuity: each room's last delivered seq is kept; a message after a hole is buffered and
+ * - continuity (continuity.ts): each room's last delivered seq is kept; a message after a hole is buffered and
  *   the hole is filled from the room's stream; duplicates are dropped;
  * - a changed epoch (Redis lost the room) is reported, then the new epoch is delivered from 1;
  * - a hole the stream no longer holds (trimmed) is reported as lost, never papered over;
@@ -15,17 +15,12 @@
 import { createClient } from 'redis';
 import { backoffMs, type RedisConnection } from './connection.js';
 import { RedisUnavailableError } from './errors.js';
-import type { RedisHistory, RedisMessage } from './history.js';
+import type { RedisHistory } from './history.js';
+import { RoomFeeds, type FeedEvents } from './continuity.js';
 import { nodeChannel, roomChannel, roomOfChannel } from './keys.js';
 import { decodeRoomEvent, WireError, type ChannelEvent } from './wire.js';
 
-export interface SubscriberEvents {
-  /** The room's next message: contiguous seqs, each once. */
-  message(room: string, seq: number, frame: Buffer): void;
-  /** The room has a new epoch (Redis lost it): its seq restarts; messages of the new epoch follow from 1. */
-  epoch(room: string, epoch: string): void;
-  /** Messages fromSeq..toSeq of the room can no longer be delivered (trimmed): the room's members must resync. */
-  lost(room: string, fromSeq: number, toSeq: number): void;
+export interface SubscriberEvents extends FeedEvents {
   presence(room: string, user: string, state: 'join' | 'leave'): void;
   health(healthy: boolean): void;
 }
@@ -52,17 +47,6 @@ export const DEFAULT_SUBSCRIBER = {
   reconnectMinMs: 50, reconnectMaxMs: 2_000, connectTimeoutMs: 800,
 } as const;
 
-interface RoomState {
-  /** Null until begin(): messages are buffered while the joiner reads history. */
-  epoch: string | null;
-  seq: number;
-  pending: Map<number, { epoch: string; frame: Buffer }>;
-  filling: boolean;
-  fillAgain: boolean;
-  /** Ring of the last recentPerRoom delivered messages (seq -> frame at seq % size). */
-  recent: ({ seq: number; frame: Buffer } | undefined)[];
-}
-
 function createPubSubClient(url: string, connectTimeoutMs: number) {
   // No reconnect of its own: a dropped subscriber is replaced, then resubscribed and resynced.
   return createClient({ url, RESP: 2, disableOfflineQueue: true, socket: { connectTimeout: connectTimeoutMs, reconnectStrategy: false } });
@@ -71,7 +55,7 @@ type PubSubClient = ReturnType<typeof createPubSubClient>;
 
 export class RedisSubscriber {
   private readonly o: Required<Omit<SubscriberOptions, 'url' | 'node'>> & { url: string; node: string };
-  private readonly rooms = new Map<string, RoomState>();
+  private readonly feeds: RoomFeeds;
   private client: PubSubClient | null = null;
   private subscribed = false;
   private closed = false;
@@ -85,14 +69,13 @@ export class RedisSubscriber {
   private wasHealthy = false;
   /** Completed reconnects (for tests and metrics). */
   reconnects = 0;
-  /** Gaps filled from the stream (for tests and metrics). */
-  fills = 0;
   /** Room-channel payloads that no script of ours produced (for metrics). */
   badPayloads = 0;
   private readonly listener = (message: Buffer, channel: Buffer): void => this.onRaw(channel.toString('latin1'), message);
 
-  constructor(options: SubscriberOptions, private readonly commands: RedisConnection, private readonly history: RedisHistory, private readonly events: SubscriberEvents) {
+  constructor(options: SubscriberOptions, private readonly commands: RedisConnection, history: RedisHistory, private readonly events: SubscriberEvents) {
     this.o = { ...DEFAULT_SUBSCRIBER, ...options };
+    this.feeds = new RoomFeeds(this.o, history, events, () => { if (this.subscribed) this.lostConnection(); });
   }
 
   get healthy(): boolean { return this.subscribed && !this.closed && this.probeToken === null; }
@@ -105,54 +88,35 @@ export class RedisSubscriber {
 
   /** Subscribes `room` and buffers its messages until begin(). */
   async add(room: string): Promise<void> {
-    if (this.rooms.has(room)) return;
+    if (this.feeds.has(room)) return;
     if (!this.subscribed || this.client === null) throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false);
-    this.rooms.set(room, { epoch: null, seq: 0, pending: new Map(), filling: false, fillAgain: false, recent: new Array(this.o.recentPerRoom) });
+    this.feeds.add(room);
     try {
       await this.client.subscribe(roomChannel(room), this.listener, true);
     } catch (err) {
-      this.rooms.delete(room);
+      this.feeds.delete(room);
       throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false, err);
     }
   }
 
   /**
    * The joiner read the room's history (after add()): deliver from `seq` on. Buffered messages
-   * after it are merged in; a hole is filled from the stream.
+   * after it are merged in; a hole is filled from the stream. A room already started keeps its
+   * position.
    */
-  begin(room: string, epoch: string, seq: number): void {
-    const st = this.rooms.get(room);
-    if (st === undefined) throw new Error(`begin(${room}) without add()`);
-    if (st.epoch !== null) return; // already delivering: its position is the truth
-    st.epoch = epoch;
-    st.seq = seq;
-    this.drain(room, st);
-  }
+  begin(room: string, epoch: string, seq: number): void { this.feeds.begin(room, epoch, seq); }
 
   /** The room's last delivered seq and epoch (null before begin()). */
-  position(room: string): { epoch: string; seq: number } | null {
-    const st = this.rooms.get(room);
-    return st?.epoch == null ? null : { epoch: st.epoch, seq: st.seq };
-  }
+  position(room: string): { epoch: string; seq: number } | null { return this.feeds.position(room); }
 
-  /**
-   * Delivered messages fromSeq..toSeq of the current epoch from memory, or null when the ring no
-   * longer holds all of them.
-   */
-  recent(room: string, fromSeq: number, toSeq: number): { seq: number; frame: Buffer }[] | null {
-    const st = this.rooms.get(room);
-    if (st === undefined || toSeq > st.seq || toSeq - fromSeq + 1 > st.recent.length) return null;
-    const out: { seq: number; frame: Buffer }[] = [];
-    for (let s = fromSeq; s <= toSeq; s++) {
-      const m = st.recent[s % st.recent.length];
-      if (m === undefined || m.seq !== s) return null;
-      out.push(m);
-    }
-    return out;
-  }
+  /** Delivered messages fromSeq..toSeq from memory, or null when the ring no longer holds them all. */
+  recent(room: string, fromSeq: number, toSeq: number): { seq: number; frame: Buffer }[] | null { return this.feeds.recent(room, fromSeq, toSeq); }
+
+  /** Gaps filled from the stream (for tests and metrics). */
+  get fills(): number { return this.feeds.fills; }
 
   async remove(room: string): Promise<void> {
-    if (!this.rooms.delete(room)) return;
+    if (!this.feeds.delete(room)) return;
     if (this.subscribed && this.client !== null) {
       try {
         await this.client.unsubscribe(roomChannel(room), this.listener, true);
@@ -169,7 +133,7 @@ export class RedisSubscriber {
     if (this.probeTimer !== null) clearInterval(this.probeTimer);
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
     this.dropClient();
-    this.rooms.clear();
+    this.feeds.clear();
   }
 
   /** Drops the connection as if it had died (what a failed probe does). */
@@ -186,7 +150,7 @@ export class RedisSubscriber {
     try {
       await client.connect();
       await client.subscribe(nodeChannel(this.o.node), this.listener, true);
-      const channels = [...this.rooms.keys()].map(roomChannel);
+      const channels = [...this.feeds.names()].map(roomChannel);
       for (let i = 0; i < channels.length; i += 1000) await client.subscribe(channels.slice(i, i + 1000), this.listener, true);
     } catch (err) {
       if (this.client === client) this.lostConnection();
@@ -198,7 +162,7 @@ export class RedisSubscriber {
     this.lastActivity = Date.now();
     this.probeToken = null;
     // Everything published while we were away is in the streams: resynchronise every room.
-    for (const [room, st] of this.rooms) if (st.epoch !== null) this.fill(room, st);
+    this.feeds.resyncAll();
     this.setHealth();
   }
 
@@ -256,8 +220,7 @@ export class RedisSubscriber {
       return;
     }
     const room = roomOfChannel(channel);
-    const st = room === null ? undefined : this.rooms.get(room);
-    if (room === null || st === undefined) return;
+    if (room === null || !this.feeds.has(room)) return;
     let ev: ChannelEvent;
     try {
       ev = decodeRoomEvent(payload);
@@ -266,89 +229,10 @@ export class RedisSubscriber {
       // and check the room against its stream in case a real message hides behind it.
       if (!(err instanceof WireError)) throw err;
       this.badPayloads++;
-      if (st.epoch !== null) this.fill(room, st);
+      this.feeds.check(room);
       return;
     }
-    if (ev.kind === 'presence') {
-      this.events.presence(room, ev.user, ev.state);
-      return;
-    }
-    if (st.epoch !== null && ev.epoch === st.epoch && ev.seq <= st.seq) return; // a duplicate
-    if (st.pending.size >= this.o.maxPendingPerRoom) {
-      // Too far behind to buffer: the stream has them (or the fill reports them lost).
-      st.pending.clear();
-      if (st.epoch !== null) this.fill(room, st);
-      return;
-    }
-    st.pending.set(ev.seq, { epoch: ev.epoch, frame: ev.frame });
-    if (st.epoch !== null) this.drain(room, st);
-  }
-
-  /** Delivers the pending messages that continue the room; a hole or another epoch starts a fill. */
-  private drain(room: string, st: RoomState): void {
-    if (st.filling || st.epoch === null) return;
-    for (let p = st.pending.get(st.seq + 1); p !== undefined; p = st.pending.get(st.seq + 1)) {
-      if (p.epoch !== st.epoch) break;
-      st.pending.delete(st.seq + 1);
-      st.seq++;
-      this.deliver(room, st, st.seq, p.frame);
-    }
-    for (const [seq, p] of st.pending) {
-      if (p.epoch === st.epoch && seq <= st.seq) st.pending.delete(seq);
-    }
-    if (st.pending.size > 0) this.fill(room, st);
-  }
-
-  private deliver(room: string, st: RoomState, seq: number, frame: Buffer): void {
-    if (st.recent.length > 0) st.recent[seq % st.recent.length] = { seq, frame };
-    this.events.message(room, seq, frame);
-  }
-
-  private fill(room: string, st: RoomState): void {
-    if (st.filling) {
-      st.fillAgain = true;
-      return;
-    }
-    st.filling = true;
-    this.fills++;
-    this.fillLoop(room, st).catch(() => {
-      // Redis went away mid-fill: the reconnect resynchronises every room.
-      st.filling = false;
-      if (this.subscribed) this.lostConnection();
-    });
-  }
-
-  private async fillLoop(room: string, st: RoomState): Promise<void> {
-    for (;;) {
-      st.fillAgain = false;
-      if (this.rooms.get(room) !== st || st.epoch === null) break;
-      const r = await this.history.after(room, st.seq, this.o.fillBatch, this.o.roomTtlMs);
-      if (this.rooms.get(room) !== st) break;
-      if (r.epoch !== st.epoch) {
-        st.epoch = r.epoch;
-        st.seq = 0;
-        st.recent.fill(undefined);
-        for (const [seq, p] of st.pending) if (p.epoch !== r.epoch) st.pending.delete(seq);
-        this.events.epoch(room, r.epoch);
-        continue;
-      }
-      if (r.seq <= st.seq) break;
-      const first: RedisMessage | undefined = r.msgs[0];
-      const firstSeq = first?.seq ?? r.firstKept;
-      if (firstSeq > st.seq + 1) {
-        this.events.lost(room, st.seq + 1, firstSeq - 1);
-        st.seq = firstSeq - 1;
-      }
-      for (const m of r.msgs) {
-        if (m.seq !== st.seq + 1) break;
-        st.seq = m.seq;
-        st.pending.delete(m.seq);
-        this.deliver(room, st, m.seq, m.frame);
-      }
-      if (r.seq > st.seq && r.msgs.length > 0) continue; // more than one batch behind
-      if (!st.fillAgain) break;
-    }
-    st.filling = false;
-    this.drain(room, st);
+    if (ev.kind === 'presence') this.events.presence(room, ev.user, ev.state);
+    else this.feeds.live(room, ev.seq, ev.epoch, ev.frame);
   }
 }
