@@ -10,6 +10,7 @@ import { decodeRoomEvent, findSeqSlot, readSeq, writeSeq, WireError } from '../w
 import { mergeBySeq } from '../workers/store/redis/merge.js';
 import { backoffMs } from '../workers/store/redis/connection.js';
 import { capBytes, type RedisMessage } from '../workers/store/redis/history.js';
+import { validateClusterOptions } from '../workers/store/redis/index.js';
 
 const rooms = Array.from({ length: 3000 }, (_, i) => `room-${i}`);
 
@@ -113,4 +114,17 @@ test('capBytes: at most maxBytes, at least one message, from the right end', () 
   assert.deepEqual(capBytes(ms, 25, true).map((m) => m.seq), [2, 3]);
   assert.deepEqual(capBytes(ms, 1, true).map((m) => m.seq), [3]);
   assert.deepEqual(capBytes(ms, 1, false).map((m) => m.seq), [1]);
+});
+
+test('cluster options are checked up front, each message naming the option', () => {
+  const ok = { urls: ['redis://a'], node: 'n1' };
+  assert.doesNotThrow(() => validateClusterOptions(ok));
+  assert.throws(() => validateClusterOptions({ ...ok, urls: [] }), /options\.redis needs/);
+  assert.throws(() => validateClusterOptions({ ...ok, urls: ['http://a'] }), /options\.redis: .*redis:\/\//);
+  assert.throws(() => validateClusterOptions({ ...ok, urls: ['redis://a', 'redis://A:6379'] }), /options\.redis lists redis:\/\/A:6379 twice/);
+  assert.throws(() => validateClusterOptions({ ...ok, node: 'a:b' }), /options\.nodeId/);
+  assert.throws(() => validateClusterOptions({ ...ok, heartbeatTtlMs: 10 }), /options\.redisHeartbeatTtlMs/);
+  assert.throws(() => validateClusterOptions({ ...ok, limits: { historyLimit: 1.5 } }), /options\.historyLimit/);
+  assert.throws(() => validateClusterOptions({ ...ok, connection: { reconnectMinMs: 500, reconnectMaxMs: 100 } }), /options\.redisReconnectMaxMs/);
+  assert.throws(() => validateClusterOptions({ ...ok, subscriber: { fillBatch: 0 } }), /options\.redisFillBatch/);
 });

@@ -11,6 +11,7 @@ import { RedisCursors } from './cursors.js';
 import { RedisUnavailableError } from './errors.js';
 import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
 import { partitionIndex } from './keys.js';
+import { validateClusterOptions } from './options.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
 import { RedisSubscriber, type SubscriberEvents, type SubscriberOptions } from './subscriber.js';
@@ -73,7 +74,7 @@ export class ClusterStore {
   lastHousekeepingError: Error | null = null;
 
   constructor(private readonly o: ClusterStoreOptions, events: SubscriberEvents) {
-    if (o.urls.length === 0) throw new TypeError('options.redis needs at least one URL');
+    validateClusterOptions(o);
     this.limits = { ...DEFAULT_SEQUENCER_LIMITS, ...o.limits };
     this.maxHistBytes = o.maxHistBytes ?? 1 << 20;
     this.heartbeatTtlMs = o.heartbeatTtlMs ?? 15_000;
