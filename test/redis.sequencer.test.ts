@@ -12,7 +12,10 @@ import { assertContiguous } from './helpers/seqs.js';
 import { RedisSequencer, DEFAULT_SEQUENCER_LIMITS, type PublishInput } from '../workers/store/redis/sequencer.js';
 import { RedisHistory } from '../workers/store/redis/history.js';
 import { streamKey } from '../workers/store/redis/keys.js';
-import { readSeq } from '../workers/store/redis/wire.js';
+import { findSeqSlot, readSeq } from '../workers/store/redis/wire.js';
+import { MsgWriter } from '../engine/protocol/msgpack.js';
+import { msgBound, writeMsg } from '../engine/protocol/frames.js';
+import { decode, encode } from '@msgpack/msgpack';
 
 guardHandles();
 
@@ -143,4 +146,25 @@ test('a first join creates the cursor at the room seq; publishing moves the send
   assert.equal((await h.read(room, { ...o, user: 'bob' })).cursor, 2, 'a later read keeps the cursor');
   assert.equal((await h.read(room, { ...o, user: 'ann' })).cursor, 3);
   assert.equal((await h.read(room, { ...o, user: 'cat' })).cursor, 4);
+});
+
+test('a real msg frame (protocol writeMsg with seq 2^32 as the placeholder) comes back with its seq', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const conn = await connectRedis(t, redis.url);
+  const room = Buffer.from('seq-real');
+  const body = encode({ text: 'hi', seq: 'not the key' });
+  const buf = new Uint8Array(msgBound(room.length, 3, body.length));
+  const w = new MsgWriter(buf);
+  // 2^32 is the smallest seq the writer encodes as uint64 (0xcf): the slot the script fills.
+  writeMsg(w, room, 0, room.length, 2 ** 32, 'ann', body, 0, body.length, 1234);
+  const frame = buf.subarray(0, w.pos);
+  const slot = findSeqSlot(frame);
+  assert.ok(slot > 0, 'the frame has a seq slot');
+  const s = new RedisSequencer(conn);
+  await s.publish('seq-real', [msg('bob', 'first')]);
+  const r = await s.publish('seq-real', [{ user: 'ann', cid: null, ts: 1234, frame, seqOffset: slot }]);
+  assert.deepEqual(r.outcomes, [{ seq: 2, duplicate: false }]);
+  const [stored] = await new RedisHistory(conn).range('seq-real', 2, 2, 1, 1 << 20);
+  assert.deepEqual(decode(stored!.frame), { t: 'msg', room: 'seq-real', seq: 2, from: 'ann', body: { text: 'hi', seq: 'not the key' }, ts: 1234 });
 });
