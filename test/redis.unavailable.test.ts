@@ -14,6 +14,7 @@ import { RedisSubscriber } from '../workers/store/redis/subscriber.js';
 import { RedisConnection } from '../workers/store/redis/connection.js';
 import { RedisUnavailableError } from '../workers/store/redis/errors.js';
 import { streamKey } from '../workers/store/redis/keys.js';
+import { ClusterStore } from '../workers/store/redis/cluster-store.js';
 
 guardHandles();
 
@@ -80,4 +81,20 @@ test('Redis hung (SIGSTOP): a sent command times out within 1 s as unavailable, 
   resumed = true;
   // It did run once Redis resumed: why a pub answered `unavailable` should carry a cid.
   await waitFor(async () => conn.healthy && (await conn.call(['XLEN', streamKey('hung')], 'test')) === 2, 'the in-flight publish applied late', 5000);
+});
+
+test('a node started while Redis is down: start() fails fast, the store turns healthy once Redis is up', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  await redis.stop();
+  const store = new ClusterStore({ urls: [redis.url], node: 'boot', connection: { reconnectMaxMs: 200 }, subscriber: { reconnectMaxMs: 200 } }, {
+    message() { /* none */ }, epoch() { /* none */ }, lost() { /* none */ }, presence() { /* none */ }, health() { /* polled */ },
+  });
+  t.after(() => store.close()); // also when start() rejected: the retries stop here
+  await failsFast(store.start(), 'start while Redis is down');
+  assert.equal(store.healthy, false);
+  await redis.start();
+  await waitFor(() => store.healthy, 'healthy once Redis is up', 10_000);
+  const out = await store.publishBatch(new Map([['boot-room', [m('first')]]]));
+  assert.equal((out.get('boot-room') as { outcomes: { seq: number }[] }).outcomes[0]!.seq, 1);
 });

@@ -112,14 +112,20 @@ export class ClusterStore {
     p.presence.heartbeat().catch((err: unknown) => { this.lastHousekeepingError = err as Error; });
   }
 
-  /** Connects every instance; rejects (unavailable) when one is down now, retrying in the background. */
+  /**
+   * Connects every instance; rejects (unavailable) when one is down now, retrying in the
+   * background (call close() either way).
+   */
   async start(): Promise<void> {
     this.timer = setInterval(() => { void this.housekeeping(); }, Math.max(50, Math.floor(this.heartbeatTtlMs / 3)));
-    await Promise.all(this.parts.map(async (p) => {
-      await p.conn.connect();
-      await p.sub.start();
-      await p.presence.heartbeat();
-    }));
+    // Both connections of every instance start (and keep retrying) even when one fails now:
+    // the store turns healthy by itself once Redis is reachable; start() reports the first failure.
+    const results = await Promise.allSettled(this.parts.flatMap((p) => [
+      p.conn.connect().then(() => p.presence.heartbeat()),
+      p.sub.start(),
+    ]));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
   }
 
   /** True when every instance answers commands and delivers pub/sub: what /readyz follows. */
