@@ -72,9 +72,15 @@ test('Redis hung (SIGSTOP): a sent command times out within 1 s as unavailable, 
   const conn = await connectRedis(t, redis.url, { commandTimeoutMs: 500 });
   const seq = new RedisSequencer(conn);
   await seq.publish('hung', [m('one')]);
+  const sub = new RedisSubscriber({ url: redis.url, node: 'h1' }, conn, new RedisHistory(conn), {
+    message() { /* none */ }, epoch() { /* none */ }, lost() { /* none */ }, presence() { /* none */ }, health() { /* none */ },
+  });
+  t.after(() => sub.close());
+  await sub.start();
   process.kill(redis.pid, 'SIGSTOP');
   let resumed = false;
   t.after(() => { if (!resumed) process.kill(redis.pid, 'SIGCONT'); });
+  await failsFast(sub.add('hung-room'), 'subscribe on a stopped Redis');
   const e = await failsFast(seq.publish('hung', [m('two')]), 'publish to a stopped Redis');
   assert.equal(e.maybeApplied, true, 'the command was sent: it may run when Redis resumes');
   process.kill(redis.pid, 'SIGCONT');

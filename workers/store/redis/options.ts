@@ -12,7 +12,7 @@ export interface ClusterOptionInput {
   maxHistBytes?: number;
   limits?: { historyLimit?: number; cidWindowMs?: number; cidWindowMessages?: number; roomTtlMs?: number; maxBatch?: number };
   connection?: { commandTimeoutMs?: number; connectTimeoutMs?: number; maxQueued?: number; reconnectMinMs?: number; reconnectMaxMs?: number };
-  subscriber?: { probeIntervalMs?: number; probeTimeoutMs?: number; maxPendingPerRoom?: number; fillBatch?: number; recentPerRoom?: number };
+  subscriber?: { probeIntervalMs?: number; probeTimeoutMs?: number; subscribeTimeoutMs?: number; maxPendingPerRoom?: number; fillBatch?: number; recentPerRoom?: number };
 }
 
 function int(name: string, v: number | undefined, min: number, max: number): void {
@@ -51,6 +51,7 @@ export function validateClusterOptions(o: ClusterOptionInput): void {
   const s = o.subscriber ?? {};
   int('redisProbeIntervalMs', s.probeIntervalMs, 10, 600_000);
   int('redisProbeTimeoutMs', s.probeTimeoutMs, 10, 600_000);
+  int('redisSubscribeTimeoutMs', s.subscribeTimeoutMs, 1, 60_000);
   int('redisMaxPendingPerRoom', s.maxPendingPerRoom, 1, 1_000_000);
   int('redisFillBatch', s.fillBatch, 1, 100_000);
   int('redisRecentPerRoom', s.recentPerRoom, 0, 100_000);

@@ -40,11 +40,13 @@ export interface SubscriberOptions {
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
   connectTimeoutMs?: number;
+  /** A SUBSCRIBE's deadline, ms (then the join gets `unavailable`). */
+  subscribeTimeoutMs?: number;
 }
 
 export const DEFAULT_SUBSCRIBER = {
   probeIntervalMs: 2_000, probeTimeoutMs: 1_000, maxPendingPerRoom: 1024, fillBatch: 500, recentPerRoom: 64, roomTtlMs: 0,
-  reconnectMinMs: 50, reconnectMaxMs: 2_000, connectTimeoutMs: 800,
+  reconnectMinMs: 50, reconnectMaxMs: 2_000, connectTimeoutMs: 800, subscribeTimeoutMs: 800,
 } as const;
 
 function createPubSubClient(url: string, connectTimeoutMs: number) {
@@ -89,13 +91,23 @@ export class RedisSubscriber {
   /** Subscribes `room` and buffers its messages until begin(). */
   async add(room: string): Promise<void> {
     if (this.feeds.has(room)) return;
-    if (!this.subscribed || this.client === null) throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false);
+    const client = this.client;
+    if (!this.subscribed || client === null) throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false);
     this.feeds.add(room);
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await this.client.subscribe(roomChannel(room), this.listener, true);
+      // A Redis that hangs must not hang the join: the subscription gets the command deadline.
+      await Promise.race([
+        client.subscribe(roomChannel(room), this.listener, true),
+        new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`no SUBSCRIBE reply within ${this.o.subscribeTimeoutMs} ms`)), this.o.subscribeTimeoutMs); }),
+      ]);
     } catch (err) {
       this.feeds.delete(room);
+      // If the subscription completes later, undo it (its messages would be dropped anyway).
+      if (this.client === client) client.unsubscribe(roomChannel(room), this.listener, true).catch(() => { /* the connection is going: nothing to undo */ });
       throw new RedisUnavailableError(`subscribe ${room}`, this.o.reconnectMaxMs, false, err);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
