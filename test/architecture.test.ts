@@ -139,3 +139,16 @@ test('the chat page (web/) imports only the client SDK', () => {
     }
   }
 });
+
+test('the redis store backend imports only itself, the leaves, node builtins and redis', () => {
+  const dir = path.join('workers', 'store', 'redis');
+  const files = all.filter((f) => f.startsWith(dir));
+  assert.ok(files.length > 0, 'workers/store/redis was found');
+  const leaves = ['engine/ring', 'engine/protocol', 'engine/pool', 'engine/metrics'].map((l) => path.join(...l.split('/')));
+  for (const f of files) {
+    for (const i of imports(f)) {
+      const ok = i.startsWith(dir) || leaves.some((l) => i.startsWith(l)) || i.startsWith('node:') || i === 'redis';
+      assert.ok(ok, `${f} imports ${i}`);
+    }
+  }
+});

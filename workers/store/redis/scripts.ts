@@ -1,0 +1,215 @@
+/**
+ * The Lua scripts of cluster mode. Each runs atomically in Redis, so no node owns a room: the
+ * script that sequences a message also stores it and publishes it, in one step. Scripts are sent
+ * with EVALSHA and fall back to EVAL on NOSCRIPT (a restarted Redis has an empty script cache).
+ *
+ * Wire formats the scripts produce (decoded by wire.ts):
+ * - room channel, message:  'm' | seq (8 bytes BE) | epoch length (1 byte) | epoch | frame
+ * - room channel, presence: 'p' | 'j' or 'l' | user
+ * - node channel, probe:    'probe' | token
+ */
+import { createHash } from 'node:crypto';
+import { ErrorReply, type RedisArgument } from 'redis';
+import type { RedisConnection, Reply } from './connection.js';
+
+export class Script {
+  readonly sha: string;
+  constructor(readonly name: string, readonly source: string) {
+    this.sha = createHash('sha1').update(source).digest('hex');
+  }
+
+  async run(conn: RedisConnection, keys: readonly RedisArgument[], args: readonly RedisArgument[], operation: string): Promise<Reply> {
+    const tail = [String(keys.length), ...keys, ...args];
+    try {
+      return await conn.call(['EVALSHA', this.sha, ...tail], operation);
+    } catch (err) {
+      if (!(err instanceof ErrorReply) || !err.message.startsWith('NOSCRIPT')) throw err;
+      return conn.call(['EVAL', this.source, ...tail], operation);
+    }
+  }
+}
+
+/** Shared Lua: the room's epoch and seq, creating a new epoch (and dropping any stale history) when missing. */
+const ROOM = `
+local function room_state(meta, stream, cursors, candidate)
+  local epoch = redis.call('hget', meta, 'e')
+  if epoch then return epoch, tonumber(redis.call('hget', meta, 's')), 0 end
+  -- No meta: a new room, or a Redis that lost it. A stream or cursors left without their meta
+  -- belong to a dead epoch: drop them, so seq 1 can be appended again.
+  redis.call('del', stream, cursors)
+  redis.call('hset', meta, 'e', candidate, 's', 0)
+  return candidate, 0, 1
+end
+local function seq_bytes(seq)
+  return struct.pack('>I4I4', math.floor(seq / 4294967296), seq % 4294967296)
+end
+local function touch(ttl, a, b, c)
+  if ttl > 0 then
+    redis.call('pexpire', a, ttl); redis.call('pexpire', b, ttl); redis.call('pexpire', c, ttl)
+  end
+end
+`;
+
+/**
+ * Sequences a batch of messages of one room.
+ * KEYS: meta, stream, cursors, then one cid key per message (the meta key when it has no cid).
+ * ARGV: candidate epoch, maxlen, cid window ms, cid window messages, channel, room ttl ms, n,
+ *       then per message: user, cid ('' = none), ts, frame, seq offset in frame (-1 = none).
+ * Returns: epoch, new-epoch flag, then per message: seq, duplicate flag.
+ */
+export const PUBLISH = new Script('publish', `${ROOM}
+local meta, stream, cursors = KEYS[1], KEYS[2], KEYS[3]
+local epoch, seq, created = room_state(meta, stream, cursors, ARGV[1])
+local maxlen, win_ms, win_n, channel = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local ttl, n = tonumber(ARGV[6]), tonumber(ARGV[7])
+local hdr = string.char(string.len(epoch)) .. epoch
+local out = {epoch, created}
+for i = 0, n - 1 do
+  local a = 8 + i * 5
+  local user, cid, ts, frame, off = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  local dup = 0
+  if cid ~= '' then
+    local prev = redis.call('get', KEYS[4 + i])
+    if prev then
+      local pe, ps = string.match(prev, '^(.*):(%d+)$')
+      ps = tonumber(ps)
+      if pe == epoch and ps and ps <= seq and seq - ps < win_n then dup = ps end
+    end
+  end
+  if dup > 0 then
+    out[#out + 1] = dup; out[#out + 1] = 1
+  else
+    seq = seq + 1
+    local sb = seq_bytes(seq)
+    if off >= 0 then frame = string.sub(frame, 1, off) .. sb .. string.sub(frame, off + 9) end
+    redis.call('xadd', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'f', frame, 'u', user, 't', ts, 'c', cid)
+    if cid ~= '' then redis.call('set', KEYS[4 + i], epoch .. ':' .. seq, 'PX', win_ms) end
+    redis.call('hset', cursors, user, seq)
+    redis.call('publish', channel, 'm' .. sb .. hdr .. frame)
+    out[#out + 1] = seq; out[#out + 1] = 0
+  end
+end
+redis.call('hset', meta, 's', seq)
+touch(ttl, meta, stream, cursors)
+return out
+`);
+
+/**
+ * Reads a room: its state and the messages after \`since\`, atomically.
+ * KEYS: meta, stream, cursors.
+ * ARGV: candidate epoch, user ('' = no cursor), since (-1 = none), max count, room ttl ms.
+ * With a user, a missing cursor starts at the room's seq (a first join).
+ * Returns: epoch, seq, new-epoch flag, cursor (-1 without user), first kept seq, then per
+ *          message after since (at most max count): seq, frame, user, ts, cid.
+ */
+export const READ = new Script('read', `${ROOM}
+local meta, stream, cursors = KEYS[1], KEYS[2], KEYS[3]
+local epoch, seq, created = room_state(meta, stream, cursors, ARGV[1])
+local user, since, max, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local cursor = -1
+if user ~= '' then
+  cursor = tonumber(redis.call('hget', cursors, user))
+  if not cursor then cursor = seq; redis.call('hset', cursors, user, seq) end
+end
+local first = seq + 1
+local head = redis.call('xrange', stream, '-', '+', 'COUNT', 1)
+if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)-')) end
+local out = {epoch, seq, created, cursor, first}
+if since >= 0 and since < seq and max > 0 then
+  local rows = redis.call('xrange', stream, (since + 1) .. '-0', '+', 'COUNT', max)
+  for _, row in ipairs(rows) do
+    local f = {}
+    for j = 1, #row[2], 2 do f[row[2][j]] = row[2][j + 1] end
+    out[#out + 1] = tonumber(string.match(row[1], '^(%d+)-'))
+    out[#out + 1] = f['f']; out[#out + 1] = f['u']; out[#out + 1] = f['t']; out[#out + 1] = f['c']
+  end
+end
+touch(ttl, meta, stream, cursors)
+return out
+`);
+
+/**
+ * Moves a user's cursor forward, never backwards and never past the room's seq.
+ * KEYS: meta, cursors. ARGV: user, seq, epoch ('' = any).
+ * Returns: the cursor after the update (-1 when the room or the epoch is gone).
+ */
+export const CURSOR = new Script('cursor', `
+local epoch = redis.call('hget', KEYS[1], 'e')
+if not epoch or (ARGV[3] ~= '' and ARGV[3] ~= epoch) then return -1 end
+local top = tonumber(redis.call('hget', KEYS[1], 's'))
+local want = tonumber(ARGV[2])
+if want > top then want = top end
+local cur = tonumber(redis.call('hget', KEYS[2], ARGV[1]))
+if cur and cur >= want then return cur end
+redis.call('hset', KEYS[2], ARGV[1], want)
+return want
+`);
+
+/**
+ * A connection joins or leaves a room's presence.
+ * KEYS: presence, presence counts, the node's room set, the node list.
+ * ARGV: 'j' or 'l', node, conn, user, room channel, room.
+ * Publishes the user's presence event when their count over all nodes goes 0 -> 1 or 1 -> 0.
+ * Returns: the user's connection count in the room after the change.
+ */
+export const PRESENCE = new Script('presence', `
+local field = ARGV[2] .. ':' .. ARGV[3]
+local user = ARGV[4]
+if ARGV[1] == 'j' then
+  redis.call('sadd', KEYS[3], ARGV[6]); redis.call('sadd', KEYS[4], ARGV[2])
+  if redis.call('hsetnx', KEYS[1], field, user) == 0 then
+    return tonumber(redis.call('hget', KEYS[2], user) or 0)
+  end
+  local c = redis.call('hincrby', KEYS[2], user, 1)
+  if c == 1 then redis.call('publish', ARGV[5], 'pj' .. user) end
+  return c
+end
+local had = redis.call('hget', KEYS[1], field)
+if not had then return tonumber(redis.call('hget', KEYS[2], user) or 0) end
+redis.call('hdel', KEYS[1], field)
+local c = redis.call('hincrby', KEYS[2], had, -1)
+if c <= 0 then
+  redis.call('hdel', KEYS[2], had)
+  redis.call('publish', ARGV[5], 'pl' .. had)
+  c = 0
+end
+return c
+`);
+
+/**
+ * Removes the presence of nodes whose heartbeat expired. Any node may run it.
+ * KEYS: the node list. ARGV: key prefix ('sc:'), max entries to remove this call.
+ * Computes room keys itself, so it is for a standalone Redis (all keys on one instance).
+ * Returns: entries removed, 1 when work is left.
+ */
+export const SWEEP = new Script('sweep', `
+local prefix, budget = ARGV[1], tonumber(ARGV[2])
+local removed = 0
+for _, node in ipairs(redis.call('smembers', KEYS[1])) do
+  if redis.call('exists', prefix .. 'node:' .. node) == 0 then
+    local roomsKey = prefix .. 'noderooms:' .. node
+    for _, room in ipairs(redis.call('smembers', roomsKey)) do
+      local p = prefix .. '{' .. room .. '}:p'
+      local pc = prefix .. '{' .. room .. '}:pc'
+      local flat = redis.call('hgetall', p)
+      local mine = node .. ':'
+      for j = 1, #flat, 2 do
+        local field, user = flat[j], flat[j + 1]
+        if string.sub(field, 1, #mine) == mine then
+          if removed >= budget then return {removed, 1} end
+          redis.call('hdel', p, field)
+          local c = redis.call('hincrby', pc, user, -1)
+          if c <= 0 then
+            redis.call('hdel', pc, user)
+            redis.call('publish', prefix .. 'r:' .. room, 'pl' .. user)
+          end
+          removed = removed + 1
+        end
+      end
+      redis.call('srem', roomsKey, room)
+    end
+    redis.call('srem', KEYS[1], node)
+  end
+end
+return {removed, 0}
+`);
