@@ -156,7 +156,10 @@ export class Engine {
       app: () => this.app,
       send: (ws, frame) => this.send(ws, frame),
       chargeReply: (ws, bytes) => this.chargeReply(ws, bytes),
-      refused: (ws, room) => { ws.getUserData().rooms.delete(room); },
+      member: (ws, room, joined) => {
+        const rooms = ws.getUserData().rooms;
+        if (joined) rooms.add(room); else rooms.delete(room);
+      },
       serverAck: (req, seq, epoch) => {
         const p = this.pending.get(req);
         if (p) { this.pending.delete(req); p.resolve({ seq, epoch }); }

@@ -172,6 +172,7 @@ export class ShardLink {
 
   /** A control record: written now if possible, else kept (copied) and written in order once there is room. */
   control(rec: Uint8Array): void {
+    if (this.stopped) return; // the engine stopped, or the shard failed for good: nobody reads this ring
     if (this.backlog.length === 0 && this.writer.write(rec)) { this.noteInboundDepth(); return; }
     this.backlog.push(rec.slice());
     if (!this.flushing) void this.flush();

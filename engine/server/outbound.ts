@@ -27,8 +27,13 @@ export interface OutboundHost<C> {
   send(ws: WebSocket<C>, frame: Uint8Array): boolean;
   /** Charges a direct reply of `bytes` to its connection's rate limit. */
   chargeReply(ws: WebSocket<C>, bytes: number): void;
-  /** The shard refused a join (room_limit): the connection is not in that room after all. */
-  refused(ws: WebSocket<C>, room: string): void;
+  /**
+   * The shard's answers are the authority on membership, in ring order: a `joined` puts the room
+   * in the connection's set (a refused join may have taken it out meanwhile), a refusal or a
+   * `left` takes it out. The main thread's own add/delete when it writes a join or leave only
+   * runs ahead of them.
+   */
+  member(ws: WebSocket<C>, room: string, joined: boolean): void;
   /** A server-side publish was given its seq. */
   serverAck(req: number, seq: number, epoch: string): void;
   stopped(): boolean;
@@ -138,25 +143,31 @@ export class OutboundDispatcher<C extends Subscribed> {
       case OUT_REFUSED: {
         const ws = this.replyTo(b, off);
         if (ws === undefined) return;
-        this.host.refused(ws, asciiString(b, rs, end));
+        this.host.member(ws, asciiString(b, rs, end), false);
         this.host.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }
       case OUT_JOINED: {
         const ws = this.replyTo(b, off);
         if (ws === undefined) return;
+        const room = asciiString(b, rs, end);
+        // Before the send: a send that closes a slow consumer runs the close handler at once,
+        // which must see the room to tell the shard.
+        this.host.member(ws, room, true);
         if (this.host.send(ws, b.subarray(off + OUT_BODY, rs))) {
           this.host.chargeReply(ws, rs - off - OUT_BODY);
           ws.subscribe(b.subarray(rs, end));
-          this.guard.subscribed(ws, asciiString(b, rs, end));
+          this.guard.subscribed(ws, room);
         }
         return;
       }
       case OUT_LEFT: {
         const ws = this.replyTo(b, off);
         if (ws === undefined) return;
+        const room = asciiString(b, rs, end);
+        this.host.member(ws, room, false);
         ws.unsubscribe(b.subarray(rs, end));
-        this.guard.unsubscribed(ws, asciiString(b, rs, end));
+        this.guard.unsubscribed(ws, room);
         this.host.send(ws, b.subarray(off + OUT_BODY, rs));
         return;
       }

@@ -129,10 +129,16 @@ export class ShardSupervisor {
     link.restartTimes = link.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
     if (link.restartTimes.length >= this.opts.restartBudget) {
       link.failed = true;
+      link.stop(); // nobody will read its ring again: drop queued control records, take no more
       this.log.error({ event: 'shard_failed', shard: link.index, restarts: link.restartTimes.length, windowMs: RESTART_WINDOW_MS }, 'shard failed: restart budget spent; not restarting it');
       return;
     }
     link.restartTimes.push(now);
+    // Replay memberships into the fresh ring now, before any back-off: frames clients send
+    // meanwhile queue behind the replay, so the new incarnation sees their rooms joined first
+    // (a pub is not answered not_joined, a leave really leaves). Rooms come back with a new
+    // epoch (or the stored one), told by a `joined`.
+    this.hooks.replay(link);
     const k = link.restartTimes.length;
     const delay = k === 1 ? 0 : Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (k - 2));
     if (delay === 0) { this.restart(link); return; }
@@ -144,8 +150,6 @@ export class ShardSupervisor {
   private restart(link: ShardLink): void {
     link.restarts++;
     this.start(link);
-    // Replay memberships so rooms come back (with a new epoch, told by a `joined`).
-    this.hooks.replay(link);
     if (this.hooks.draining()) link.drainNow();
     this.log.warn({ event: 'shard_restarted', shard: link.index, restarts: link.restarts }, 'shard restarted');
   }
