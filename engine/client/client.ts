@@ -333,7 +333,7 @@ export class ShardchatClient {
     this._user = String(f.user);
     this._conn = String(f.conn);
     this.tokens = localBucket(this._limits).burst;
-    this.refilledAt = Date.now();
+    this.refilledAt = performance.now();
     this.stableTimer = this.timer(() => { this.stableTimer = null; this.attempt = 0; }, this.o.stableMs);
     this.setState('connected', { reason: 'hello' });
     this.events.emit('hello', { conn: this._conn, user: this._user, limits: this._limits });
@@ -354,7 +354,7 @@ export class ShardchatClient {
   private onJoined(r: RoomTrack, f: Frame, ref: number): void {
     const solicited = ref >= 0 && ref === r.joinRef;
     if (solicited) { this.dropRequest(ref); r.joinRef = -1; }
-    else if (ref >= 0) return; // the reply to a join this client gave up on
+    else if (ref >= 0) { this.dropRequest(ref); return; } // the reply to a join this client superseded: its timer must not fire
     if (!r.wanted) return;
     const outcome = r.onJoined(f, solicited);
     this.setRoom(r, 'joined', { reason: outcome.kind === 'gap' ? 'gap' : outcome.kind === 'resume' ? 'resumed' : 'join' });
@@ -479,6 +479,7 @@ export class ShardchatClient {
     if (req.kind !== 'join') { req.reject(new ServerError(code, msg, retry)); return; }
     const r = this.roomsByName.get(req.room);
     if (!r || !r.wanted) return;
+    if (r.joinRef !== ref) return; // an err for a superseded join: the current one is still out
     r.joinRef = -1;
     if (retry !== undefined || code === 'internal' || code === 'shutting_down') {
       this.timer(() => { if (r.wanted && r.state !== 'joined' && r.joinRef < 0 && this._state === 'connected') this.sendJoin(r); }, retry ?? this.o.backoffBaseMs);
@@ -522,7 +523,7 @@ export class ShardchatClient {
     const l = this._limits;
     if (!ws || !l || this.pumpTimer) return;
     const b = localBucket(l);
-    const now = Date.now();
+    const now = performance.now(); // monotonic: a wall-clock step must not stall sending
     this.tokens = Math.min(b.burst, this.tokens + ((now - this.refilledAt) / 1000) * b.rate);
     this.refilledAt = now;
     while (this.wire.length > 0 && this.tokens >= 1) {
