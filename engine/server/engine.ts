@@ -13,7 +13,7 @@ import { EngineError, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG } fro
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
-  E_TOO_MANY_ROOMS, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
+  E_TOO_MANY_ROOMS, E_UNAVAILABLE, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidCid, isValidRoom, isValidUser, writeErr, writeHello,
   type Limits,
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
@@ -24,6 +24,7 @@ import {
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
+import { type DataDirLock, StoreError, type StoreErrorCode, lockDataDir } from '../store-dir.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { parseUserQuery } from '../protocol/identity.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
@@ -49,7 +50,17 @@ interface Conn {
   lastLimitLog: number;
 }
 
-export interface PublishResult { seq: number; epoch: string }
+/** `dup`: the cid was published before (within the window); `seq` is that message's, and nothing new was stored. */
+export interface PublishResult { seq: number; epoch: string; dup: boolean }
+
+/** A shard's store error arrives as an Error whose message starts with the code (workers/shard.ts). */
+function asStoreError(err: Error): StoreError | null {
+  const m = /^(STORE_[A-Z_]+): ([\s\S]*)$/.exec(err.message);
+  return m === null ? null : new StoreError(m[1] as StoreErrorCode, m[2]!);
+}
+
+/** retryAfterMs of the `unavailable` answer to requests a store failure left unhandled. */
+const STORE_RETRY_MS = 1000;
 
 const HARD_PAYLOAD_CAP = 16 << 20;
 /** How often connections are checked against maxBufferBytes (see slowConsumerSweep). */
@@ -69,6 +80,10 @@ export class Engine {
   readonly options: ResolvedOptions;
   readonly log: Logger;
   private readonly uws = loadUws();
+  private readonly dataLock: DataDirLock | null;
+  /** Set once every shard ran; a store error before that fails ready() instead of restarting. */
+  private shardsUp = false;
+  private startError: StoreError | null = null;
   private app: TemplatedApp | null = null;
   private listenSocket: us_listen_socket | null = null;
   private boundPort = -1;
@@ -106,6 +121,8 @@ export class Engine {
     this.log = logger ?? createLogger(this.options.logLevel, this.options.logPretty);
     const o = this.options;
     this.limits = { maxFrame: o.maxFrameBytes, maxRooms: o.maxRoomsPerConn, ratePerSec: o.ratePerSec, burst: o.rateBurst, maxBuffer: o.maxBufferBytes };
+    // The data directory's lock before any shard opens the store (throws a StoreError: locked, unwritable...).
+    this.dataLock = o.store === 'sqlite' ? lockDataDir(o.dataDir) : null;
     this.links = Array.from({ length: o.shards }, (_, i) => new ShardLink(i, o.ringBytes));
     this.pool = new Piscina({
       filename: new URL('../../workers/shard.js', import.meta.url).href,
@@ -142,7 +159,9 @@ export class Engine {
 
   private async waitShardsUp(): Promise<void> {
     for (let i = 0; i < 2000; i++) {
+      if (this.startError !== null) throw this.startError;
       if (this.links.every((l) => l.stats[S_UP] === 1)) {
+        this.shardsUp = true;
         for (const l of this.links) this.log.info({ event: 'shard_started', shard: l.index }, 'shard started');
         return;
       }
@@ -162,6 +181,8 @@ export class Engine {
       historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
       historyBudgetBytes: o.historyBudgetBytes, maxRoomsPerShard: o.maxRoomsPerShard, roomCreateRate: o.roomCreateRate,
       roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
+      store: o.store, dataDir: o.dataDir, fsync: o.fsync, historyMaxAgeMs: o.historyMaxAgeMs,
+      cidWindowMessages: o.cidWindowMessages, cidWindowMs: o.cidWindowMs,
     });
     link.task = task;
     task.then(
@@ -177,6 +198,9 @@ export class Engine {
     // A worker that exited never ran its cleanup: mark it down so /readyz is 503 until the new one runs.
     link.stats[S_UP] = 0;
     if (this.stopped) return;
+    const storeErr = asStoreError(err);
+    // A data directory the shard cannot open at start (corrupt, newer schema...) fails createEngine: no fresh start.
+    if (storeErr !== null && !this.shardsUp) { this.startError ??= storeErr; return; }
     this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
     // Deliver everything the dead shard published, then answer what it never handled.
     link.reader.drain(this.onOut, Infinity, this.flushAcks);
@@ -185,9 +209,9 @@ export class Engine {
     link.fresh();
     oldReader.wake(); // ends the old generation's pump
     link.restarts++;
-    this.failUnhandled(oldInbound, link.index);
+    this.failUnhandled(oldInbound, link.index, storeErr !== null);
     this.startShard(link);
-    // Replay memberships so rooms come back (with a new epoch, told by a `joined`).
+    // Replay memberships so rooms come back, told by a `joined` (a new epoch, or with a durable store the same one and its seq).
     for (const ws of this.conns.values()) {
       const c = ws.getUserData();
       for (const room of c.rooms) if (this.shardOf(room) === link.index) link.replay(c.id, c.user, room, c.anon);
@@ -196,8 +220,8 @@ export class Engine {
     this.log.warn({ event: 'shard_restarted', shard: link.index, restarts: link.restarts }, 'shard restarted');
   }
 
-  /** Answers every request left unhandled in a dead shard's inbound ring with `internal`. */
-  private failUnhandled(inbound: SharedArrayBuffer, shard: number): void {
+  /** Answers every request left unhandled in a dead shard's inbound ring with `internal` (`unavailable` after a store failure). */
+  private failUnhandled(inbound: SharedArrayBuffer, shard: number, storeFailed: boolean): void {
     const r = new RingReader(inbound);
     while (r.next() >= 0) {
       const b = r.bytes; const off = r.offset;
@@ -211,7 +235,8 @@ export class Engine {
           // it, so the socket is still subscribed: keep the room, so the replay below rejoins it
           // and the client's retried leave works.
           if (f.error === 0 && f.type === T_LEAVE) ws.getUserData().rooms.add(asciiString(b, f.roomStart, f.roomEnd));
-          this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
+          if (storeFailed) this.sendErr(ws, E_UNAVAILABLE, 'the store could not commit this request (nothing of it was kept); retry', f.ref, STORE_RETRY_MS);
+          else this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
         }
       } else if (b[off] === IN_SERVER_PUB) {
         const req = getU32(b, off + 1);
@@ -332,9 +357,10 @@ export class Engine {
         const req = getU32(b, off + 4);
         const p = off + OUT_BODY;
         const seq = getU32(b, p) * 0x100000000 + getU32(b, p + 4);
-        const epoch = asciiString(b, p + 9, p + 9 + b[p + 8]!);
+        const epochEnd = p + 9 + b[p + 8]!;
+        const epoch = asciiString(b, p + 9, epochEnd);
         const pending = this.pending.get(req);
-        if (pending) { this.pending.delete(req); pending.resolve({ seq, epoch }); }
+        if (pending) { this.pending.delete(req); pending.resolve({ seq, epoch, dup: b[epochEnd] === 1 }); }
         return;
       }
       case OUT_DRAINED:
@@ -608,13 +634,16 @@ export class Engine {
 
   /**
    * Publishes `body` to `room` from server code, as user `from` (default "server"). Resolves with
-   * the message's seq and the room's epoch once the shard has assigned them.
+   * the message's seq and the room's epoch once the shard has assigned them (and, with a durable
+   * store, committed). With `cid`, a repeat within the window resolves with the first one's seq and `dup: true`.
    */
-  publish(room: string, body: unknown, opts: { from?: string } = {}): Promise<PublishResult> {
+  publish(room: string, body: unknown, opts: { from?: string; cid?: string } = {}): Promise<PublishResult> {
     if (this.draining) return Promise.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing'));
     if (!isValidRoom(room)) return Promise.reject(new EngineError('SHARDCHAT_BAD_ROOM', `room must be 1..128 bytes of [A-Za-z0-9_.:@-], got ${JSON.stringify(room)}`));
     const from = opts.from ?? 'server';
     if (!isValidUser(from)) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `from must be 1..64 bytes of [A-Za-z0-9_.@-], got ${JSON.stringify(from)}`));
+    const cid = opts.cid ?? '';
+    if (opts.cid !== undefined && !isValidCid(opts.cid)) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `cid must be 1..64 bytes of [A-Za-z0-9_.:@-], got ${JSON.stringify(opts.cid)}`));
     let bytes: Uint8Array;
     try {
       bytes = packBody(body);
@@ -629,7 +658,7 @@ export class Engine {
     if (this.nextReq > 0xffffffff) this.nextReq = 1;
     return new Promise<PublishResult>((resolve, reject) => {
       this.pending.set(req, { resolve, reject, shard });
-      if (!this.links[shard]!.writeServerPub(req, room, from, bytes)) {
+      if (!this.links[shard]!.writeServerPub(req, room, from, bytes, cid)) {
         this.pending.delete(req);
         reject(new EngineError('SHARDCHAT_OVERLOADED', `shard ${shard} queue is full; retry`));
       }
@@ -675,7 +704,8 @@ export class Engine {
     // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
     for (;;) {
       for (const l of this.links) l.reader.drain(this.onOut, Infinity, this.flushAcks);
-      if (this.links.every((l) => l.drained) || Date.now() >= deadline) break;
+      // A shard that is not running (it failed to open its store at start) has nothing to drain.
+      if (this.links.every((l) => l.drained || !l.up) || Date.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5));
     }
     const forced = !this.links.every((l) => l.drained);
@@ -691,6 +721,8 @@ export class Engine {
     await this.pool.destroy();
     await Promise.allSettled(this.links.map((l) => l.task));
     for (const l of this.links) l.stop();
+    // Every shard has closed its store: the directory is free for the next engine.
+    this.dataLock?.release();
     this.app = null;
     if (forced) this.log.warn({ event: 'drain_forced', ms: Date.now() - started }, 'drain deadline passed; stopped what was left');
     this.log.info({ event: 'drain_finished', ms: Date.now() - started, forced }, 'drain finished');

@@ -10,6 +10,7 @@ import { IN_CLOSE, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_SERVER_PUB, OUT_BO
 export const HANDLER_OPTS: HandlerOptions = {
   historyLimit: 1000, maxHistBytes: 1 << 20, roomTtlMs: 300_000, maxBodyDepth: 32, historyBudgetBytes: 64 << 20,
   maxRoomsPerShard: 1_000_000, roomCreateRate: 1e6, roomCreateBurst: 1e6, maxCursorsPerRoom: 10_000, maxCursorsPerShard: 200_000,
+  cidWindowMessages: 1000, cidWindowMs: 600_000,
 };
 
 /** An IN_FRAME record as link.writeFrame writes it. */
@@ -34,7 +35,7 @@ export function inClose(conn: number): Uint8Array {
 
 export function inServerPub(req: number, room: string, from: string, body: unknown): Uint8Array {
   const enc = encode(body);
-  const b = new Uint8Array(7 + room.length + from.length + enc.byteLength);
+  const b = new Uint8Array(8 + room.length + from.length + enc.byteLength);
   b[0] = IN_SERVER_PUB;
   putU32(b, 1, req);
   let p = 5;
@@ -42,6 +43,7 @@ export function inServerPub(req: number, room: string, from: string, body: unkno
   for (let i = 0; i < room.length; i++) b[p++] = room.charCodeAt(i);
   b[p++] = from.length;
   for (let i = 0; i < from.length; i++) b[p++] = from.charCodeAt(i);
+  b[p++] = 0; // no cid
   b.set(enc, p);
   return b;
 }
