@@ -16,6 +16,7 @@ import { guardHandles } from './helpers/leaks.js';
 import { tempDir } from './helpers/tmpdir.js';
 import { type Frame, TestClient } from './helpers/client.js';
 import { mulberry32 } from './helpers/store-frames.js';
+import { requireTool } from './helpers/tools.js';
 
 guardHandles();
 
@@ -177,4 +178,51 @@ test('the CLI refuses a bad data dir with the StoreError code and exits non-zero
   const exit2 = await new Promise<number | null>((resolve) => second.on('close', (code) => resolve(code)));
   assert.equal(exit2, 1, `exit code; stderr: ${err2}`);
   assert.match(err2, /^shardchat: STORE_LOCKED: .*in use by process/m);
+});
+
+test('a commit that fails (file size limit): the batch gets `unavailable` with retryAfterMs, nothing unacked is kept, every acked message is', async (t) => {
+  const sh = requireTool(t, 'sh', 'dash', 'run the CLI under a file size limit');
+  if (sh === null) return;
+  const dir = tempDir(t);
+  // SIGXFSZ ignored, so a write past the limit fails with EFBIG (SQLite: an I/O error) instead of killing the process.
+  const child = spawn(sh, ['-c', `trap '' XFSZ; ulimit -f 1200; exec "${process.execPath}" "${CLI}" --port 0 --host 127.0.0.1 --shards 1 --data-dir "${dir}" --rate-per-sec 1000000 --rate-burst 1000000`],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  t.after(async () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); await exited; });
+  const end = Date.now() + 15_000;
+  let port = 0;
+  while (port === 0) {
+    const line = out.split('\n').find((l) => l.includes('"listening"'));
+    if (line !== undefined) port = (JSON.parse(line) as { port: number }).port;
+    else if (child.exitCode !== null || Date.now() > end) assert.fail('the cli did not listen');
+    else await new Promise((r) => setTimeout(r, 20));
+  }
+  const c = await TestClient.connect(port, { user: 'filler' });
+  t.after(() => c.close());
+  assert.equal((await c.request({ t: 'join', room: 'big' })).t, 'joined');
+  const pad = 'z'.repeat(2000);
+  const acked: number[] = [];
+  let refused: Frame | null = null;
+  for (let i = 0; i < 3000 && refused === null; i++) {
+    const r = await c.request({ t: 'pub', room: 'big', body: { i, pad } }, 10_000);
+    if (r.t === 'ack') acked.push(i);
+    else if (r.t === 'err' && r.code === 'unavailable') refused = { ...r, i };
+    else if (r.t === 'joined') continue;
+    else assert.fail(`unexpected reply ${JSON.stringify(r).slice(0, 200)}`);
+  }
+  assert.ok(refused !== null, 'the file size limit was reached');
+  assert.ok(typeof refused.retryAfterMs === 'number' && refused.retryAfterMs > 0, JSON.stringify(refused));
+  assert.ok(acked.length > 10, `${acked.length} acked before the limit`);
+  child.kill('SIGKILL');
+  await exited;
+
+  const again = await startCli(t, dir);
+  const r = await TestClient.connect(again.port, { user: 'reader' });
+  t.after(() => r.close());
+  assert.equal((await r.request({ t: 'join', room: 'big' })).t, 'joined');
+  const kept = (await allOf(r, 'big')).map((m) => (m.body as { i: number }).i);
+  assert.deepEqual(kept, acked, 'exactly the acked messages are kept, in order (the refused one is not)');
+  await stop(again, 'SIGTERM');
 });
