@@ -265,3 +265,23 @@ test('bad data dirs through createEngine: each its clear StoreError, nothing ove
   await refused(t, durable(file), 'STORE_UNWRITABLE');
   assert.equal(readFileSync(file, 'utf8'), 'x');
 });
+
+test('joining rooms the store keeps after a restart takes no room-creation tokens (they exist); new rooms still do', async (t) => {
+  const dir = tempDir(t);
+  const limits = { shards: 1, roomCreateRate: 1, roomCreateBurst: 2 };
+  let e = await createEngine({ port: 0, host: '127.0.0.1', logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, ...limits, ...durable(dir) });
+  t.after(() => e.close());
+  for (let i = 0; i < 6; i++) await e.publish(`kept-${i}`, i);
+  await e.close();
+  e = await createEngine({ port: 0, host: '127.0.0.1', logLevel: 'silent', ratePerSec: 1e6, rateBurst: 1e6, ...limits, ...durable(dir) });
+  await e.listen();
+  const c = await TestClient.connect(e.port, { user: 'back' });
+  t.after(() => c.close());
+  for (let i = 0; i < 6; i++) {
+    const j = await c.request({ t: 'join', room: `kept-${i}` });
+    assert.equal(j.t, 'joined', `kept-${i}: ${JSON.stringify(j)}`);
+    assert.equal(j.seq, 1);
+  }
+  const fresh = await Promise.all([0, 1, 2].map((i) => c.request({ t: 'join', room: `fresh-${i}` })));
+  assert.deepEqual(fresh.map((f) => f.t === 'err' ? f.code : f.t), ['joined', 'joined', 'room_limit']);
+});

@@ -347,7 +347,9 @@ export class Handler {
       const user = asciiString(b, fe, end);
       if (this.rooms.get(name) === undefined) {
         this.useRoom(name);
-        const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref);
+        // A room the store keeps (it has messages) exists: loading it takes no creation token, only memory.
+        const stored = this.store !== null && this.store.room(name).seq > 0;
+        const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref, stored);
         if (refused >= 0) return refused;
       }
       return this.join(conn, user, anon, name, f, b, false);
@@ -372,15 +374,17 @@ export class Handler {
   }
 
   /**
-   * A join that would create a room: -1 when it may, else sendErr's result (0, or bytes needed)
-   * for `room_limit`. The creation token is taken only once the answer fits.
+   * A join that would create a room (or, `stored`, load one from the store into memory): -1 when
+   * it may, else sendErr's result (0, or bytes needed) for `room_limit`. The creation token is
+   * taken only once the answer fits, and not for a stored room.
    */
-  private refuseCreate(conn: number, principal: string, ref: number): number {
+  private refuseCreate(conn: number, principal: string, ref: number, stored: boolean): number {
     const o = this.opts;
     if (this.rooms.rooms.size >= o.maxRoomsPerShard) {
       const retry = Math.min(o.roomTtlMs, 60_000) || 1000;
       return this.sendErr(conn, E_ROOM_LIMIT, `this shard holds its limit of ${o.maxRoomsPerShard} rooms`, ref, retry, true);
     }
+    if (stored) return -1;
     const errMsg = 'creating rooms too fast';
     // Room for the refusal first (with the largest retryAfterMs encoding), so a retry takes no second token.
     writeErr(this.size(), E_ROOM_LIMIT, errMsg, ref, 0xffffffff);
