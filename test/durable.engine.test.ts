@@ -208,14 +208,37 @@ test('cid: a pub retried after a forced disconnect is stored once (dup: true); o
   assert.deepEqual([s1.dup, s2.dup, s2.seq], [false, true, s1.seq]);
 });
 
-test('cid with store memory: the same window, in the shard', async (t) => {
-  const e = await startEngine(t, { store: 'memory' });
-  const a = await openClient(t, e, 'ann');
-  await joinRoom(a, 'mem-ids');
-  const x = await a.request({ t: 'pub', room: 'mem-ids', body: 1, cid: 'c1' });
-  const y = await a.request({ t: 'pub', room: 'mem-ids', body: 1, cid: 'c1' });
-  const z = await a.request({ t: 'pub', room: 'mem-ids', body: 1, cid: 'c2' });
-  assert.deepEqual([x.seq, y.seq, y.dup, z.seq, z.dup], [1, 1, true, 2, undefined]);
+for (const store of ['memory', 'sqlite'] as const) {
+  test(`cid window (store ${store}): the last cidWindowMessages messages; a cid older than that is a new message`, async (t) => {
+    const e = await startEngine(t, { store, dataDir: tempDir(t), cidWindowMessages: 3 });
+    const a = await openClient(t, e, 'ann');
+    await joinRoom(a, 'win');
+    const x = await a.request({ t: 'pub', room: 'win', body: 1, cid: 'c1' });
+    const y = await a.request({ t: 'pub', room: 'win', body: 1, cid: 'c1' });
+    assert.deepEqual([x.seq, y.seq, y.dup], [1, 1, true]);
+    for (const cid of ['c2', 'c3']) assert.equal((await a.request({ t: 'pub', room: 'win', body: 1, cid })).dup, undefined);
+    assert.equal((await a.request({ t: 'pub', room: 'win', body: 1, cid: 'c1' })).dup, true, 'c1 is still among the last 3 (seq 1 of 3)');
+    await a.request({ t: 'pub', room: 'win', body: 1 });
+    const late = await a.request({ t: 'pub', room: 'win', body: 1, cid: 'c1' });
+    assert.deepEqual([late.seq, late.dup], [5, undefined], 'past the window: a new message');
+  });
+}
+
+test('the cid window survives a restart: a retry after the engine came back is still one message', async (t) => {
+  const dir = tempDir(t);
+  let e = await createEngine({ port: 0, host: '127.0.0.1', logLevel: 'silent', shards: 2, ...durable(dir) });
+  t.after(() => e.close());
+  const first = await e.publish('survive', 'once', { from: 'svc', cid: 'job-42' });
+  await e.close();
+  e = await createEngine({ port: 0, host: '127.0.0.1', logLevel: 'silent', shards: 3, ...durable(dir) });
+  await e.listen();
+  const again = await e.publish('survive', 'once', { from: 'svc', cid: 'job-42' });
+  assert.deepEqual([again.seq, again.epoch, again.dup], [first.seq, first.epoch, true]);
+  const c = await TestClient.connect(e.port, { user: 'ann' });
+  t.after(() => c.close());
+  await joinRoom(c, 'survive');
+  const h = await c.request({ t: 'hist', room: 'survive' });
+  assert.deepEqual((h.msgs as Frame[]).map((m) => [m.seq, m.cid]), [[1, 'job-42']]);
 });
 
 function snapshot(dir: string): Record<string, string> {
