@@ -215,6 +215,16 @@ test('a commit that fails (file size limit): the batch gets `unavailable` with r
   assert.ok(refused !== null, 'the file size limit was reached');
   assert.ok(typeof refused.retryAfterMs === 'number' && refused.retryAfterMs > 0, JSON.stringify(refused));
   assert.ok(acked.length > 10, `${acked.length} acked before the limit`);
+  // Retries: each is acked (committed) or refused again; each refusal is one shard restart, none other.
+  let refusals = 1;
+  for (let i = 0; i < 3; i++) {
+    const n = 100_000 + i;
+    const r = await c.request({ t: 'pub', room: 'big', body: { i: n, pad } }, 10_000);
+    if (r.t === 'ack') acked.push(n);
+    else { assert.deepEqual([r.t, r.code], ['err', 'unavailable'], JSON.stringify(r).slice(0, 200)); refusals++; }
+  }
+  const restarts = out.split('\n').filter((l) => l.includes('"shard_restarted"')).length;
+  assert.equal(restarts, refusals, 'one shard restart per refused batch');
   child.kill('SIGKILL');
   await exited;
 

@@ -84,6 +84,9 @@ export class Engine {
   /** Set once every shard ran; a store error before that fails ready() instead of restarting. */
   private shardsUp = false;
   private startError: StoreError | null = null;
+  /** When each shard last failed on its store, and the delayed restarts pending. */
+  private readonly storeFailedAt = new Map<number, number>();
+  private readonly restartTimers = new Set<NodeJS.Timeout>();
   private app: TemplatedApp | null = null;
   private listenSocket: us_listen_socket | null = null;
   private boundPort = -1;
@@ -210,6 +213,17 @@ export class Engine {
     oldReader.wake(); // ends the old generation's pump
     link.restarts++;
     this.failUnhandled(oldInbound, link.index, storeErr !== null);
+    // A store that fails again soon after (a disk that stays full) restarts the shard after a pause, not in a loop.
+    const now = Date.now();
+    const last = storeErr === null ? undefined : this.storeFailedAt.get(link.index);
+    if (storeErr !== null) this.storeFailedAt.set(link.index, now);
+    if (last !== undefined && now - last < 10 * STORE_RETRY_MS) {
+      const timer = setTimeout(() => { this.restartTimers.delete(timer); if (!this.stopped) this.restartShard(link); }, STORE_RETRY_MS);
+      this.restartTimers.add(timer);
+    } else this.restartShard(link);
+  }
+
+  private restartShard(link: ShardLink): void {
     this.startShard(link);
     // Replay memberships so rooms come back, told by a `joined` (a new epoch, or with a durable store the same one and its seq).
     for (const ws of this.conns.values()) {
@@ -711,6 +725,8 @@ export class Engine {
     const forced = !this.links.every((l) => l.drained);
     this.stopped = true;
     if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
+    for (const timer of this.restartTimers) clearTimeout(timer);
+    this.restartTimers.clear();
     for (const ws of [...this.conns.values()]) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
     if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; }
