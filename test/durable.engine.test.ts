@@ -308,3 +308,20 @@ test('joining rooms the store keeps after a restart takes no room-creation token
   const fresh = await Promise.all([0, 1, 2].map((i) => c.request({ t: 'join', room: `fresh-${i}` })));
   assert.deepEqual(fresh.map((f) => f.t === 'err' ? f.code : f.t), ['joined', 'joined', 'room_limit']);
 });
+
+test('durable options: validated naming the option; the CLI is durable by default, the library is not', async () => {
+  const { optionsFromArgs, resolveOptions } = await import('../engine/options.js');
+  assert.throws(() => resolveOptions({ store: 'disk' as 'sqlite' }), /options\.store must be one of memory, sqlite/);
+  assert.throws(() => resolveOptions({ fsync: 'sometimes' as 'always' }), /options\.fsync must be one of normal, always/);
+  assert.throws(() => resolveOptions({ dataDir: '' }), /options\.dataDir/);
+  assert.throws(() => resolveOptions({ cidWindowMessages: -1 }), /cidWindowMessages/);
+  assert.throws(() => resolveOptions({ historyMaxAgeMs: 1.5 }), /historyMaxAgeMs/);
+  const lib = resolveOptions({});
+  assert.deepEqual([lib.store, lib.dataDir, lib.fsync, lib.historyMaxAgeMs, lib.cidWindowMessages, lib.cidWindowMs],
+    ['memory', './shardchat-data', 'normal', 0, 1000, 600_000]);
+  assert.equal(optionsFromArgs([], {}).options.store, 'sqlite');
+  assert.equal(optionsFromArgs(['--store', 'memory'], {}).options.store, 'memory');
+  const env = optionsFromArgs([], { SHARDCHAT_DATA_DIR: '/srv/chat', SHARDCHAT_FSYNC: 'always', SHARDCHAT_STORE: 'memory' }).options;
+  assert.deepEqual([env.dataDir, env.fsync, env.store], ['/srv/chat', 'always', 'memory']);
+  assert.throws(() => resolveOptions(optionsFromArgs(['--fsync', 'never'], {}).options), /options\.fsync/);
+});
