@@ -78,13 +78,13 @@ async function allOf(c: TestClient, room: string): Promise<Frame[]> {
 
 const ROOMS = ['k9-a', 'k9-b'];
 
-for (const seed of [101, 202, 303]) {
-  test(`acked means durable: kill -9 the CLI at a seeded moment (seed ${seed}), restart: every acked message is there, in order, seq not reused`, async (t) => {
+for (const [seed, fsync] of [[101, 'normal'], [202, 'normal'], [303, 'always']] as const) {
+  test(`acked means durable: kill -9 the CLI at a seeded moment (seed ${seed}, fsync ${fsync}), restart: every acked message is there, in order, seq not reused`, async (t) => {
     const dir = tempDir(t);
     const rnd = mulberry32(seed);
     const killAt = 40 + Math.floor(rnd() * 400);
     const acked = new Map<string, string>(); // `${room} ${seq}` -> body
-    const cli = await startCli(t, dir);
+    const cli = await startCli(t, dir, ['--fsync', fsync]);
     const clients = await Promise.all([0, 1, 2].map((i) => TestClient.connect(cli.port, { user: `p${i}` })));
     t.after(() => Promise.all(clients.map((c) => c.close())));
     for (const c of clients) for (const room of ROOMS) assert.equal((await c.request({ t: 'join', room })).t, 'joined');
