@@ -350,6 +350,8 @@ export class Handler {
         // A room the store keeps (it has messages) exists: loading it takes no creation token, only memory.
         const stored = this.store !== null && this.store.room(name).seq > 0;
         const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref, stored);
+        // Refused: the store forgets the entry the check above made (else refused names would pile up in its cache).
+        if (refused === 0) this.rooms.forget(name);
         if (refused >= 0) return refused;
       }
       return this.join(conn, user, anon, name, f, b, false);

@@ -141,6 +141,11 @@ export class Rooms {
     return r;
   }
 
+  /** Queues `name` for the store to forget after the batch, as if dropped (a join refused before the room was made). */
+  forget(name: string): void {
+    if (this.trackDropped) this.dropped.push(name);
+  }
+
   /** The rooms dropped since the last call (see `dropped`). */
   takeDropped(): string[] {
     const d = this.dropped;

@@ -4,6 +4,7 @@
  */
 import { encode } from '@msgpack/msgpack';
 import { Handler, type HandlerOptions } from '../../workers/handler.js';
+import type { Store } from '../../workers/store/index.js';
 import { RingReader, RingWriter, createRing } from '../../engine/ring/index.js';
 import { IN_CLOSE, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_SERVER_PUB, OUT_BODY, putU32 } from '../../engine/protocol/records.js';
 
@@ -54,17 +55,18 @@ export class ShardBench {
   readonly reader: RingReader;
   readonly h: Handler;
 
-  constructor(opts: Partial<HandlerOptions> = {}, ringBytes = 8 << 20) {
+  constructor(opts: Partial<HandlerOptions> = {}, ringBytes = 8 << 20, store: Store | null = null) {
     const sab = createRing(ringBytes);
     this.out = new RingWriter(sab);
     this.reader = new RingReader(sab);
-    this.h = new Handler(this.out, { ...HANDLER_OPTS, ...opts });
+    this.h = new Handler(this.out, { ...HANDLER_OPTS, ...opts }, store);
   }
 
   /** Handles one record (it must not need to wait), then consumes the output; returns the outbound bodies. */
   run(rec: Uint8Array, keep = false): Uint8Array[] {
     const need = this.h.handle(rec, 0, rec.byteLength);
     if (need !== 0) throw new Error(`handler asked for ${need} outbound bytes on a drained ring`);
+    this.h.commit(); // as the shard loop does: the store's batch before the output
     this.out.publish();
     const bodies: Uint8Array[] = [];
     while (this.reader.next() >= 0) {
