@@ -325,3 +325,19 @@ test('durable options: validated naming the option; the CLI is durable by defaul
   assert.deepEqual([env.dataDir, env.fsync, env.store], ['/srv/chat', 'always', 'memory']);
   assert.throws(() => resolveOptions(optionsFromArgs(['--fsync', 'never'], {}).options), /options\.fsync/);
 });
+
+test('historyMaxAgeMs: the shard\'s tick trims stored messages past the age; hist then says truncated', async (t) => {
+  const e = await startEngine(t, durable(tempDir(t), { shards: 1, historyMaxAgeMs: 300 }));
+  for (let i = 0; i < 5; i++) await e.publish('aging', i);
+  // The memory cache may still hold them, but nothing older than the store's retention is served.
+  const c = await openClient(t, e, 'reader');
+  await joinRoom(c, 'aging');
+  let last: Frame = {};
+  await waitFor(async () => {
+    last = await c.request({ t: 'hist', room: 'aging', after: 0 });
+    return (last.msgs as Frame[]).length < 5;
+  }, 'the tick trimmed aged messages', 5000);
+  assert.equal(last.truncated, true, JSON.stringify(last));
+  const ack = await pubTo(c, 'aging', 'fresh');
+  assert.equal(ack.seq, 6, 'seq continues after trimming');
+});
