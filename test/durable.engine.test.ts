@@ -282,6 +282,20 @@ test('bad data dirs through createEngine: each its clear StoreError, nothing ove
   const newer = snapshot(dir);
   await refused(t, durable(dir), 'STORE_NEWER_SCHEMA');
   assert.deepEqual(snapshot(dir), newer);
+  // Foreign: a SQLite database shardchat did not write.
+  const foreign = tempDir(t);
+  const fdb = new Database(path.join(foreign, 'shardchat.db'));
+  fdb.exec('CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER); INSERT INTO accounts VALUES (1, 100)');
+  fdb.close();
+  const foreignBefore = snapshot(foreign);
+  await refused(t, durable(foreign), 'STORE_FOREIGN');
+  assert.deepEqual(snapshot(foreign), foreignBefore);
+  // A write-ahead log without its database: no fresh start beside it.
+  const orphan = tempDir(t);
+  writeFileSync(path.join(orphan, 'shardchat.db-wal'), randomBytes(4096));
+  const orphanBefore = snapshot(orphan);
+  await refused(t, durable(orphan), 'STORE_CORRUPT');
+  assert.deepEqual(snapshot(orphan), orphanBefore);
   // Not a directory.
   const file = path.join(tempDir(t), 'a-file');
   writeFileSync(file, 'x');
