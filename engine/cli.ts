@@ -23,7 +23,9 @@ async function main(): Promise<void> {
     engine = await createEngine(parsed.options);
     await engine.listen();
   } catch (e) {
-    process.stderr.write(`shardchat: ${(e as Error).message}\n`);
+    // A StoreError (a bad data dir) names its code: STORE_LOCKED, STORE_CORRUPT, ...
+    const code = (e as { code?: unknown }).code;
+    process.stderr.write(`shardchat: ${typeof code === 'string' && code.startsWith('STORE_') ? `${code}: ` : ''}${(e as Error).message}\n`);
     process.exitCode = 1;
     if (engine) await engine.close();
     return;

@@ -30,6 +30,13 @@ export interface EngineOptions {
   roomCreateBurst?: number;
   maxCursorsPerRoom?: number;
   maxCursorsPerShard?: number;
+  /** 'memory' (the library's default): nothing survives a restart. 'sqlite' (the CLI's default): rooms are durable in dataDir. */
+  store?: 'memory' | 'sqlite';
+  dataDir?: string;
+  fsync?: 'normal' | 'always';
+  historyMaxAgeMs?: number;
+  cidWindowMessages?: number;
+  cidWindowMs?: number;
   maxFrameBytes?: number;
   maxRoomsPerConn?: number;
   ratePerSec?: number;
@@ -60,7 +67,11 @@ interface Spec {
   key: keyof EngineOptions;
   flag: string;
   env: string;
-  kind: 'int' | 'string' | 'level' | 'bool';
+  kind: 'int' | 'string' | 'level' | 'bool' | 'enum';
+  /** The values of an 'enum'. */
+  values?: readonly string[];
+  /** The default when started from the command line, where it differs from the library's. */
+  cliDef?: string;
   min?: number;
   max?: number;
   pow2?: boolean;
@@ -81,6 +92,12 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'roomCreateBurst', flag: 'room-create-burst', env: 'SHARDCHAT_ROOM_CREATE_BURST', kind: 'int', min: 1, max: 1e9, help: 'room creations a user (anonymous: a client address) may make at once per shard', def: () => 100 },
   { key: 'maxCursorsPerRoom', flag: 'max-cursors-per-room', env: 'SHARDCHAT_MAX_CURSORS_PER_ROOM', kind: 'int', min: 0, max: 100_000_000, help: 'read cursors of named users who left, kept per room (least recently left evicted)', def: () => 10_000 },
   { key: 'maxCursorsPerShard', flag: 'max-cursors-per-shard', env: 'SHARDCHAT_MAX_CURSORS_PER_SHARD', kind: 'int', min: 0, max: 100_000_000, help: 'read cursors of named users who left, kept per shard across its rooms', def: () => 100_000 },
+  { key: 'store', flag: 'store', env: 'SHARDCHAT_STORE', kind: 'enum', values: ['memory', 'sqlite'], cliDef: 'sqlite', help: 'where rooms live: sqlite = durable in --data-dir (the CLI default), memory = lost on restart (the library default)', def: () => 'memory' },
+  { key: 'dataDir', flag: 'data-dir', env: 'SHARDCHAT_DATA_DIR', kind: 'string', help: 'directory of the durable store (store sqlite); one engine at a time', def: () => './shardchat-data' },
+  { key: 'fsync', flag: 'fsync', env: 'SHARDCHAT_FSYNC', kind: 'enum', values: ['normal', 'always'], help: 'normal = an ack survives a crash of the process; always = also a power loss (slower)', def: () => 'normal' },
+  { key: 'historyMaxAgeMs', flag: 'history-max-age-ms', env: 'SHARDCHAT_HISTORY_MAX_AGE_MS', kind: 'int', min: 0, max: 2 ** 53 - 1, help: 'stored messages older than this are trimmed (0 = no age limit; store sqlite)', def: () => 0 },
+  { key: 'cidWindowMessages', flag: 'cid-window-messages', env: 'SHARDCHAT_CID_WINDOW_MESSAGES', kind: 'int', min: 0, max: 1_000_000, help: 'a repeated pub cid is recognised among the room\'s last N messages...', def: () => 1000 },
+  { key: 'cidWindowMs', flag: 'cid-window-ms', env: 'SHARDCHAT_CID_WINDOW_MS', kind: 'int', min: 0, max: 2 ** 31 - 1, help: '...that are also at most this old', def: () => 600_000 },
   { key: 'maxFrameBytes', flag: 'max-frame-bytes', env: 'SHARDCHAT_MAX_FRAME_BYTES', kind: 'int', min: 256, max: 1 << 20, help: 'largest client WebSocket message (close 1009 above)', def: () => 65536 },
   { key: 'maxRoomsPerConn', flag: 'max-rooms', env: 'SHARDCHAT_MAX_ROOMS', kind: 'int', min: 1, max: 100_000, help: 'rooms one connection may join (too_many_rooms above)', def: () => 100 },
   { key: 'ratePerSec', flag: 'rate-per-sec', env: 'SHARDCHAT_RATE_PER_SEC', kind: 'int', min: 1, max: 1e9, help: 'token bucket refill per connection (frames/s)', def: () => 10 },
@@ -141,6 +158,9 @@ function check(s: Spec, v: unknown): unknown {
     case 'bool':
       if (typeof v !== 'boolean') throw new OptionError(s.key, `must be true or false, got ${JSON.stringify(v)}`);
       return v;
+    case 'enum':
+      if (typeof v !== 'string' || !s.values!.includes(v)) throw new OptionError(s.key, `must be one of ${s.values!.join(', ')}, got ${JSON.stringify(v)}`);
+      return v;
     case 'level':
       if (typeof v !== 'string' || !LEVELS.has(v)) throw new OptionError(s.key, `must be one of ${[...LEVELS].join(', ')}, got ${JSON.stringify(v)}`);
       return v;
@@ -175,6 +195,8 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
     if (value === undefined) throw new OptionError(spec.key, `needs a value (--${spec.flag} VALUE)`);
     options[spec.key] = parse(spec, value, `--${spec.flag}`);
   }
+  // The command line's own defaults (durable by default): see README, "Durable rooms".
+  for (const s of OPTION_SPECS) if (s.cliDef !== undefined && options[s.key] === undefined) options[s.key] = s.cliDef;
   return { options: options as EngineOptions, help };
 }
 
@@ -193,7 +215,8 @@ function parse(s: Spec, raw: string, where: string): unknown {
 export function helpText(): string {
   const lines = ['Usage: shardchat [options]', '', 'Every option can also be set by its environment variable; flags win.', ''];
   for (const s of OPTION_SPECS) {
-    lines.push(`  --${s.flag.padEnd(18)} ${s.env.padEnd(28)} ${s.help} (default: ${s.def()})`);
+    const def = s.cliDef !== undefined ? `${s.cliDef}; library: ${String(s.def())}` : String(s.def());
+    lines.push(`  --${s.flag.padEnd(18)} ${s.env.padEnd(28)} ${s.help} (default: ${def})`);
   }
   lines.push('', '  --help, -h           print this and exit');
   return lines.join('\n');

@@ -28,7 +28,9 @@ interface Run {
 }
 
 function run(t: TestContext, args: string[]): Run {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The CLI is durable by default (./shardchat-data): these tests are about the CLI, not the store.
+  const withStore = args.includes('--store') || args.includes('--help') ? args : [...args, '--store', 'memory'];
+  const child = spawn(process.execPath, [CLI, ...withStore], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });

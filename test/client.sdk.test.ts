@@ -219,9 +219,7 @@ test('close() leaves no timer, socket or listener: connected, connecting, and wa
   assert.deepEqual(extra, {}, 'resources left by closed clients');
 });
 
-test('a publish whose ack is lost is sent again after the reconnect, with its cid, and stored once', {
-  todo: 'stored once needs the engine to deduplicate pub.cid (issue 11); today it is stored twice (at-least-once, docs/CLIENT.md)',
-}, async (t) => {
+test('a publish whose ack is lost is sent again after the reconnect, with its cid, and stored once', async (t) => {
   const engine = await startEngine(t);
   const proxy = await Proxy.start(t, engine.port);
   const c = sdk(t, proxy.port, 'fay');

@@ -98,7 +98,7 @@ test('/metrics on its own port and host when asked', async (t) => {
 
 test('CLI logs: JSON lines with lifecycle events and fields, never a body', async () => {
   const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../engine/cli.js');
-  const child = spawn(process.execPath, [cli, '--port', '0', '--host', '127.0.0.1', '--shards', '2', '--rate-per-sec', '1', '--rate-burst', '2'],
+  const child = spawn(process.execPath, [cli, '--port', '0', '--host', '127.0.0.1', '--store', 'memory', '--shards', '2', '--rate-per-sec', '1', '--rate-burst', '2'],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOG_LEVEL: 'info' } });
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });

@@ -14,6 +14,7 @@ import { inServerPub } from './helpers/handler.js';
 const OPTS = {
   historyLimit: 10, maxHistBytes: 1 << 20, roomTtlMs: 0, maxBodyDepth: 32, historyBudgetBytes: 64 << 20,
   maxRoomsPerShard: 1000, roomCreateRate: 1000, roomCreateBurst: 1000, maxCursorsPerRoom: 100, maxCursorsPerShard: 1000,
+  cidWindowMessages: 1000, cidWindowMs: 600_000,
 };
 
 function inFrame(conn: number, frame: Uint8Array, user = ''): Uint8Array {

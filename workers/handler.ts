@@ -9,6 +9,15 @@
  * handler first runs over a MsgSizer (it writes nothing and counts) with the same arguments, then
  * over the reserved ring space. `begin` reserves exactly the counted bytes and `end` checks the
  * writer stopped there, so a size and its writer cannot drift apart.
+ *
+ * With a durable store (docs/STORE.md) the first record of a batch opens a store batch, every
+ * pub and cursor change is written into it, and the shard loop calls `commit()` before it
+ * publishes the outbound ring, so no ack and no msg is visible before its commit. Rooms come
+ * back from the store with their epoch and seq; the in-memory history is a cache of the newest
+ * messages, and what is older than it is read from the store. Without a store (`store: 'memory'`)
+ * the history cache is all the history there is, as before.
+ *
+ * New inbound record kinds get a case in `handle()` and a method of their own under "other records".
  */
 import { MsgSizer, MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
 import {
@@ -22,6 +31,8 @@ import {
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
 import { CreationLimiter } from './creation.js';
+import { CidWindow } from './cids.js';
+import type { Store } from './store/index.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -34,6 +45,9 @@ export interface HandlerOptions {
   roomCreateBurst: number;
   maxCursorsPerRoom: number;
   maxCursorsPerShard: number;
+  /** The cid dedupe window: a repeat is recognised among the room's last N messages that are also at most cidWindowMs old. */
+  cidWindowMessages: number;
+  cidWindowMs: number;
 }
 
 /** Principals whose room-creation buckets a shard keeps (LRU beyond it). */
@@ -68,15 +82,35 @@ export class Handler {
   private spanSum = 0;
   private spanMax = 0;
   private readonly usersScratch: string[] = [];
+  /** The frames of the hist page or joined.missed being written, in seq order, and their lengths. */
+  private readonly pageBufs: Uint8Array[] = [];
+  private readonly pageLens: number[] = [];
+  /** A room this shard does not hold, as the store has it (undefined without a store). */
+  private readonly stored: ((name: string) => { epoch: string; seq: number }) | undefined;
 
-  constructor(private readonly out: RingWriter, private readonly opts: HandlerOptions) {
+  constructor(private readonly out: RingWriter, private readonly opts: HandlerOptions, readonly store: Store | null = null) {
     this.rooms = new Rooms(opts);
+    this.rooms.trackDropped = store !== null;
     this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
+    this.stored = store === null ? undefined : (name) => store.room(name);
+  }
+
+  /**
+   * Commits the store batch the records handled since the last call opened (call it before the
+   * outbound ring is published: an ack means committed), then lets the store forget the rooms
+   * the shard dropped. Throws the store's error when the commit fails (the batch is rolled back).
+   */
+  commit(): void {
+    const s = this.store;
+    if (s === null) return;
+    if (s.inBatch) s.commit();
+    for (const name of this.rooms.takeDropped()) if (this.rooms.get(name) === undefined) s.evict(name);
   }
 
   /** Handles one inbound record at b[off, off+len). Returns 0 when done, else outbound bytes needed. */
   handle(b: Uint8Array, off: number, len: number): number {
     const end = off + len;
+    if (this.store !== null && !this.store.inBatch) this.store.beginBatch();
     switch (b[off]) {
       case IN_FRAME: return this.onFrame(b, off, end);
       case IN_CLOSE: return this.onClose(getU32(b, off + 1));
@@ -197,8 +231,8 @@ export class Handler {
     w.str('epoch').str(r.epoch).str('seq').uint(r.seq).str('unread').uint(unread).str('members').uint(members);
     if (missedFrom === TRUNCATED) w.str('truncated').bool(true);
     else if (missedFrom >= 0) {
-      w.str('missed').arrayHeader(r.seq - missedFrom + 1);
-      for (let s = missedFrom; s <= r.seq; s++) w.raw(this.rooms.entry(r, s), 0, this.rooms.entryLen(r, s));
+      w.str('missed');
+      this.putPage(w);
     }
   }
 
@@ -211,30 +245,85 @@ export class Handler {
     writeHead(w, 'left', this.nb, 0, this.nbLen, ref, 0);
   }
 
-  private putAck(w: MsgWriter, r: Room, ref: number, seq: number): void {
-    writeHead(w, 'ack', this.nb, 0, this.nbLen, ref, 1);
+  private putAck(w: MsgWriter, r: Room, ref: number, seq: number, dup = false): void {
+    writeHead(w, 'ack', this.nb, 0, this.nbLen, ref, dup ? 2 : 1);
     w.str('seq').uint(seq);
+    if (dup) w.str('dup').bool(true);
+  }
+
+  /** The page's frames as a msgpack array. */
+  private putPage(w: MsgWriter): void {
+    const bufs = this.pageBufs; const lens = this.pageLens;
+    w.arrayHeader(bufs.length);
+    for (let i = 0; i < bufs.length; i++) w.raw(bufs[i]!, 0, lens[i]!);
   }
 
   /** OUT_PUBLISH_ACK body: stamp, msg length, the msg frame, the sender's ack. */
   private putPublishAck(w: MsgWriter, r: Room, seq: number, from: string, b: Uint8Array, bs: number, be: number,
-    ts: number, stamp: number, msgLen: number, ref: number): void {
+    ts: number, stamp: number, msgLen: number, ref: number, cid: string | null): void {
     w.u32le(stamp).u32le(msgLen);
-    writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
+    writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts, cid);
     this.putAck(w, r, ref, seq);
   }
 
-  /** OUT_SERVER_ACK body: seq as two u32 (high, low), then the epoch with a u8 length. */
-  private putServerAck(w: MsgWriter, r: Room, seq: number): void {
+  /** OUT_SERVER_ACK body: seq as two u32 (high, low), the epoch with a u8 length, then dup (0/1). */
+  private putServerAck(w: MsgWriter, r: Room, seq: number, dup = false): void {
     w.u32le(Math.floor(seq / 0x100000000)).u32le(seq >>> 0).byte(r.epoch.length);
     for (let i = 0; i < r.epoch.length; i++) w.byte(r.epoch.charCodeAt(i));
+    w.byte(dup ? 1 : 0);
   }
 
-  private putHist(w: MsgWriter, r: Room, ref: number, a: number, z: number, truncated: boolean): void {
+  private putHist(w: MsgWriter, r: Room, ref: number, truncated: boolean): void {
     writeHead(w, 'hist', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
-    w.str('msgs').arrayHeader(z >= a ? z - a + 1 : 0);
-    for (let s = a; s <= z; s++) w.raw(this.rooms.entry(r, s), 0, this.rooms.entryLen(r, s));
+    w.str('msgs');
+    this.putPage(w);
     if (truncated) w.str('truncated').bool(true);
+  }
+
+  // ---- pages of history: the memory cache, or the store for what is older ----------------
+
+  /** The oldest seq still kept: the store's retention when there is one, else the cache's. */
+  private firstKept(r: Room): number {
+    return this.store === null ? this.rooms.firstKept(r) : this.store.firstKept(r.name);
+  }
+
+  private clearPage(): void {
+    this.pageBufs.length = 0;
+    this.pageLens.length = 0;
+  }
+
+  /** Puts the cached messages a..z on the page (all must be in the cache). */
+  private pageFromCache(r: Room, a: number, z: number): void {
+    for (let s = a; s <= z; s++) { this.pageBufs.push(this.rooms.entry(r, s)); this.pageLens.push(this.rooms.entryLen(r, s)); }
+  }
+
+  private pageFromStore(msgs: readonly { frame: Uint8Array }[], from: number, to: number): void {
+    for (let i = from; i <= to; i++) { const f = msgs[i]!.frame; this.pageBufs.push(f); this.pageLens.push(f.byteLength); }
+  }
+
+  /**
+   * Fills the page with messages since+1..r.seq for a join's `missed`: returns since + 1, or
+   * TRUNCATED when they are no longer all kept or exceed maxHistBytes.
+   */
+  private pageMissed(r: Room, since: number): number {
+    this.clearPage();
+    const a = since + 1;
+    if (since > r.seq || a < this.firstKept(r)) return TRUNCATED;
+    if (a > r.seq) return a;
+    const max = this.opts.maxHistBytes;
+    if (a >= this.rooms.firstKept(r)) {
+      let bytes = 0;
+      for (let s = a; s <= r.seq; s++) bytes += this.rooms.entryLen(r, s);
+      if (bytes > max) return TRUNCATED;
+      this.pageFromCache(r, a, r.seq);
+      return a;
+    }
+    const msgs = this.store!.range(r.name, a, r.seq, max);
+    let bytes = 0;
+    for (const m of msgs) bytes += m.frame.byteLength;
+    if (msgs.length === 0 || msgs[0]!.seq !== a || msgs[msgs.length - 1]!.seq !== r.seq || bytes > max) return TRUNCATED;
+    this.pageFromStore(msgs, 0, msgs.length - 1);
+    return a;
   }
 
   private putWho(w: MsgWriter, r: Room, ref: number, users: readonly string[], truncated: boolean): void {
@@ -262,7 +351,11 @@ export class Handler {
       const user = asciiString(b, fe, end);
       if (this.rooms.get(name) === undefined) {
         this.useRoom(name);
-        const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref);
+        // A room the store keeps (it has messages) exists: loading it takes no creation token, only memory.
+        const stored = this.store !== null && this.store.room(name).seq > 0;
+        const refused = this.refuseCreate(conn, anon ? `a${getU32(b, off + 12)}` : `u${user}`, f.ref, stored);
+        // Refused: the store forgets the entry the check above made (else refused names would pile up in its cache).
+        if (refused === 0) this.rooms.forget(name);
         if (refused >= 0) return refused;
       }
       return this.join(conn, user, anon, name, f, b, false);
@@ -273,7 +366,10 @@ export class Handler {
       return this.sendErr(conn, E_NOT_JOINED, `not joined to room ${name}`, f.ref);
     }
     switch (f.type) {
-      case T_PUB: return this.pub(r, user, b, f.bodyStart, f.bodyEnd, conn, f.ref, -1, stamp);
+      case T_PUB: {
+        const cid = f.cidStart < 0 ? null : asciiString(b, f.cidStart, f.cidEnd);
+        return this.pub(r, user, b, f.bodyStart, f.bodyEnd, conn, f.ref, -1, stamp, cid);
+      }
       case T_LEAVE: return this.leave(r, conn, f.ref);
       case T_HIST: return this.hist(r, conn, f);
       case T_READ: return this.read(r, user, conn, f);
@@ -284,15 +380,17 @@ export class Handler {
   }
 
   /**
-   * A join that would create a room: -1 when it may, else sendErr's result (0, or bytes needed)
-   * for `room_limit`. The creation token is taken only once the answer fits.
+   * A join that would create a room (or, `stored`, load one from the store into memory): -1 when
+   * it may, else sendErr's result (0, or bytes needed) for `room_limit`. The creation token is
+   * taken only once the answer fits, and not for a stored room.
    */
-  private refuseCreate(conn: number, principal: string, ref: number): number {
+  private refuseCreate(conn: number, principal: string, ref: number, stored: boolean): number {
     const o = this.opts;
     if (this.rooms.rooms.size >= o.maxRoomsPerShard) {
       const retry = Math.min(o.roomTtlMs, 60_000) || 1000;
       return this.sendErr(conn, E_ROOM_LIMIT, `this shard holds its limit of ${o.maxRoomsPerShard} rooms`, ref, retry, true);
     }
+    if (stored) return -1;
     const errMsg = 'creating rooms too fast';
     // Room for the refusal first (with the largest retryAfterMs encoding), so a retry takes no second token.
     writeErr(this.size(), E_ROOM_LIMIT, errMsg, ref, 0xffffffff);
@@ -303,27 +401,27 @@ export class Handler {
   }
 
   private join(conn: number, user: string, anon: boolean, name: string, f: ClientFrame | null, b: Uint8Array, replay: boolean): number {
-    const r = this.rooms.room(name);
+    const r = this.rooms.room(name, this.stored);
     this.useRoom(r.name);
     let missedFrom = NO_SINCE;
     if (f !== null && !isAbsent(f.since)) {
-      const since = f.since;
       const sameEpoch = f.epochStart < 0 || (f.epochEnd - f.epochStart === r.epoch.length &&
         asciiString(b, f.epochStart, f.epochEnd) === r.epoch);
-      if (!sameEpoch || since > r.seq || since + 1 < this.rooms.firstKept(r)) missedFrom = TRUNCATED;
-      else {
-        missedFrom = since + 1;
-        let missedBytes = 0;
-        for (let s = missedFrom; s <= r.seq; s++) missedBytes += this.rooms.entryLen(r, s);
-        if (missedBytes > this.opts.maxHistBytes) missedFrom = TRUNCATED;
-      }
+      missedFrom = sameEpoch ? this.pageMissed(r, f.since) : TRUNCATED;
     }
     const ref = f === null ? -1 : f.ref;
     const already = r.members.has(conn);
     const firstOfUser = !already && !r.users.has(user);
     const members = r.users.size + (firstOfUser ? 1 : 0);
-    // The cursor addMember keeps or makes (r.seq for a user without one), read before it runs.
-    const unread = r.seq - (r.cursors.get(user) ?? r.seq);
+    // The cursor addMember keeps or makes, read before it runs: the one in memory, else the
+    // store's (a named user's), else r.seq for a user without one (written to the store as such).
+    let cursor = r.cursors.get(user);
+    let newCursor = false;
+    if (cursor === undefined && this.store !== null && !anon) {
+      const c = this.store.cursor(r.name, user);
+      if (c === null) newCursor = true; else cursor = Math.min(c, r.seq);
+    }
+    const unread = r.seq - (cursor ?? r.seq);
     this.plan();
     const presence = firstOfUser && !replay;
     if (presence) { this.putPresence(this.size(), r, user, 'join'); this.add(this.sz.pos, this.nbLen); }
@@ -332,12 +430,16 @@ export class Handler {
     const need = this.add(joinedLen, this.nbLen).need();
     // A room made above stays when this waits for room: the retry finds it and takes no second creation token.
     if (!this.fits(need)) return need;
-    if (!already) this.rooms.addMember(r, conn, user, anon);
+    if (!already) {
+      this.rooms.addMember(r, conn, user, anon, cursor ?? r.seq);
+      if (newCursor) this.store!.setCursor(r.name, user, r.seq);
+    }
     // Presence goes out before `joined`: the joiner is subscribed only when `joined` reaches
     // the main thread, so it never sees its own presence; everyone else does.
     if (presence) this.presence(r, user, 'join');
     this.putJoined(this.begin(OUT_JOINED, conn, this.nbLen, joinedLen), r, ref, unread, members, missedFrom);
     this.end();
+    this.clearPage();
     return 0;
   }
 
@@ -371,12 +473,21 @@ export class Handler {
     return 0;
   }
 
-  /** Assigns the next seq, keeps the encoded msg in history, fans it out, acks the sender. */
-  private pub(r: Room, from: string, b: Uint8Array, bs: number, be: number, conn: number, ref: number, req: number, stamp: number): number {
+  /**
+   * Assigns the next seq, keeps the encoded msg in history (and the store), fans it out, acks
+   * the sender. A `cid` the sender used in this room within the window gets an ack with the
+   * original seq and `dup: true` instead, and no message.
+   */
+  private pub(r: Room, from: string, b: Uint8Array, bs: number, be: number, conn: number, ref: number, req: number,
+    stamp: number, cid: string | null): number {
     this.useRoom(r.name);
-    const seq = r.seq + 1;
     const ts = Date.now();
-    writeMsg(this.size(), this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
+    if (cid !== null) {
+      const dup = this.store !== null ? this.store.findCid(r.name, from, cid, ts) : (r.cids?.find(from, cid, r.seq, ts) ?? 0);
+      if (dup > 0) return this.ackDup(r, conn, ref, req, dup);
+    }
+    const seq = r.seq + 1;
+    writeMsg(this.size(), this.nb, 0, this.nbLen, seq, from, b, bs, be, ts, cid);
     const msgLen = this.sz.pos;
     let bodyLen: number;
     let ackLen = 0;
@@ -403,33 +514,56 @@ export class Handler {
       // A client's pub: the msg and the sender's ack in one record (see OUT_PUBLISH_ACK).
       const w = this.begin(OUT_PUBLISH_ACK, conn, this.nbLen, bodyLen);
       msgAt = w.pos + 8;
-      this.putPublishAck(w, r, seq, from, b, bs, be, ts, stamp, msgLen, ref);
+      this.putPublishAck(w, r, seq, from, b, bs, be, ts, stamp, msgLen, ref, cid);
       this.end();
     } else {
       const w = this.begin(OUT_PUBLISH, stamp, this.nbLen, bodyLen);
       msgAt = w.pos;
-      writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts);
+      writeMsg(w, this.nb, 0, this.nbLen, seq, from, b, bs, be, ts, cid);
       this.end();
-      // History copies the msg from the ring before the next reserve can move past it.
-      this.rooms.pushHistory(r, this.out.bytes, msgAt, msgLen);
+    }
+    // History and the store copy the msg from the ring before the next reserve can move past it.
+    this.keep(r, from, ts, cid, seq, msgAt, msgLen);
+    if (req >= 0) {
       this.putServerAck(this.begin(OUT_SERVER_ACK, req, 0, ackLen), r, seq);
       this.end();
       // A server-side publish counts as activity: a room only published to is kept, not re-epoched.
       this.rooms.touch(r, ts);
     }
-    if (req < 0) {
-      this.rooms.pushHistory(r, this.out.bytes, msgAt, msgLen);
-      if (r.cursors.has(from)) r.setCursor(from, seq);
+    if (r.cursors.has(from)) {
+      r.setCursor(from, seq);
+      if (this.store !== null && !(this.rooms.conns.get(conn)?.anon ?? false)) this.store.setCursor(r.name, from, seq);
     }
     this.published++;
     this.delivered += r.members.size;
     return 0;
   }
 
+  /** Keeps message `seq` (its frame at out.bytes[at, at+len)) in the history cache, the store or the cid window. */
+  private keep(r: Room, from: string, ts: number, cid: string | null, seq: number, at: number, len: number): void {
+    const frame = this.out.bytes;
+    this.rooms.pushHistory(r, frame, at, len);
+    if (this.store !== null) this.store.append(r.name, { seq, from, ts, cid, frame: frame.subarray(at, at + len) });
+    else if (cid !== null) (r.cids ??= new CidWindow(this.opts.cidWindowMessages, this.opts.cidWindowMs)).add(from, cid, seq, ts);
+  }
+
+  /** A repeated cid: the ack of the original message (`dup: true`), to the client or to engine.publish. */
+  private ackDup(r: Room, conn: number, ref: number, req: number, seq: number): number {
+    let bodyLen: number;
+    if (req < 0) { this.putAck(this.size(), r, ref, seq, true); bodyLen = this.sz.pos; this.plan().add(bodyLen, 0); }
+    else { this.putServerAck(this.size(), r, seq, true); bodyLen = this.sz.pos; this.plan().add(bodyLen, 0); }
+    const need = this.need();
+    if (!this.fits(need)) return need;
+    if (req < 0) this.putAck(this.begin(OUT_SEND, conn, 0, bodyLen), r, ref, seq, true);
+    else this.putServerAck(this.begin(OUT_SERVER_ACK, req, 0, bodyLen), r, seq, true);
+    this.end();
+    return 0;
+  }
+
   private hist(r: Room, conn: number, f: ClientFrame): number {
     this.useRoom(r.name);
     const limit = f.histLimit();
-    const first = this.rooms.firstKept(r);
+    const first = this.firstKept(r);
     let lo: number; let hi: number; // the range asked for, inclusive
     if (!isAbsent(f.before)) { hi = Math.min(f.before - 1, r.seq); lo = hi - limit + 1; }
     else if (!isAbsent(f.after)) { lo = f.after + 1; hi = Math.min(lo + limit - 1, r.seq); }
@@ -438,30 +572,53 @@ export class Handler {
     // Truncated: some of the range asked for existed once but history no longer keeps it.
     const truncated = lo < first && lo <= hi;
     if (lo < first) lo = first;
-    // Keep within maxHistBytes: the newest end for "latest"/"before" pages, the oldest for "after";
-    // a page always holds at least one message, however large, so paging never stalls.
-    let bytes = 0;
-    let a = lo; let z = hi;
-    if (isAbsent(f.after)) {
-      for (let s = hi; s >= lo; s--) {
-        const l = this.rooms.entryLen(r, s);
-        if (bytes + l > this.opts.maxHistBytes && s !== hi) { a = s + 1; break; }
-        bytes += l;
-      }
-    } else {
-      for (let s = lo; s <= hi; s++) {
-        const l = this.rooms.entryLen(r, s);
-        if (bytes + l > this.opts.maxHistBytes && s !== lo) { z = s - 1; break; }
-        bytes += l;
-      }
-    }
-    this.putHist(this.size(), r, f.ref, a, z, truncated);
+    this.clearPage();
+    if (lo <= hi) this.pageHist(r, lo, hi, isAbsent(f.after));
+    this.putHist(this.size(), r, f.ref, truncated);
     const bodyLen = this.sz.pos;
     const need = this.plan().add(bodyLen, 0).need();
-    if (!this.fits(need)) return need;
-    this.putHist(this.begin(OUT_SEND, conn, 0, bodyLen), r, f.ref, a, z, truncated);
+    if (!this.fits(need)) { this.clearPage(); return need; }
+    this.putHist(this.begin(OUT_SEND, conn, 0, bodyLen), r, f.ref, truncated);
     this.end();
+    this.clearPage();
     return 0;
+  }
+
+  /**
+   * Fills the page with kept messages of lo..hi within maxHistBytes: the newest end for
+   * "latest"/"before" pages (`newest`), the oldest for "after"; a page always holds at least one
+   * message, however large, so paging never stalls. From the cache when it holds lo, else from the store.
+   */
+  private pageHist(r: Room, lo: number, hi: number, newest: boolean): void {
+    const max = this.opts.maxHistBytes;
+    let bytes = 0;
+    if (lo >= this.rooms.firstKept(r)) {
+      let a = lo; let z = hi;
+      if (newest) {
+        for (let s = hi; s >= lo; s--) {
+          const l = this.rooms.entryLen(r, s);
+          if (bytes + l > max && s !== hi) { a = s + 1; break; }
+          bytes += l;
+        }
+      } else {
+        for (let s = lo; s <= hi; s++) {
+          const l = this.rooms.entryLen(r, s);
+          if (bytes + l > max && s !== lo) { z = s - 1; break; }
+          bytes += l;
+        }
+      }
+      this.pageFromCache(r, a, z);
+      return;
+    }
+    // Older than the cache (only with a store): at most MAX_HIST_LIMIT messages are read for a
+    // newest-end page, then cut to maxHistBytes from that end.
+    const msgs = this.store!.range(r.name, lo, hi, newest ? Number.MAX_SAFE_INTEGER : max);
+    if (msgs.length === 0) return;
+    if (!newest) { this.pageFromStore(msgs, 0, msgs.length - 1); return; }
+    let a = msgs.length - 1;
+    bytes = msgs[a]!.frame.byteLength;
+    while (a > 0 && bytes + msgs[a - 1]!.frame.byteLength <= max) { a--; bytes += msgs[a]!.frame.byteLength; }
+    this.pageFromStore(msgs, a, msgs.length - 1);
   }
 
   private read(r: Room, user: string, conn: number, f: ClientFrame): number {
@@ -475,6 +632,8 @@ export class Handler {
     if (!this.fits(need)) return need;
     if (!r.cursors.has(user)) this.rooms.cursorCount++;
     r.setCursor(user, next);
+    // The ack goes out only after the store's commit: a read acked is a cursor kept.
+    if (this.store !== null && next !== cur && !(this.rooms.conns.get(conn)?.anon ?? false)) this.store.setCursor(r.name, user, next);
     this.putAck(this.begin(OUT_SEND, conn, 0, bodyLen), r, f.ref, next);
     this.end();
     return 0;
@@ -528,7 +687,10 @@ export class Handler {
     const fromLen = b[p++]!;
     const from = asciiString(b, p, p + fromLen);
     p += fromLen;
-    return this.pub(this.rooms.room(name), from, b, p, end, -1, -1, req, 0);
+    const cidLen = b[p++]!;
+    const cid = cidLen === 0 ? null : asciiString(b, p, p + cidLen);
+    p += cidLen;
+    return this.pub(this.rooms.room(name, this.stored), from, b, p, end, -1, -1, req, 0, cid);
   }
 
   private onReplay(b: Uint8Array, off: number, end: number): number {

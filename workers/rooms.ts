@@ -13,6 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { Histories, History } from './history.js';
 import { Cursors } from './cursors.js';
+import type { CidWindow } from './cids.js';
 
 const NO_MEMBERS: ReadonlyMap<number, string> = new Map();
 const NO_USERS: ReadonlyMap<string, number> = new Map();
@@ -26,14 +27,17 @@ export class Room {
   seq = 0;
   /** The newest messages (encoded `msg` frames), made at the first one; null while it has none. */
   hist: History | null = null;
+  /** The cid dedupe window when the shard has no durable store (null until the first pub with a cid). */
+  cids: CidWindow | null = null;
   /** Date.now() when it was last left or published to while empty; 0 while it has members. */
   emptySince: number;
   private memberMap: Map<number, string> | null = null;
   private userMap: Map<string, number> | null = null;
   private cursorMap: Map<string, number> | null = null;
 
-  constructor(readonly name: string, readonly epoch: string, now: number) {
+  constructor(readonly name: string, readonly epoch: string, now: number, seq = 0) {
     this.emptySince = now;
+    this.seq = seq;
   }
 
   /** conn -> user, for connections in the room. */
@@ -110,24 +114,47 @@ export class Rooms {
 
   /** Read cursors held: present users' plus idle ones. */
   cursorCount = 0;
+  /**
+   * Names of rooms dropped since the last takeDropped(): the shard tells its store after the
+   * batch commits (a store may not forget a room with uncommitted writes). At most the rooms of one batch or tick.
+   */
+  private dropped: string[] = [];
+  /** Set by a shard with a durable store; without one nothing needs telling and nothing is queued. */
+  trackDropped = false;
 
   get(name: string): Room | undefined {
     return this.rooms.get(name);
   }
 
-  /** The room, created (seq 0, a new epoch) if this shard has no state for it. */
-  room(name: string): Room {
+  /**
+   * The room, created if this shard has no state for it: with the epoch and seq `stored` returns
+   * (the durable store's), else seq 0 and a new epoch.
+   */
+  room(name: string, stored?: (name: string) => { epoch: string; seq: number }): Room {
     let r = this.rooms.get(name);
     if (r === undefined) {
       const key = flat(name);
-      r = new Room(key, newEpoch(), Date.now());
+      const s = stored?.(key);
+      r = s === undefined ? new Room(key, newEpoch(), Date.now()) : new Room(key, s.epoch, Date.now(), s.seq);
       this.rooms.set(key, r);
     }
     return r;
   }
 
+  /** Queues `name` for the store to forget after the batch, as if dropped (a join refused before the room was made). */
+  forget(name: string): void {
+    if (this.trackDropped) this.dropped.push(name);
+  }
+
+  /** The rooms dropped since the last call (see `dropped`). */
+  takeDropped(): string[] {
+    const d = this.dropped;
+    if (d.length > 0) this.dropped = [];
+    return d;
+  }
+
   /** Adds conn to room; returns true when this is the user's first connection there (presence join). */
-  addMember(r: Room, conn: number, name: string, anon: boolean): boolean {
+  addMember(r: Room, conn: number, name: string, anon: boolean, cursor = r.seq): boolean {
     const user = r.users.has(name) ? name : flat(name);
     r.setMember(conn, user);
     r.emptySince = 0;
@@ -140,7 +167,7 @@ export class Rooms {
     if (n === 0) {
       this.presentUsers++;
       // A returning user's cursor is theirs again, no longer idle (and no longer evictable).
-      if (!this.idle.take(r, user) && !r.cursors.has(user)) { r.setCursor(user, r.seq); this.cursorCount++; }
+      if (!this.idle.take(r, user) && !r.cursors.has(user)) { r.setCursor(user, cursor); this.cursorCount++; }
     }
     return n === 0;
   }
@@ -207,7 +234,9 @@ export class Rooms {
     this.idle.dropRoom(r);
     this.cursorCount -= r.cursors.size;
     r.clearCursors();
+    r.cids = null;
     this.rooms.delete(r.name);
+    if (this.trackDropped) this.dropped.push(r.name);
   }
 
   /** Drops rooms that have been empty for roomTtlMs. */
@@ -221,5 +250,6 @@ export class Rooms {
   dispose(): void {
     for (const r of [...this.rooms.values()]) this.dropRoom(r);
     this.conns.clear();
+    this.dropped = [];
   }
 }

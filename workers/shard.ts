@@ -12,6 +12,14 @@
  * (loop lag, heap, room TTLs, stats) therefore runs from the loop, not from a timer. While it
  * waits for outbound room (waitForFree, async) a ref'd interval keeps the thread alive: on Node
  * 20 a pending waitAsync alone does not (nodejs/node#44729).
+ *
+ * With a durable store (`store: 'sqlite'`) the shard opens its own connection at start and
+ * commits each batch's writes before it publishes the batch's output (handler.commit()), also
+ * where it publishes mid-batch for want of outbound room: an ack, and a msg, mean committed.
+ * The tick trims retention within a time budget. A store error (at open, at a commit, in a read)
+ * ends the task with an Error whose message starts with the StoreError's code (`STORE_FULL: ...`):
+ * nothing of the failed batch was published, the main thread answers its records with
+ * `unavailable`, and the restarted shard reloads its rooms from what was committed.
  */
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
@@ -19,12 +27,18 @@ import {
   S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
+import { SqliteStore, StoreError, type FsyncMode, type Store } from './store/index.js';
 
 export interface ShardTask extends HandlerOptions {
   index: number;
   inbound: SharedArrayBuffer;
   outbound: SharedArrayBuffer;
   stats: SharedArrayBuffer;
+  /** 'memory': no store, the history cache is the history. 'sqlite': the durable store in dataDir. */
+  store: 'memory' | 'sqlite';
+  dataDir: string;
+  fsync: FsyncMode;
+  historyMaxAgeMs: number;
 }
 
 export interface ShardResult {
@@ -35,14 +49,45 @@ export interface ShardResult {
 const BATCH = 1024;
 const SPINS = 200;
 const TICK_MS = 500;
+/** Retention trimming per tick, in milliseconds of the shard's time. */
+const TRIM_BUDGET_MS = 2;
+
+function openStore(task: ShardTask): Store | null {
+  if (task.store !== 'sqlite') return null;
+  return new SqliteStore({
+    dir: task.dataDir, fsync: task.fsync, historyLimit: task.historyLimit, historyMaxAgeMs: task.historyMaxAgeMs,
+    cidWindowMessages: task.cidWindowMessages, cidWindowMs: task.cidWindowMs,
+  });
+}
+
+/** A store error crosses to the main thread as a plain Error whose message starts with its code. */
+function storeFailure(e: unknown): unknown {
+  return e instanceof StoreError ? new Error(`${e.code}: ${e.message}`) : e;
+}
+
+export async function runShard(task: ShardTask): Promise<ShardResult> {
+  let store: Store | null;
+  try {
+    store = openStore(task);
+  } catch (e) {
+    throw storeFailure(e);
+  }
+  try {
+    return await loop(task, store);
+  } catch (e) {
+    throw storeFailure(e);
+  } finally {
+    store?.close();
+  }
+}
 
 const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-export async function runShard(task: ShardTask): Promise<ShardResult> {
+async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> {
   const inbound = new RingReader(task.inbound);
   const out = new RingWriter(task.outbound);
   const stats = new Float64Array(task.stats);
-  const h = new Handler(out, task);
+  const h = new Handler(out, task, store);
   let records = 0;
   let outWaits = 0;
   const publishStats = (): void => {
@@ -78,7 +123,10 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
     const mem = process.memoryUsage();
     stats[S_HEAP_USED] = mem.heapUsed;
     stats[S_ARRAY_BUFFERS] = mem.arrayBuffers;
-    h.rooms.sweep(Date.now()); // room TTLs are kept in wall-clock time (workers/rooms.ts)
+    const wall = Date.now(); // room TTLs and retention ages are wall-clock (workers/rooms.ts, the store)
+    h.rooms.sweep(wall);
+    h.commit(); // not in a batch here: tells the store which rooms the sweep dropped
+    store?.trim(wall, TRIM_BUDGET_MS);
     h.rooms.history.trimIdle();
     publishStats();
     return true;
@@ -101,6 +149,7 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
         while ((need = h.handle(inbound.bytes, inbound.offset, inbound.length)) > 0) {
           // Outbound is short of room: hand back what we consumed, publish, wait for the main thread.
           if (need > out.capacity) throw new Error(`a record needs ${need} outbound bytes, more than the ring's ${out.capacity}`);
+          h.commit(); // before anything of the batch becomes visible; the next handle() opens a new batch
           publishOutput();
           inbound.syncRead();
           outWaits++;
@@ -115,6 +164,8 @@ export async function runShard(task: ShardTask): Promise<ShardResult> {
       if (n > 0) {
         // Output first, then mark the input consumed: should the shard die in between, the
         // main thread answers the records it still sees as unhandled, rather than losing them.
+        // The store's commit comes before both: an ack (and a msg) means committed.
+        h.commit();
         publishOutput();
         inbound.syncRead();
         publishStats();

@@ -1,8 +1,8 @@
 /**
  * Publishes not yet acknowledged, in the order the app made them: those waiting for the room to
  * be joined (offline) and those sent but not acked. Bounded in entries and bytes; each entry
- * has its own timeout. After a reconnect every unacked entry is sent again (at-least-once until
- * the engine deduplicates by `cid`).
+ * has its own timeout. After a reconnect every unacked entry is sent again with its `cid`, which
+ * the engine deduplicates within its window (stored once).
  */
 import { QueueFullError, TimeoutError, type ClientError } from './errors.js';
 

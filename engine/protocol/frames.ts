@@ -29,8 +29,10 @@ export const E_SHUTTING_DOWN = 9;
 export const E_INTERNAL = 10;
 /** A join that would create a room its shard may not create now (shard room cap, creation rate). */
 export const E_ROOM_LIMIT = 11;
+/** The shard could not commit the request to its durable store (disk full, I/O error): retry after retryAfterMs. */
+export const E_UNAVAILABLE = 12;
 export const ERR_NAMES = ['', 'bad_frame', 'unknown_type', 'bad_request', 'bad_room', 'not_joined',
-  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal', 'room_limit'] as const;
+  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal', 'room_limit', 'unavailable'] as const;
 export type ErrorName = typeof ERR_NAMES[number];
 
 export const MAX_REF = 0xffffffff;
@@ -38,6 +40,9 @@ export const MAX_ROOM_BYTES = 128;
 export const MAX_HIST_LIMIT = 500;
 export const DEFAULT_HIST_LIMIT = 50;
 export const DEFAULT_MAX_BODY_DEPTH = 32;
+
+/** A pub's `cid` (client message id): 1..64 bytes of [A-Za-z0-9_.:@-] (docs/PROTOCOL.md). */
+export const MAX_CID_BYTES = 64;
 
 /** Allowed room bytes: [A-Za-z0-9_.:@-]. */
 const ROOM_CHARS = new Uint8Array(256);
@@ -55,6 +60,18 @@ export function isValidRoomBytes(b: Uint8Array, start: number, end: number): boo
   if (n < 1 || n > MAX_ROOM_BYTES) return false;
   for (let i = start; i < end; i++) if (ROOM_CHARS[b[i]!] === 0) return false;
   return true;
+}
+
+/** A valid `cid`: 1..64 bytes, the room charset [A-Za-z0-9_.:@-]. */
+export function isValidCidBytes(b: Uint8Array, start: number, end: number): boolean {
+  const n = end - start;
+  if (n < 1 || n > MAX_CID_BYTES) return false;
+  for (let i = start; i < end; i++) if (ROOM_CHARS[b[i]!] === 0) return false;
+  return true;
+}
+
+export function isValidCid(cid: unknown): cid is string {
+  return typeof cid === 'string' && cid.length >= 1 && cid.length <= MAX_CID_BYTES && /^[A-Za-z0-9_.:@-]+$/.test(cid);
 }
 
 export function isValidRoom(room: unknown): room is string {
@@ -95,7 +112,7 @@ export function fnv1aString(s: string): number {
 }
 
 const KEY_T = 1, KEY_REF = 2, KEY_ROOM = 3, KEY_BODY = 4, KEY_SINCE = 5, KEY_EPOCH = 6,
-  KEY_BEFORE = 7, KEY_AFTER = 8, KEY_LIMIT = 9, KEY_SEQ = 10;
+  KEY_BEFORE = 7, KEY_AFTER = 8, KEY_LIMIT = 9, KEY_SEQ = 10, KEY_CID = 11;
 
 /** Identifies a known key from its bytes without making a string. */
 function keyId(b: Uint8Array, s: number, e: number): number {
@@ -106,6 +123,7 @@ function keyId(b: Uint8Array, s: number, e: number): number {
     case 3:
       if (c0 === 0x72 && b[s + 1] === 0x65 && b[s + 2] === 0x66) return KEY_REF;
       if (c0 === 0x73 && b[s + 1] === 0x65 && b[s + 2] === 0x71) return KEY_SEQ;
+      if (c0 === 0x63 && b[s + 1] === 0x69 && b[s + 2] === 0x64) return KEY_CID;
       return 0;
     case 4:
       if (c0 === 0x72 && b[s + 1] === 0x6f && b[s + 2] === 0x6f && b[s + 3] === 0x6d) return KEY_ROOM;
@@ -172,6 +190,9 @@ export class ClientFrame {
   bodyEnd = -1;
   epochStart = -1;
   epochEnd = -1;
+  /** A pub's `cid` span, -1 when absent. */
+  cidStart = -1;
+  cidEnd = -1;
   since = ABSENT;
   before = ABSENT;
   after = ABSENT;
@@ -190,6 +211,7 @@ export class ClientFrame {
   scan(buf: Uint8Array, start: number, end: number, maxDepth = DEFAULT_MAX_BODY_DEPTH): number {
     this.type = 0; this.ref = -1; this.refInvalid = false;
     this.roomStart = this.roomEnd = this.bodyStart = this.bodyEnd = this.epochStart = this.epochEnd = -1;
+    this.cidStart = this.cidEnd = -1;
     this.since = this.before = this.after = this.limit = this.seq = ABSENT;
     this.error = 0; this.message = '';
     if (start >= end) return this.fail(E_BAD_FRAME, 'empty frame');
@@ -255,6 +277,13 @@ export class ClientFrame {
             if (buf[valueAt] === 0xc0) break;
             const e = strSpan(buf, valueAt, this.str);
             if (e >= 0) { this.epochStart = this.str.strStart; this.epochEnd = e; } else if (badField === '') badField = 'epoch';
+            break;
+          }
+          case KEY_CID: {
+            if (buf[valueAt] === 0xc0) break;
+            const e = strSpan(buf, valueAt, this.str);
+            if (e >= 0 && isValidCidBytes(buf, this.str.strStart, e)) { this.cidStart = this.str.strStart; this.cidEnd = e; }
+            else if (badField === '') badField = 'cid must be a string of 1..64 [A-Za-z0-9_.:@-]';
             break;
           }
           case KEY_SINCE: this.since = asCount(buf, valueAt, true); break;
@@ -356,9 +385,10 @@ export function writeHead(w: MsgWriter, t: string, room: Uint8Array, rs: number,
   if (ref >= 0) w.str('ref').uint(ref);
 }
 
-/** A `msg` frame: the body is copied as the client encoded it, never decoded. */
+/** A `msg` frame: the body is copied as the client encoded it, never decoded; `cid` (null: none) last. */
 export function writeMsg(w: MsgWriter, room: Uint8Array, rs: number, re: number, seq: number, from: string,
-  body: Uint8Array, bs: number, be: number, ts: number): void {
-  w.mapHeader(6).str('t').str('msg').str('room').strBytes(room, rs, re).str('seq').uint(seq)
+  body: Uint8Array, bs: number, be: number, ts: number, cid: string | null = null): void {
+  w.mapHeader(cid === null ? 6 : 7).str('t').str('msg').str('room').strBytes(room, rs, re).str('seq').uint(seq)
     .str('from').str(from).str('body').raw(body, bs, be).str('ts').uint(ts);
+  if (cid !== null) w.str('cid').str(cid);
 }

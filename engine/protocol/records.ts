@@ -13,7 +13,7 @@
  *                 anonymous); addr: a hash of the client address (the room-creation principal of an
  *                 anonymous user; written for joins, 0 otherwise)
  *   IN_CLOSE      [0] kind, [1..5] conn u32
- *   IN_SERVER_PUB [0] kind, [1..5] req u32, roomLen u8, room, fromLen u8, from, body (one MessagePack value)
+ *   IN_SERVER_PUB [0] kind, [1..5] req u32, roomLen u8, room, fromLen u8, from, cidLen u8 (0 = no cid), cid, body (one MessagePack value)
  *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room, flags u8 (join after a shard restart)
  *   IN_DRAIN      [0] kind                    (everything before it is handled; answer OUT_DRAINED)
  *   IN_CRASH      [0] kind, [1] mode          (test hook: 1 = throw from the task, 2 = exit the worker, 3 = hang, 4 = exit between a publish and its syncRead)

@@ -16,7 +16,7 @@ import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
-  E_TOO_MANY_ROOMS, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
+  E_TOO_MANY_ROOMS, E_UNAVAILABLE, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidCid, isValidRoom, isValidUser, writeErr, writeHello,
   type Limits,
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
@@ -30,6 +30,7 @@ import { ShardSupervisor } from './supervisor.js';
 import { OutboundDispatcher, nowMicros } from './outbound.js';
 import { SlowConsumerGuard } from './slow-consumers.js';
 import { type BucketState, TokenBucketPolicy, monotonicMs } from './token-bucket.js';
+import { type DataDirLock, StoreError, type StoreErrorCode, lockDataDir } from '../store-dir.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { checkUserQuery } from '../protocol/identity.js';
 import { routeStatic } from './static.js';
@@ -57,7 +58,17 @@ interface Conn {
   lastLimitLog: number;
 }
 
-export interface PublishResult { seq: number; epoch: string }
+/** `dup`: the cid was published before (within the window); `seq` is that message's, and nothing new was stored. */
+export interface PublishResult { seq: number; epoch: string; dup: boolean }
+
+/** A shard's store error arrives as an Error whose message starts with the code (workers/shard.ts). */
+function asStoreError(err: Error): StoreError | null {
+  const m = /^(STORE_[A-Z_]+): ([\s\S]*)$/.exec(err.message);
+  return m === null ? null : new StoreError(m[1] as StoreErrorCode, m[2]!);
+}
+
+/** retryAfterMs of the `unavailable` answer to requests a store failure left unhandled. */
+const STORE_RETRY_MS = 1000;
 
 /**
  * uWS holds an incoming message until its last byte, up to its maxPayloadLength, and drops the
@@ -87,6 +98,10 @@ export class Engine {
   readonly options: ResolvedOptions;
   readonly log: Logger;
   private readonly uws = loadUws();
+  private readonly dataLock: DataDirLock | null;
+  /** Set once every shard ran; a store error before that fails ready() instead of restarting. */
+  private shardsUp = false;
+  private startError: StoreError | null = null;
   private app: TemplatedApp | null = null;
   private listenSocket: us_listen_socket | null = null;
   private boundPort = -1;
@@ -132,6 +147,8 @@ export class Engine {
     this.log = logger ?? createLogger(this.options.logLevel, this.options.logPretty);
     const o = this.options;
     this.limits = { maxFrame: o.maxFrameBytes, maxRooms: o.maxRoomsPerConn, ratePerSec: o.ratePerSec, burst: o.rateBurst, maxBuffer: o.maxBufferBytes };
+    // The data directory's lock before any shard opens the store (throws a StoreError: locked, unwritable...).
+    this.dataLock = o.store === 'sqlite' ? lockDataDir(o.dataDir) : null;
     this.links = Array.from({ length: o.shards }, (_, i) => new ShardLink(i, o.ringBytes));
     this.pool = new Piscina({
       filename: new URL('../../workers/shard.js', import.meta.url).href,
@@ -160,9 +177,9 @@ export class Engine {
         const rooms = ws.getUserData().rooms;
         if (joined) rooms.add(room); else rooms.delete(room);
       },
-      serverAck: (req, seq, epoch) => {
+      serverAck: (req, seq, epoch, dup) => {
         const p = this.pending.get(req);
-        if (p) { this.pending.delete(req); p.resolve({ seq, epoch }); }
+        if (p) { this.pending.delete(req); p.resolve({ seq, epoch, dup }); }
       },
       stopped: () => this.stopped,
     }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
@@ -171,9 +188,18 @@ export class Engine {
         historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
         historyBudgetBytes: o.historyBudgetBytes, maxRoomsPerShard: o.maxRoomsPerShard, roomCreateRate: o.roomCreateRate,
         roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
+        store: o.store, dataDir: o.dataDir, fsync: o.fsync, historyMaxAgeMs: o.historyMaxAgeMs,
+        cidWindowMessages: o.cidWindowMessages, cidWindowMs: o.cidWindowMs,
       }),
+      crashCause: (err) => {
+        const storeErr = asStoreError(err);
+        if (storeErr === null) return 'crash';
+        // A data directory a shard cannot open at start (corrupt, newer schema...) fails createEngine: no fresh start.
+        if (!this.shardsUp) { this.startError ??= storeErr; return 'fatal'; }
+        return 'store';
+      },
       deliverAll: (link) => this.outbound.deliverAll(link),
-      failUnhandled: (inbound, shard, handledUpTo) => this.failUnhandled(inbound, shard, handledUpTo),
+      failUnhandled: (inbound, shard, handledUpTo, storeFailed) => this.failUnhandled(inbound, shard, handledUpTo, storeFailed),
       replay: (link) => this.replay(link),
       pump: (link, gen) => { void this.outbound.pump(link, gen); },
       draining: () => this.draining,
@@ -199,7 +225,9 @@ export class Engine {
 
   private async waitShardsUp(): Promise<void> {
     for (let i = 0; i < 2000; i++) {
+      if (this.startError !== null) throw this.startError;
       if (this.links.every((l) => l.stats[S_UP] === 1)) {
+        this.shardsUp = true;
         for (const l of this.links) this.log.info({ event: 'shard_started', shard: l.index }, 'shard started');
         return;
       }
@@ -219,11 +247,12 @@ export class Engine {
   }
 
   /**
-   * Answers every request left unhandled in a dead shard's inbound ring with `internal`. Records
-   * the shard had already answered (its output published, but it died before marking them read:
-   * up to `handledUpTo`) are skipped, so no request is answered twice.
+   * Answers every request left unhandled in a dead shard's inbound ring with `internal`
+   * (`unavailable` after a store failure: nothing of the batch was kept). Records the shard had
+   * already answered (its output published, but it died before marking them read: up to
+   * `handledUpTo`) are skipped, so no request is answered twice.
    */
-  private failUnhandled(inbound: SharedArrayBuffer, shard: number, handledUpTo: number | null): void {
+  private failUnhandled(inbound: SharedArrayBuffer, shard: number, handledUpTo: number | null, storeFailed: boolean): void {
     const r = new RingReader(inbound);
     while (r.next() >= 0) {
       if (handledUpTo !== null && ((handledUpTo - r.peekPosition) | 0) >= 0) { r.release(); continue; }
@@ -238,7 +267,8 @@ export class Engine {
           // it, so the socket is still subscribed: keep the room, so the replay below rejoins it
           // and the client's retried leave works.
           if (f.error === 0 && f.type === T_LEAVE) ws.getUserData().rooms.add(asciiString(b, f.roomStart, f.roomEnd));
-          this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
+          if (storeFailed) this.sendErr(ws, E_UNAVAILABLE, 'the store could not commit this request (nothing of it was kept); retry', f.ref, STORE_RETRY_MS);
+          else this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
         }
       } else if (b[off] === IN_SERVER_PUB) {
         const req = getU32(b, off + 1);
@@ -521,13 +551,16 @@ export class Engine {
 
   /**
    * Publishes `body` to `room` from server code, as user `from` (default "server"). Resolves with
-   * the message's seq and the room's epoch once the shard has assigned them.
+   * the message's seq and the room's epoch once the shard has assigned them (and, with a durable
+   * store, committed). With `cid`, a repeat within the window resolves with the first one's seq and `dup: true`.
    */
-  publish(room: string, body: unknown, opts: { from?: string } = {}): Promise<PublishResult> {
+  publish(room: string, body: unknown, opts: { from?: string; cid?: string } = {}): Promise<PublishResult> {
     if (this.draining) return Promise.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing'));
     if (!isValidRoom(room)) return Promise.reject(new EngineError('SHARDCHAT_BAD_ROOM', `room must be 1..128 bytes of [A-Za-z0-9_.:@-], got ${JSON.stringify(room)}`));
     const from = opts.from ?? 'server';
     if (!isValidUser(from)) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `from must be 1..64 bytes of [A-Za-z0-9_.@-], got ${JSON.stringify(from)}`));
+    const cid = opts.cid ?? '';
+    if (opts.cid !== undefined && !isValidCid(opts.cid)) return Promise.reject(new EngineError('SHARDCHAT_BAD_BODY', `cid must be 1..64 bytes of [A-Za-z0-9_.:@-], got ${JSON.stringify(opts.cid)}`));
     let bytes: Uint8Array;
     try {
       bytes = packBody(body);
@@ -543,7 +576,7 @@ export class Engine {
     if (this.nextReq > 0xffffffff) this.nextReq = 1;
     return new Promise<PublishResult>((resolve, reject) => {
       this.pending.set(req, { resolve, reject, shard });
-      if (!this.links[shard]!.writeServerPub(req, room, from, bytes)) {
+      if (!this.links[shard]!.writeServerPub(req, room, from, bytes, cid)) {
         this.pending.delete(req);
         reject(new EngineError('SHARDCHAT_OVERLOADED', `shard ${shard} queue is full; retry`));
       }
@@ -644,6 +677,8 @@ export class Engine {
     await this.pool.destroy();
     await Promise.allSettled(this.links.map((l) => l.task));
     for (const l of this.links) l.stop();
+    // Every shard has closed its store: the directory is free for the next engine.
+    this.dataLock?.release();
     this.app = null;
     const ms = Math.round(performance.now() - started);
     if (forced) this.log.warn({ event: 'drain_forced', ms }, 'drain deadline passed; stopped what was left');

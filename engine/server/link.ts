@@ -131,16 +131,17 @@ export class ShardLink {
   };
 
   /** Writes a server-side publish; false when the ring is full. */
-  writeServerPub(req: number, room: string, from: string, body: Uint8Array): boolean {
+  writeServerPub(req: number, room: string, from: string, body: Uint8Array, cid = ''): boolean {
     if (this.backlog.length > 0) { this.overloaded++; return false; }
     const w = this.writer;
-    const off = w.reserve(7 + room.length + from.length + body.byteLength);
+    const off = w.reserve(8 + room.length + from.length + cid.length + body.byteLength);
     if (off < 0) { this.overloaded++; return false; }
     const b = w.bytes;
     b[off] = 3; // IN_SERVER_PUB
     putU32(b, off + 1, req);
     let p = putShortAscii(b, off + 5, room);
     p = putShortAscii(b, p, from);
+    p = putShortAscii(b, p, cid);
     b.set(body, p);
     w.commit();
     w.publish();

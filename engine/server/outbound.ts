@@ -35,7 +35,8 @@ export interface OutboundHost<C> {
    */
   member(ws: WebSocket<C>, room: string, joined: boolean): void;
   /** A server-side publish was given its seq. */
-  serverAck(req: number, seq: number, epoch: string): void;
+  /** A server-side publish was given its seq (`dup`: its cid was published before; nothing new stored). */
+  serverAck(req: number, seq: number, epoch: string, dup: boolean): void;
   stopped(): boolean;
 }
 
@@ -175,8 +176,8 @@ export class OutboundDispatcher<C extends Subscribed> {
         const req = getU32(b, off + 4);
         const p = off + OUT_BODY;
         const seq = getU32(b, p) * 0x100000000 + getU32(b, p + 4);
-        const epoch = asciiString(b, p + 9, p + 9 + b[p + 8]!);
-        this.host.serverAck(req, seq, epoch);
+        const epochEnd = p + 9 + b[p + 8]!;
+        this.host.serverAck(req, seq, asciiString(b, p + 9, epochEnd), b[epochEnd] === 1);
         return;
       }
       case OUT_DRAINED:

@@ -33,10 +33,16 @@ export interface SupervisorOptions {
 export interface SupervisorHooks {
   /** The task payload of a shard incarnation (rings and stats are added here). */
   taskOptions(): Record<string, unknown>;
+  /**
+   * Why a shard died: 'crash' (restart it), 'store' (its store failed to commit: restart it and
+   * answer its unhandled requests `unavailable`), 'fatal' (a store it cannot open at start: the
+   * engine fails to start; the shard stays down, reported failed).
+   */
+  crashCause(err: Error): 'crash' | 'store' | 'fatal';
   /** Delivers everything a (dead) shard published in its outbound ring. */
   deliverAll(link: ShardLink): void;
   /** Answers the records a dead shard left unhandled in its inbound ring (those before `handledUpTo` were answered). */
-  failUnhandled(inbound: SharedArrayBuffer, shard: number, handledUpTo: number | null): void;
+  failUnhandled(inbound: SharedArrayBuffer, shard: number, handledUpTo: number | null, storeFailed: boolean): void;
   /** Writes the memberships of this shard's rooms into its (new) inbound ring. */
   replay(link: ShardLink): void;
   /** Starts moving this incarnation's output to sockets. */
@@ -116,6 +122,8 @@ export class ShardSupervisor {
     // A worker that exited never ran its cleanup: mark it down so /readyz is 503 until the new one runs.
     link.stats[S_UP] = 0;
     if (this.hooks.stopped()) return;
+    const cause = this.hooks.crashCause(err);
+    if (cause === 'fatal') { link.failed = true; link.stop(); return; }
     this.log.error({ event: 'shard_crashed', shard: link.index, err: err.message }, 'shard crashed');
     // Deliver everything the dead shard published, then answer what it never handled.
     this.hooks.deliverAll(link);
@@ -124,7 +132,7 @@ export class ShardSupervisor {
     const oldReader = link.reader;
     link.fresh();
     oldReader.wake(); // ends the old generation's pump
-    this.hooks.failUnhandled(oldInbound, link.index, handledUpTo);
+    this.hooks.failUnhandled(oldInbound, link.index, handledUpTo, cause === 'store');
     const now = performance.now();
     link.restartTimes = link.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
     if (link.restartTimes.length >= this.opts.restartBudget) {

@@ -24,7 +24,7 @@ const pushBudgetBytes = num('--push-budget-mib', 512) * (1 << 20);
 const partialSendBytes = num('--partial-mib', 12) * (1 << 20);
 const MiB = 1 << 20;
 
-const child = spawn(process.execPath, ['dist/engine/cli.js', '--port', '0', '--host', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'inherit'] });
+const child = spawn(process.execPath, ['dist/engine/cli.js', '--port', '0', '--host', '127.0.0.1', '--store', 'memory'], { stdio: ['ignore', 'pipe', 'inherit'] });
 const events = { shard_restarted: 0, other_warnings: [] };
 const port = await new Promise((resolve, reject) => {
   const timer = setTimeout(() => reject(new Error('the engine printed no "listening" line within 20 s')), 20_000);

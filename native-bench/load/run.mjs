@@ -252,7 +252,9 @@ const shardchatArgs = (port, extra) => [
   ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []),
   cliJs, '--port', String(port), '--host', '127.0.0.1', '--rate-per-sec', '1000000000', '--rate-burst', '1000000000',
   '--upgrade-rate-per-sec', '0', // the idle scenario measures how fast connections open: no admission limit
-  '--log-level', 'warn', '--max-connections', '50000', ...extra,
+  '--log-level', 'warn', '--max-connections', '50000',
+  // The CLI is durable by default: the memory arms say --store memory; the sqlite arm gets a data dir of its own under tmp.
+  ...(extra.includes('--store') ? ['--data-dir', join(paths.tmp, `shardchat-data-${port}-${Date.now()}`)] : ['--store', 'memory']), ...extra,
 ];
 const SIO_PATH = '/socket.io/?EIO=4&transport=websocket';
 /** Peers: each a server started as a child process; proto is what the C generator speaks to it. */

@@ -4,12 +4,14 @@
  */
 import { encode } from '@msgpack/msgpack';
 import { Handler, type HandlerOptions } from '../../workers/handler.js';
+import type { Store } from '../../workers/store/index.js';
 import { RingReader, RingWriter, createRing } from '../../engine/ring/index.js';
 import { IN_CLOSE, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_SERVER_PUB, OUT_BODY, putU32 } from '../../engine/protocol/records.js';
 
 export const HANDLER_OPTS: HandlerOptions = {
   historyLimit: 1000, maxHistBytes: 1 << 20, roomTtlMs: 300_000, maxBodyDepth: 32, historyBudgetBytes: 64 << 20,
   maxRoomsPerShard: 1_000_000, roomCreateRate: 1e6, roomCreateBurst: 1e6, maxCursorsPerRoom: 10_000, maxCursorsPerShard: 200_000,
+  cidWindowMessages: 1000, cidWindowMs: 600_000,
 };
 
 /** An IN_FRAME record as link.writeFrame writes it. */
@@ -34,7 +36,7 @@ export function inClose(conn: number): Uint8Array {
 
 export function inServerPub(req: number, room: string, from: string, body: unknown): Uint8Array {
   const enc = encode(body);
-  const b = new Uint8Array(7 + room.length + from.length + enc.byteLength);
+  const b = new Uint8Array(8 + room.length + from.length + enc.byteLength);
   b[0] = IN_SERVER_PUB;
   putU32(b, 1, req);
   let p = 5;
@@ -42,6 +44,7 @@ export function inServerPub(req: number, room: string, from: string, body: unkno
   for (let i = 0; i < room.length; i++) b[p++] = room.charCodeAt(i);
   b[p++] = from.length;
   for (let i = 0; i < from.length; i++) b[p++] = from.charCodeAt(i);
+  b[p++] = 0; // no cid
   b.set(enc, p);
   return b;
 }
@@ -52,17 +55,18 @@ export class ShardBench {
   readonly reader: RingReader;
   readonly h: Handler;
 
-  constructor(opts: Partial<HandlerOptions> = {}, ringBytes = 8 << 20) {
+  constructor(opts: Partial<HandlerOptions> = {}, ringBytes = 8 << 20, store: Store | null = null) {
     const sab = createRing(ringBytes);
     this.out = new RingWriter(sab);
     this.reader = new RingReader(sab);
-    this.h = new Handler(this.out, { ...HANDLER_OPTS, ...opts });
+    this.h = new Handler(this.out, { ...HANDLER_OPTS, ...opts }, store);
   }
 
   /** Handles one record (it must not need to wait), then consumes the output; returns the outbound bodies. */
   run(rec: Uint8Array, keep = false): Uint8Array[] {
     const need = this.h.handle(rec, 0, rec.byteLength);
     if (need !== 0) throw new Error(`handler asked for ${need} outbound bytes on a drained ring`);
+    this.h.commit(); // as the shard loop does: the store's batch before the output
     this.out.publish();
     const bodies: Uint8Array[] = [];
     while (this.reader.next() >= 0) {

@@ -56,6 +56,18 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
  * Returns the version found.
  */
 export function checkSchema(db: Database.Database, file: string): number {
+  // One read transaction for the three reads: another shard's migration committing between them
+  // (version 0 read before it, its tables after) would make a new database look foreign.
+  if (db.inTransaction) return checkSnapshot(db, file);
+  db.exec('BEGIN');
+  try {
+    return checkSnapshot(db, file);
+  } finally {
+    db.exec('COMMIT');
+  }
+}
+
+function checkSnapshot(db: Database.Database, file: string): number {
   const version = db.pragma('user_version', { simple: true }) as number;
   const appId = db.pragma('application_id', { simple: true }) as number;
   if (version > SCHEMA_VERSION) {
