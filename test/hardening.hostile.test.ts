@@ -30,11 +30,15 @@ const DURATION_MS = Number(process.env.SHARDCHAT_HOSTILE_MS ?? 20_000);
 const PUSH_BUDGET = 64 << 20;
 /**
  * What the engine may hold beyond the history it acked: the partial frames bounded by maxFrame
- * (6 x 64 KiB), empty rooms at a few hundred bytes (~40 k of them in 20 s), cursors, up to
- * maxBuffer (1 MiB) queued per slow `hist` puller, the main thread's heap growing with 10 k
- * connections made and closed, and allocator slack.
+ * (6 x 64 KiB), rooms at a few hundred bytes, cursors, the history pools' free lists (up to
+ * min(16 MiB, budget / 8) = 8 MiB per shard, 2 shards), the shards' heaps (asserted under
+ * HEAP_BOUND below: 48 MiB), up to ~4 MiB buffered per slow `hist`/`who` puller before its 4008
+ * (docs/LIMITS.md, slow-consumer bound; 4 pullers), the main thread's heap growing with 10 k
+ * connections made and closed, and allocator slack. Their sum is about 100 MiB before allocator
+ * slack; 128 MiB. Seen on the fixed engine: +146 and +165 MiB for 64-66 MiB acked (2 runs);
+ * before the fixes +727 MiB for 69 MiB acked.
  */
-const RSS_SLACK = 96 << 20;
+const RSS_SLACK = 128 << 20;
 const HEAP_BOUND = 48 << 20;
 const MiB = 1 << 20;
 

@@ -31,7 +31,7 @@ test('the pure-JavaScript fallback is recognised as not native', () => {
 
 test('the CLI refuses to start on the fallback, saying why', async () => {
   // UWS_USE_FALLBACK=1 makes the republication hand out its JavaScript fallback.
-  const child = spawn(process.execPath, [CLI, '--port', '0', '--host', '127.0.0.1', '--shards', '1'],
+  const child = spawn(process.execPath, [CLI, '--port', '0', '--host', '127.0.0.1', '--shards', '1', '--store', 'memory'],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, UWS_USE_FALLBACK: '1' } });
   let out = '';
   let err = '';

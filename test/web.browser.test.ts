@@ -23,8 +23,9 @@ const outDir = path.join(root, 'test-output');
 interface Server { child: ChildProcess; port: number; exited: Promise<number | null>; output: () => string }
 
 /** Starts `shardchat` (dist/engine/cli.js) and resolves once it logs that it listens. */
-function startCli(t: TestContext, port: number): Promise<Server> {
-  const child = spawn(process.execPath, [path.join(root, 'dist/engine/cli.js'), '--host', '127.0.0.1', '--port', String(port), '--shards', '1'],
+function startCli(t: TestContext, port: number, dataDir: string): Promise<Server> {
+  // The CLI's default store (durable SQLite), as `npm start` runs it, in a data dir of the test's own.
+  const child = spawn(process.execPath, [path.join(root, 'dist/engine/cli.js'), '--host', '127.0.0.1', '--port', String(port), '--shards', '1', '--data-dir', dataDir],
     { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   t.after(async () => { if (child.exitCode === null && child.signalCode === null) { child.kill('SIGKILL'); await exited; } });
@@ -92,7 +93,9 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   mkdirSync(outDir, { recursive: true });
   // A port chosen up front, not 0: uSockets sets SO_REUSEADDR only on a listener given a port,
   // and without it the first server's TIME_WAIT sockets would block the restart for a minute.
-  let server = await startCli(t, await freePort());
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'shardchat-browser-'));
+  t.after(() => rmSync(dataDir, { recursive: true, force: true }));
+  let server = await startCli(t, await freePort(), dataDir);
   const port = server.port;
   // 60 messages of history, published through the SDK in Node (it paces itself to the rate limit).
   const seeder = new ShardchatClient({ url: `ws://127.0.0.1:${port}/ws`, user: 'seeder', WebSocket });
@@ -156,7 +159,7 @@ test('two browser tabs chat, see each other, and come back by themselves after a
   assert.equal(await alice.locator('#rooms li[data-room="side"] .badge').textContent(), '', 'side stays read');
   const stoppedAt = Date.now();
   const drainMs = /"event":"drain_finished","ms":(\d+)/.exec(server.output())?.[1] ?? '?';
-  server = await startCli(t, port);
+  server = await startCli(t, port, dataDir);
   const upAt = Date.now();
   // 1001 -> a random 0-5 s plus the back-off's 0.5-1 s; attempts while the server is still down
   // fail and wait longer (1.5 s, then 2.5 s at most): 30 s leaves room for a loaded machine.
@@ -170,12 +173,15 @@ test('two browser tabs chat, see each other, and come back by themselves after a
 
   await send(bob, 'after the restart');
   await alice.locator('#messages li .text', { hasText: 'after the restart' }).waitFor({ timeout: 2000 });
-  // A memory-backed server lost the room: a new epoch, whose sequence the page shows from 1 with no hole.
+  // The durable store kept the room (same epoch): the page still shows the history it had, and the
+  // message sent after the restart continues the sequence with no hole and no duplicate.
   const a = await shown(alice);
   const b = await shown(bob);
   for (const [who, list] of [['alice', a], ['bob', b]] as const) {
     assert.equal(list.filter((m) => m.text === 'after the restart').length, 1, `${who} shows it once`);
-    assert.deepEqual(list.map((m) => m.seq), list.map((_, i) => i + 1), `${who}: seqs without gap or duplicate`);
+    const first = list[0]?.seq ?? 1;
+    assert.deepEqual(list.map((m) => m.seq), list.map((_, i) => first + i), `${who}: seqs without gap or duplicate`);
+    assert.ok(list.length > 1 && list.some((m) => m.text !== 'after the restart'), `${who}: the history from before the restart is still shown`);
     assert.equal(await (who === 'alice' ? alice : bob).locator('#messages li.gap').count(), 0, `${who}: no gap marker`);
   }
   await alice.screenshot({ path: path.join(outDir, 'browser-after-restart.png') });

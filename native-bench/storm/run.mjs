@@ -39,7 +39,7 @@ async function freePort() {
 
 function startServer(port) {
   const child = spawn(process.execPath, [join(root, 'dist/engine/cli.js'), '--host', '127.0.0.1', '--port', String(port),
-    '--shards', '1', '--log-level', 'warn', '--web', 'false'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    '--shards', '1', '--log-level', 'warn', '--web', 'false', '--store', 'memory'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const exited = new Promise((r) => child.once('exit', r));
   return { child, exited };
 }
