@@ -2,11 +2,12 @@
  * The main thread: uWebSockets.js accepts every connection and does all socket I/O; each client
  * frame is validated, rate-limited and copied into its room's shard inbound ring inside the uWS
  * callback; shard output comes back through the outbound rings and becomes `send`/`publish`
- * calls on views of the ring (no copy). This facade owns connections, uWS topics, HTTP routes
- * and shutdown; its parts live beside it: ./supervisor.ts (shard start, heartbeat, crash,
- * back-off, replay), ./outbound.ts (ring output to sockets), ./slow-consumers.ts (the 4008
- * bound), ./token-bucket.ts (rate limits), ./link.ts (one main <-> shard channel). The only
- * other module that touches uWS is ./uws.ts (loading it).
+ * calls on views of the ring (no copy). This facade owns connections, uWS topics, routing,
+ * server publishes, the metrics snapshot and shutdown; its parts live beside it: ./supervisor.ts
+ * (shard start, heartbeat, crash, back-off, replay), ./outbound.ts (ring output to sockets),
+ * ./http.ts (/healthz, /readyz, /metrics and its own listener), ./static.ts (the chat page),
+ * ./slow-consumers.ts (the 4008 bound), ./token-bucket.ts (rate limits), ./link.ts (one
+ * main <-> shard channel). The only module that loads uWS is ./uws.ts.
  */
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
@@ -34,6 +35,7 @@ import { type DataDirLock, StoreError, type StoreErrorCode, lockDataDir } from '
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { checkUserQuery } from '../protocol/identity.js';
 import { routeStatic } from './static.js';
+import { HttpSideRoutes } from './http.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
@@ -130,8 +132,8 @@ export class Engine {
   private readonly admitted: BucketState;
   private fanoutCount = 0;
   private readonly metrics: EngineMetrics;
-  private metricsSocket: us_listen_socket | null = null;
-  private metricsApp: TemplatedApp | null = null;
+  /** /healthz, /readyz, /metrics (and its own listener). */
+  private readonly http = new HttpSideRoutes(this.uws.mod, { links: () => this.links, draining: () => this.draining, metrics: () => this.metrics });
   /** Main-thread event-loop delay; made in listen(), so an engine that never listened holds none. */
   private loopDelay: IntervalHistogram | null = null;
   /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
@@ -302,12 +304,8 @@ export class Engine {
       message: (ws, msg, isBinary) => this.onMessage(ws, msg, isBinary),
       close: (ws, code) => this.onClose(ws, code),
     });
-    app.get('/healthz', (res) => { res.writeStatus('200 OK').writeHeader('content-type', 'text/plain').end('ok'); });
-    app.get('/readyz', (res) => {
-      const ready = !this.draining && this.links.every((l) => l.up && l.stats[S_UP] === 1);
-      res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
-    });
-    if (o.metrics && o.metricsPort === -1) this.routeMetrics(app);
+    this.http.routeHealth(app);
+    if (o.metrics && o.metricsPort === -1) this.http.routeMetrics(app);
     if (o.web) routeStatic(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
     await new Promise<void>((resolve, reject) => {
@@ -318,7 +316,7 @@ export class Engine {
         resolve();
       });
     });
-    if (o.metrics && o.metricsPort >= 0) await this.listenMetrics();
+    if (o.metrics && o.metricsPort >= 0) await this.http.listenMetrics(o.metricsHost, o.metricsPort);
     this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
     this.loopDelay.enable();
     this.sweeper = setInterval(() => this.guard.timerSweep(), SLOW_SWEEP_MS);
@@ -328,33 +326,7 @@ export class Engine {
 
   /** Port of the separate /metrics listener, or -1 when /metrics is on the main port. */
   get metricsPort(): number {
-    return this.metricsSocket ? this.uws.mod.us_socket_local_port(this.metricsSocket) : -1;
-  }
-
-  private routeMetrics(app: TemplatedApp): void {
-    app.get('/metrics', (res) => {
-      let aborted = false;
-      res.onAborted(() => { aborted = true; });
-      this.metrics.text().then(
-        (text) => { if (!aborted) res.cork(() => { res.writeHeader('content-type', this.metrics.contentType).end(text); }); },
-        (e: Error) => { if (!aborted) res.cork(() => { res.writeStatus('500 Internal Server Error').end(e.message); }); },
-      );
-    });
-  }
-
-  private async listenMetrics(): Promise<void> {
-    const o = this.options;
-    const app = this.uws.mod.App();
-    this.metricsApp = app;
-    this.routeMetrics(app);
-    app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
-    await new Promise<void>((resolve, reject) => {
-      app.listen(o.metricsHost, o.metricsPort, (ls) => {
-        if (!ls) { reject(new EngineError('SHARDCHAT_LISTEN_FAILED', `cannot listen for metrics on ${o.metricsHost}:${o.metricsPort}`)); return; }
-        this.metricsSocket = ls;
-        resolve();
-      });
-    });
+    return this.http.metricsPort;
   }
 
   /** The numbers /metrics shows, read from the same places as stats(). */
@@ -623,8 +595,7 @@ export class Engine {
    * timer: a process with nothing else left exits at once, and close() does not wait for it.
    */
   private closeLeftoverSockets(deadline: number): void {
-    const apps = [this.app, this.metricsApp].filter((a): a is TemplatedApp => a !== null);
-    this.metricsApp = null;
+    const apps = [this.app, this.http.closeMetrics()].filter((a): a is TemplatedApp => a !== null);
     if (apps.length === 0) return;
     // App.close() is in uWS 20.30 (the one this package depends on) but not in its typings.
     const close = (a: TemplatedApp): void => { (a as TemplatedApp & { close?: () => void }).close?.(); };
@@ -668,7 +639,6 @@ export class Engine {
     if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
     await this.closeAll(deadline);
     if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
-    if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; }
     this.closeLeftoverSockets(deadline);
     this.loopDelay?.disable();
     this.loopDelay = null;
