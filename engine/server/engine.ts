@@ -2,17 +2,19 @@
  * The main thread: uWebSockets.js accepts every connection and does all socket I/O; each client
  * frame is validated, rate-limited and copied into its room's shard inbound ring inside the uWS
  * callback; shard output comes back through the outbound rings and becomes `send`/`publish`
- * calls on views of the ring (no copy). This facade owns connections, uWS topics, HTTP routes
- * and shutdown; its parts live beside it: ./supervisor.ts (shard start, heartbeat, crash,
- * back-off, replay), ./outbound.ts (ring output to sockets), ./slow-consumers.ts (the 4008
+ * calls on views of the ring (no copy). This facade owns connections, uWS topics, routing,
+ * server publishes and the metrics snapshot; its parts live beside it: ./supervisor.ts (shard
+ * start, heartbeat, crash, back-off, replay), ./outbound.ts (ring output to sockets),
+ * ./lifecycle.ts (the drain: close()'s sequence and deadline), ./http.ts (/healthz, /readyz,
+ * /metrics and its own listener), ./static.ts (the chat page), ./slow-consumers.ts (the 4008
  * bound), ./token-bucket.ts (rate limits), ./link.ts (one main <-> shard channel). The only
- * other module that touches uWS is ./uws.ts (loading it).
+ * module that loads uWS is ./uws.ts.
  */
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { createLogger } from './log.js';
 import { pack as packBody } from 'msgpackr';
-import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
+import { EngineError, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
@@ -34,6 +36,8 @@ import { type DataDirLock, StoreError, type StoreErrorCode, lockDataDir } from '
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { checkUserQuery } from '../protocol/identity.js';
 import { routeStatic } from './static.js';
+import { HttpSideRoutes } from './http.js';
+import { type DrainHost, drain } from './lifecycle.js';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
@@ -81,14 +85,6 @@ export const FRAME_SLACK = 4096;
 const SLOW_SWEEP_MS = 100;
 /** Young-generation cap of a shard worker (see the Piscina options). */
 const SHARD_YOUNG_GEN_MB = 4;
-/**
- * Sockets still open this long before the drain deadline (idle HTTP keep-alives such as a
- * Prometheus scraper, WebSocket peers that never answered the 1001) are closed then, so the
- * process can exit within the deadline.
- */
-const SOCKET_CLOSE_MARGIN_MS = 100;
-/** A drain spread over drainSpreadMs closes one slice of the connections this often. */
-const DRAIN_SLICE_MS = 10;
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
 /** One pub in FANOUT_SAMPLE (a power of two) is stamped at receipt and timed to its fan-out. */
@@ -130,8 +126,8 @@ export class Engine {
   private readonly admitted: BucketState;
   private fanoutCount = 0;
   private readonly metrics: EngineMetrics;
-  private metricsSocket: us_listen_socket | null = null;
-  private metricsApp: TemplatedApp | null = null;
+  /** /healthz, /readyz, /metrics (and its own listener). */
+  private readonly http = new HttpSideRoutes(this.uws.mod, { links: () => this.links, draining: () => this.draining, metrics: () => this.metrics });
   /** Main-thread event-loop delay; made in listen(), so an engine that never listened holds none. */
   private loopDelay: IntervalHistogram | null = null;
   /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
@@ -302,12 +298,8 @@ export class Engine {
       message: (ws, msg, isBinary) => this.onMessage(ws, msg, isBinary),
       close: (ws, code) => this.onClose(ws, code),
     });
-    app.get('/healthz', (res) => { res.writeStatus('200 OK').writeHeader('content-type', 'text/plain').end('ok'); });
-    app.get('/readyz', (res) => {
-      const ready = !this.draining && this.links.every((l) => l.up && l.stats[S_UP] === 1);
-      res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
-    });
-    if (o.metrics && o.metricsPort === -1) this.routeMetrics(app);
+    this.http.routeHealth(app);
+    if (o.metrics && o.metricsPort === -1) this.http.routeMetrics(app);
     if (o.web) routeStatic(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
     await new Promise<void>((resolve, reject) => {
@@ -318,7 +310,7 @@ export class Engine {
         resolve();
       });
     });
-    if (o.metrics && o.metricsPort >= 0) await this.listenMetrics();
+    if (o.metrics && o.metricsPort >= 0) await this.http.listenMetrics(o.metricsHost, o.metricsPort);
     this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
     this.loopDelay.enable();
     this.sweeper = setInterval(() => this.guard.timerSweep(), SLOW_SWEEP_MS);
@@ -328,33 +320,7 @@ export class Engine {
 
   /** Port of the separate /metrics listener, or -1 when /metrics is on the main port. */
   get metricsPort(): number {
-    return this.metricsSocket ? this.uws.mod.us_socket_local_port(this.metricsSocket) : -1;
-  }
-
-  private routeMetrics(app: TemplatedApp): void {
-    app.get('/metrics', (res) => {
-      let aborted = false;
-      res.onAborted(() => { aborted = true; });
-      this.metrics.text().then(
-        (text) => { if (!aborted) res.cork(() => { res.writeHeader('content-type', this.metrics.contentType).end(text); }); },
-        (e: Error) => { if (!aborted) res.cork(() => { res.writeStatus('500 Internal Server Error').end(e.message); }); },
-      );
-    });
-  }
-
-  private async listenMetrics(): Promise<void> {
-    const o = this.options;
-    const app = this.uws.mod.App();
-    this.metricsApp = app;
-    this.routeMetrics(app);
-    app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
-    await new Promise<void>((resolve, reject) => {
-      app.listen(o.metricsHost, o.metricsPort, (ls) => {
-        if (!ls) { reject(new EngineError('SHARDCHAT_LISTEN_FAILED', `cannot listen for metrics on ${o.metricsHost}:${o.metricsPort}`)); return; }
-        this.metricsSocket = ls;
-        resolve();
-      });
-    });
+    return this.http.metricsPort;
   }
 
   /** The numbers /metrics shows, read from the same places as stats(). */
@@ -609,79 +575,39 @@ export class Engine {
   /**
    * Drains and stops: refuses new upgrades (503) and requests (`shutting_down`), lets every
    * shard handle what it has queued and deliver it, closes every socket with 1001, stops the
-   * workers. Resolves when nothing of the engine is left running. Safe to call twice.
+   * workers (./lifecycle.ts). Resolves when nothing of the engine is left running. Safe to call twice.
    */
   close(): Promise<void> {
-    this.closing ??= this.drain();
-    return this.closing;
+    return (this.closing ??= drain(this.drainHost()));
   }
 
-  /**
-   * uWS keeps an idle keep-alive HTTP socket (and a WebSocket whose peer never answers the close)
-   * open for its own timeouts, about 10 s, which holds the process beyond the drain deadline.
-   * app.close() closes every socket of an app; it runs shortly before the deadline, by an unref'd
-   * timer: a process with nothing else left exits at once, and close() does not wait for it.
-   */
-  private closeLeftoverSockets(deadline: number): void {
-    const apps = [this.app, this.metricsApp].filter((a): a is TemplatedApp => a !== null);
-    this.metricsApp = null;
-    if (apps.length === 0) return;
-    // App.close() is in uWS 20.30 (the one this package depends on) but not in its typings.
-    const close = (a: TemplatedApp): void => { (a as TemplatedApp & { close?: () => void }).close?.(); };
-    const timer = setTimeout(() => { for (const a of apps) close(a); }, Math.max(0, deadline - SOCKET_CLOSE_MARGIN_MS - performance.now()));
-    timer.unref();
-  }
-
-  /**
-   * Closes every connection with 1001: at once, or spread over drainSpreadMs (in slices every
-   * DRAIN_SLICE_MS, finishing before the deadline) so that clients do not all reconnect in one
-   * instant.
-   */
-  private async closeAll(deadline: number): Promise<void> {
-    const all = [...this.conns.values()];
-    const window = Math.min(this.options.drainSpreadMs, deadline - SOCKET_CLOSE_MARGIN_MS - performance.now());
-    const slices = window > DRAIN_SLICE_MS ? Math.floor(window / DRAIN_SLICE_MS) : 1;
-    const per = Math.ceil(all.length / slices);
-    for (let i = 0; i < all.length; i += per) {
-      if (i > 0) await new Promise((r) => setTimeout(r, DRAIN_SLICE_MS));
-      for (const ws of all.slice(i, i + per)) if (!ws.getUserData().closed) ws.end(CLOSE_GOING_AWAY, 'server shutting down');
-    }
-  }
-
-  private async drain(): Promise<void> {
-    const started = performance.now();
-    this.draining = true;
-    this.log.info({ event: 'drain_started', connections: this.conns.size }, 'drain started');
-    await this.started.catch(() => undefined);
-    for (const l of this.links) l.drainNow();
-    const deadline = started + this.options.drainTimeoutMs;
-    // Deliver as the shards drain (the pumps do too; this also catches a shard whose task has
-    // already resolved after writing OUT_DRAINED), until every shard has answered IN_DRAIN.
-    for (;;) {
-      for (const l of this.links) this.outbound.deliverAll(l);
-      if (this.links.every((l) => l.drained || l.failed) || performance.now() >= deadline) break;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    const forced = !this.links.every((l) => l.drained || l.failed);
-    this.stopped = true;
-    this.supervisor.stop();
-    if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
-    await this.closeAll(deadline);
-    if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
-    if (this.metricsSocket) { this.uws.mod.us_listen_socket_close(this.metricsSocket); this.metricsSocket = null; }
-    this.closeLeftoverSockets(deadline);
-    this.loopDelay?.disable();
-    this.loopDelay = null;
-    for (const l of this.links) l.reader.wake();
-    for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
-    await this.pool.destroy();
-    await Promise.allSettled(this.links.map((l) => l.task));
-    for (const l of this.links) l.stop();
-    // Every shard has closed its store: the directory is free for the next engine.
-    this.dataLock?.release();
-    this.app = null;
-    const ms = Math.round(performance.now() - started);
-    if (forced) this.log.warn({ event: 'drain_forced', ms }, 'drain deadline passed; stopped what was left');
-    this.log.info({ event: 'drain_finished', ms, forced }, 'drain finished');
+  /** The engine as the drain sees it (./lifecycle.ts runs the sequence; the state stays here). */
+  private drainHost(): DrainHost<Conn> {
+    return {
+      log: this.log, links: this.links, conns: this.conns, started: this.started,
+      drainTimeoutMs: this.options.drainTimeoutMs, drainSpreadMs: this.options.drainSpreadMs,
+      beginDrain: () => { this.draining = true; },
+      deliverAll: (link) => this.outbound.deliverAll(link),
+      stopShards: () => {
+        this.stopped = true;
+        this.supervisor.stop();
+        if (this.sweeper) { clearInterval(this.sweeper); this.sweeper = null; }
+      },
+      closeListeners: () => {
+        if (this.listenSocket) { this.uws.mod.us_listen_socket_close(this.listenSocket); this.listenSocket = null; }
+        const metricsApp = this.http.closeMetrics();
+        return [this.app, metricsApp].filter((a): a is TemplatedApp => a !== null);
+      },
+      stopLoopDelay: () => { this.loopDelay?.disable(); this.loopDelay = null; },
+      rejectPending: () => {
+        for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
+      },
+      destroyPool: () => this.pool.destroy(),
+      stopped: () => {
+        // Every shard has closed its store: the directory is free for the next engine.
+        this.dataLock?.release();
+        this.app = null;
+      },
+    };
   }
 }
