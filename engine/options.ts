@@ -5,19 +5,24 @@
  */
 import { availableParallelism } from 'node:os';
 import { OptionError } from './errors.js';
+import { AUTH_OPTION_SPECS, resolveAuthOptions, type AuthOptions, type ResolvedAuthOptions } from './auth/options.js';
 
 export interface AuthRequest {
   url: string;
   query: string;
   headers: Record<string, string>;
 }
-export interface AuthResult { user: string }
+/**
+ * The user, and optionally the same permissions a token carries (docs/AUTH.md): `rooms`
+ * (claim-shaped), `info`, `exp` (unix seconds; the connection is closed with 4401 then).
+ */
+export interface AuthResult { user: string; rooms?: unknown; info?: unknown; exp?: number }
 /** Returns the user, or null to refuse the upgrade with HTTP 401. */
 export type Authenticate = (req: AuthRequest) => AuthResult | null | Promise<AuthResult | null>;
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
-export interface EngineOptions {
+export interface EngineOptions extends AuthOptions {
   port?: number;
   host?: string;
   shards?: number;
@@ -54,7 +59,11 @@ export interface EngineOptions {
   authenticate?: Authenticate;
 }
 
-export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate'>> & { authenticate: Authenticate | null };
+export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | keyof AuthOptions>> & {
+  authenticate: Authenticate | null;
+  /** Token auth (docs/AUTH.md): null when no key option was given. */
+  auth: ResolvedAuthOptions | null;
+};
 
 interface Spec {
   key: keyof EngineOptions;
@@ -105,7 +114,7 @@ export const OPTION_SPECS: readonly Spec[] = [
 ];
 
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
-const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), 'authenticate']);
+const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), ...AUTH_OPTION_SPECS.map((s) => s.key), 'authenticate']);
 
 export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (opts === null || typeof opts !== 'object') throw new OptionError('(options)', 'must be an object');
@@ -120,6 +129,10 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   const auth = opts.authenticate;
   if (auth !== undefined && typeof auth !== 'function') throw new OptionError('authenticate', 'must be a function');
   out.authenticate = auth ?? null;
+  out.auth = resolveAuthOptions(opts);
+  if (out.auth !== null && auth !== undefined) {
+    throw new OptionError('authenticate', 'cannot be combined with token auth (jwtSecret, jwtSecretFile, jwtPublicKeyFile, jwksUrl): give one identity source');
+  }
   const r = out as ResolvedOptions;
   if (r.maxHistBytes * 4 > r.ringBytes) {
     throw new OptionError('maxHistBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxHistBytes}`);
@@ -158,7 +171,7 @@ function check(s: Spec, v: unknown): unknown {
 /** Options from `--flag value` / `--flag=value` arguments and environment variables (flags win). */
 export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv): { options: EngineOptions; help: boolean } {
   const options: Record<string, unknown> = {};
-  for (const s of OPTION_SPECS) {
+  for (const s of CLI_SPECS) {
     const e = env[s.env];
     if (e !== undefined && e !== '') options[s.key] = parse(s, e, s.env);
   }
@@ -169,7 +182,7 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
     if (!a.startsWith('--')) throw new OptionError(a, 'is not a recognised argument (see --help)');
     const eqAt = a.indexOf('=');
     const name = eqAt >= 0 ? a.slice(2, eqAt) : a.slice(2);
-    const spec = OPTION_SPECS.find((s) => s.flag === name);
+    const spec = CLI_SPECS.find((s) => s.flag === name);
     if (!spec) throw new OptionError(`--${name}`, 'is not an option (see --help)');
     const value = eqAt >= 0 ? a.slice(eqAt + 1) : argv[++i];
     if (value === undefined) throw new OptionError(spec.key, `needs a value (--${spec.flag} VALUE)`);
@@ -178,7 +191,14 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
   return { options: options as EngineOptions, help };
 }
 
-function parse(s: Spec, raw: string, where: string): unknown {
+/** What the CLI and the environment can set: OPTION_SPECS, then the token-auth options. */
+type CliSpec = Pick<Spec, 'key' | 'flag' | 'env' | 'kind' | 'help'> & { key: string; def: () => number | string | boolean | null };
+const CLI_SPECS: readonly CliSpec[] = [
+  ...OPTION_SPECS,
+  ...AUTH_OPTION_SPECS.map((s) => ({ key: s.key, flag: s.flag, env: s.env, kind: s.kind, help: s.help, def: () => s.def })),
+];
+
+function parse(s: CliSpec, raw: string, where: string): unknown {
   if (s.kind === 'bool') {
     if (raw === 'true' || raw === '1') return true;
     if (raw === 'false' || raw === '0') return false;
@@ -192,8 +212,9 @@ function parse(s: Spec, raw: string, where: string): unknown {
 
 export function helpText(): string {
   const lines = ['Usage: shardchat [options]', '', 'Every option can also be set by its environment variable; flags win.', ''];
-  for (const s of OPTION_SPECS) {
-    lines.push(`  --${s.flag.padEnd(18)} ${s.env.padEnd(28)} ${s.help} (default: ${s.def()})`);
+  for (const s of CLI_SPECS) {
+    const def = s.def();
+    lines.push(`  --${s.flag.padEnd(18)} ${s.env.padEnd(28)} ${s.help}${def === null ? '' : ` (default: ${def})`}`);
   }
   lines.push('', '  --help, -h           print this and exit');
   return lines.join('\n');

@@ -12,11 +12,14 @@ import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { createLogger } from './log.js';
 import { pack as packBody } from 'msgpackr';
-import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
+import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
+import { AuthError, identityFromHook, refusal, type Identity } from '../auth/index.js';
+import { AuthGate, parseRefresh, permits, type ExpirySlot } from './auth-gate.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
-  ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
-  E_TOO_MANY_ROOMS, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
+  ClientFrame, E_BAD_FRAME, E_FORBIDDEN, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
+  E_TOO_MANY_ROOMS, E_UNAUTHORIZED, E_UNKNOWN_TYPE, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidRoom, isValidUser, writeErr, writeHello,
+  writeRefreshed,
   type Limits,
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
@@ -38,7 +41,9 @@ import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
 
 /** Per-socket state, held by uWS as the socket's user data. */
-interface Conn {
+interface Conn extends ExpirySlot {
+  /** The token's (or authenticate hook's) identity: permissions and expiry; null in open mode. */
+  identity: Identity | null;
   id: number;
   connStr: string;
   user: string;
@@ -121,6 +126,8 @@ export class Engine {
   private loopDelay: IntervalHistogram | null = null;
   /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
   private authPending = 0;
+  /** Token auth (options.auth): made in listen(), null when off. */
+  private gate: AuthGate | null = null;
   /** Counters the metrics module reads: closes by code (KNOWN_CLOSE_CODES, else CLOSE_OTHER), `err` replies by code, slow consumers closed. */
   readonly counters = {
     opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0, upgradesThrottled: 0,
@@ -254,6 +261,7 @@ export class Engine {
     if (this.draining) throw new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing');
     await this.started;
     const o = this.options;
+    if (o.auth !== null && this.gate === null) this.gate = await AuthGate.create(o.auth);
     const app = this.uws.mod.App();
     this.app = app;
     app.ws<Conn>('/ws', {
@@ -274,6 +282,8 @@ export class Engine {
       const ready = !this.draining && this.links.every((l) => l.up && l.stats[S_UP] === 1);
       res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
     });
+    const gate = this.gate;
+    if (gate !== null) app.get('/auth/check', (res, req) => gate.check(res, req));
     if (o.metrics && o.metricsPort === -1) this.routeMetrics(app);
     if (o.web) routeStatic(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
@@ -334,7 +344,7 @@ export class Engine {
       closedByCode: new Map([...this.counters.closedByCode].map(([code, n]) => [code === CLOSE_OTHER ? 'other' : String(code), n])),
       framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
       slowConsumers: this.counters.slowConsumers, upgradesThrottled: this.counters.upgradesThrottled, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
-      shards: st.shards.map(metricsShard),
+      shards: st.shards.map(metricsShard), auth: this.gate?.stats() ?? null,
     };
   }
 
@@ -353,11 +363,12 @@ export class Engine {
     const protocol = req.getHeader('sec-websocket-protocol');
     const extensions = req.getHeader('sec-websocket-extensions');
     const query = req.getQuery() ?? '';
+    if (this.gate !== null) { this.upgradeWithToken(this.gate, res, key, protocol, extensions, query, ctx); return; }
     const auth = this.options.authenticate;
     if (auth === null) {
       const q = checkUserQuery(query);
       if (q.error !== undefined) { res.writeStatus('400 Bad Request').writeHeader('content-type', 'text/plain').end(q.error); return; }
-      this.upgrade(res, q.user, key, protocol, extensions, ctx);
+      this.upgrade(res, q.user, null, key, protocol, extensions, ctx);
       return;
     }
     const headers: Record<string, string> = {};
@@ -376,24 +387,61 @@ export class Engine {
         this.authPending--;
       }
       if (aborted) return;
-      // Anything but { user: valid id } (null, undefined, a bad id) refuses the upgrade with 401.
-      const claimed = result !== null && typeof result === 'object' ? (result as { user?: unknown }).user : undefined;
-      const user = isValidUser(claimed) ? claimed : null;
+      // Anything but { user: valid id, rooms?, info?, exp? } (null, undefined, a bad id, a bad
+      // rooms list) refuses the upgrade with 401.
+      let identity: Identity | null = null;
+      if (result !== null && typeof result === 'object') {
+        try {
+          identity = identityFromHook(result as { user: string }, this.options.auth?.maxInfoBytes);
+        } catch (e) {
+          if (!(e instanceof AuthError)) throw e;
+          this.log.warn({ event: 'auth_error', err: e.detail }, 'authenticate returned a bad identity');
+        }
+      }
       res.cork(() => {
-        if (user === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
+        if (identity === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
         if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
         if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        this.upgrade(res, user, key, protocol, extensions, ctx);
+        this.upgrade(res, identity.user, identity, key, protocol, extensions, ctx);
       });
     })();
   }
 
-  private upgrade(res: HttpResponse, user: string | null, key: string, protocol: string, extensions: string, ctx: unknown): void {
+  /** Token auth: `?user=` names no one; the token's `sub` is the user (docs/AUTH.md). */
+  private upgradeWithToken(gate: AuthGate, res: HttpResponse, key: string, protocol: string, extensions: string, query: string, ctx: unknown): void {
+    let aborted = false;
+    res.onAborted(() => { aborted = true; });
+    this.authPending++;
+    void (async () => {
+      let answer: { identity: Identity; protocol: string } | AuthError;
+      try {
+        answer = await gate.verifyUpgrade(protocol, query);
+      } catch (e) {
+        answer = e instanceof AuthError ? e : new AuthError('invalid', (e as Error).message);
+      } finally {
+        this.authPending--;
+      }
+      if (aborted) return;
+      res.cork(() => {
+        if (answer instanceof AuthError) {
+          const r = refusal(answer);
+          res.writeStatus(r.status).writeHeader('content-type', 'application/json').end(r.body);
+          return;
+        }
+        if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
+        if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
+        // Answer the one protocol extractToken chose (`shardchat.v1`), never the bearer entry.
+        this.upgrade(res, answer.identity.user, answer.identity, key, answer.protocol, extensions, ctx);
+      });
+    })();
+  }
+
+  private upgrade(res: HttpResponse, user: string | null, identity: Identity | null, key: string, protocol: string, extensions: string, ctx: unknown): void {
     const id = this.nextConn++;
     if (this.nextConn > 0xffffffff) this.nextConn = 1;
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
-      id, connStr, user: user ?? `anon-${connStr}`, anon: user === null,
+      id, connStr, user: user ?? `anon-${connStr}`, anon: user === null, identity, expiryTimer: null,
       addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), topics: new Set(),
       bucket: this.rate.full(), closed: false, lastLimitLog: -Infinity,
     };
@@ -404,6 +452,7 @@ export class Engine {
     const c = ws.getUserData();
     this.conns.set(c.id, ws);
     this.counters.opened++;
+    if (c.identity !== null) this.armExpiry(ws, c.identity);
     const w = this.sw.reset(this.scratch);
     writeHello(w, c.connStr, c.user, this.limits);
     ws.send(this.scratch.subarray(0, w.pos), true);
@@ -453,8 +502,16 @@ export class Engine {
       return;
     }
     if (!isBinary) { this.sendErr(ws, E_BAD_FRAME, 'frames must be binary MessagePack', -1); return; }
-    if (err !== 0) { this.sendErr(ws, err, f.message, f.ref); return; }
+    if (err !== 0) {
+      if (err === E_UNKNOWN_TYPE && this.gate !== null && c.identity !== null && this.refresh(ws, this.gate, c.identity, u8)) return;
+      this.sendErr(ws, err, f.message, f.ref);
+      return;
+    }
     if (this.draining) { this.sendErr(ws, E_SHUTTING_DOWN, 'engine is shutting down', f.ref); return; }
+    if (c.identity !== null && c.identity.rooms !== null && !permits(c.identity, f.type, asciiString(u8, f.roomStart, f.roomEnd))) {
+      this.sendErr(ws, E_FORBIDDEN, `your token does not allow this in room ${asciiString(u8, f.roomStart, f.roomEnd)}`, f.ref);
+      return;
+    }
     const shard = fnv1a(u8, f.roomStart, f.roomEnd) % this.links.length;
     const link = this.links[shard]!;
     if (link.failed) { this.sendErr(ws, E_INTERNAL, `shard ${shard} failed; its rooms are unavailable until the engine restarts`, f.ref); return; }
@@ -483,6 +540,45 @@ export class Engine {
     if (!link.writeFrame(c.id, null, u8, stamp)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
   }
 
+  /** Closes the connection with 4401 when its identity expires without a `refresh`. */
+  private armExpiry(ws: WebSocket<Conn>, identity: Identity): void {
+    const c = ws.getUserData();
+    this.gate?.arm(c, identity, () => { if (!c.closed) ws.end(CLOSE_TOKEN_EXPIRED, 'token expired'); });
+    if (this.gate === null && Number.isFinite(identity.exp)) {
+      // A hook identity with exp: same close, no clock tolerance.
+      const wait = identity.exp * 1000 - Date.now();
+      c.expiryTimer = setTimeout(() => { if (!c.closed) ws.end(CLOSE_TOKEN_EXPIRED, 'token expired'); }, Math.min(Math.max(0, wait), 2 ** 31 - 1));
+      c.expiryTimer.unref();
+    }
+  }
+
+  /**
+   * A `refresh` frame (docs/PROTOCOL.md): a new token for the same user replaces the
+   * connection's permissions and expiry; answered `refreshed` {exp, ref} or `err` unauthorized.
+   * Returns false when the frame is not a refresh (it stays unknown_type).
+   */
+  private refresh(ws: WebSocket<Conn>, gate: AuthGate, current: Identity, u8: Uint8Array): boolean {
+    const r = parseRefresh(u8);
+    if (r === null) return false;
+    const c = ws.getUserData();
+    gate.refresh(r.token, current).then(
+      (next) => {
+        if (c.closed) return;
+        c.identity = next;
+        this.armExpiry(ws, next);
+        const w = this.sw.reset(this.scratch);
+        writeRefreshed(w, Math.floor(next.exp), r.ref);
+        this.send(ws, this.scratch.subarray(0, w.pos));
+      },
+      (e: unknown) => {
+        if (c.closed) return;
+        const reason = e instanceof AuthError ? e.reason : 'invalid';
+        this.sendErr(ws, E_UNAUTHORIZED, `refresh refused: token ${reason}`, r.ref);
+      },
+    );
+    return true;
+  }
+
   private closeSlow(ws: WebSocket<Conn>): void {
     const c = ws.getUserData();
     if (c.closed) return;
@@ -500,6 +596,7 @@ export class Engine {
   private onClose(ws: WebSocket<Conn>, code: number): void {
     const c = ws.getUserData();
     c.closed = true;
+    AuthGate.disarm(c);
     const key = KNOWN_CLOSE_CODES.has(code) ? code : CLOSE_OTHER;
     this.counters.closedByCode.set(key, (this.counters.closedByCode.get(key) ?? 0) + 1);
     this.conns.delete(c.id);
