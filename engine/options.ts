@@ -57,10 +57,16 @@ export interface EngineOptions extends AuthOptions {
   logPretty?: boolean;
   web?: boolean;
   authenticate?: Authenticate;
+  /** Turns the HTTP API on (docs/API.md): the bearer key of `POST /api/v1/<method>`, at least 16 bytes. */
+  apiKey?: string;
+  apiMaxBodyBytes?: number;
+  maxBans?: number;
 }
 
-export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | keyof AuthOptions>> & {
+export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | 'apiKey' | keyof AuthOptions>> & {
   authenticate: Authenticate | null;
+  /** The HTTP API's key; null = the API is off. */
+  apiKey: string | null;
   /** Token auth (docs/AUTH.md): null when no key option was given. */
   auth: ResolvedAuthOptions | null;
 };
@@ -110,11 +116,13 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'metricsHost', flag: 'metrics-host', env: 'SHARDCHAT_METRICS_HOST', kind: 'string', help: 'address of the separate /metrics listener', def: () => '127.0.0.1' },
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', help: 'fatal|error|warn|info|debug|trace|silent', def: () => 'info' },
   { key: 'web', flag: 'web', env: 'SHARDCHAT_WEB', kind: 'bool', help: 'serve the chat page at GET / (false: not)', def: () => true },
+  { key: 'apiMaxBodyBytes', flag: 'api-max-body-bytes', env: 'SHARDCHAT_API_MAX_BODY_BYTES', kind: 'int', min: 1024, max: 64 << 20, help: 'largest HTTP API request body (HTTP 413 above)', def: () => 1 << 20 },
+  { key: 'maxBans', flag: 'max-bans', env: 'SHARDCHAT_MAX_BANS', kind: 'int', min: 1, max: 10_000_000, help: 'room bans (kick with banSec) kept; past it the oldest is forgotten', def: () => 100_000 },
   { key: 'logPretty', flag: 'log-pretty', env: 'SHARDCHAT_LOG_PRETTY', kind: 'bool', help: 'human-readable log lines instead of JSON', def: () => false },
 ];
 
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
-const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), ...AUTH_OPTION_SPECS.map((s) => s.key), 'authenticate']);
+const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), ...AUTH_OPTION_SPECS.map((s) => s.key), 'authenticate', 'apiKey']);
 
 export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (opts === null || typeof opts !== 'object') throw new OptionError('(options)', 'must be an object');
@@ -130,6 +138,9 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (auth !== undefined && typeof auth !== 'function') throw new OptionError('authenticate', 'must be a function');
   out.authenticate = auth ?? null;
   out.auth = resolveAuthOptions(opts);
+  const apiKey = opts.apiKey;
+  if (apiKey !== undefined && (typeof apiKey !== 'string' || Buffer.byteLength(apiKey) < 16)) throw new OptionError('apiKey', 'must be a string of at least 16 bytes');
+  out.apiKey = apiKey ?? null;
   if (out.auth !== null && auth !== undefined) {
     throw new OptionError('authenticate', 'cannot be combined with token auth (jwtSecret, jwtSecretFile, jwtPublicKeyFile, jwksUrl): give one identity source');
   }
@@ -196,6 +207,7 @@ type CliSpec = Pick<Spec, 'key' | 'flag' | 'env' | 'kind' | 'help'> & { key: str
 const CLI_SPECS: readonly CliSpec[] = [
   ...OPTION_SPECS,
   ...AUTH_OPTION_SPECS.map((s) => ({ key: s.key, flag: s.flag, env: s.env, kind: s.kind, help: s.help, def: () => s.def })),
+  { key: 'apiKey', flag: 'api-key', env: 'SHARDCHAT_API_KEY', kind: 'string', help: 'turns the HTTP API on: its bearer key (at least 16 bytes)', def: () => null },
 ];
 
 function parse(s: CliSpec, raw: string, where: string): unknown {

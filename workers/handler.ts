@@ -16,12 +16,13 @@ import {
   isAbsent, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
   IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
 import { CreationLimiter } from './creation.js';
+import { handleAdmin } from './admin.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -82,6 +83,7 @@ export class Handler {
       case IN_CLOSE: return this.onClose(getU32(b, off + 1));
       case IN_SERVER_PUB: return this.onServerPub(b, off, end);
       case IN_REPLAY: return this.onReplay(b, off, end);
+      case IN_ADMIN: return handleAdmin(this.out, this.rooms, this.opts.maxHistBytes, b, off, end);
       case IN_DRAIN: {
         const need = this.plan().add(0, 0).need();
         if (!this.fits(need)) return need;

@@ -11,10 +11,12 @@
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { createLogger } from './log.js';
-import { pack as packBody } from 'msgpackr';
+import { pack as packBody, unpack } from 'msgpackr';
 import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
 import { AuthError, identityFromHook, refusal, type Identity } from '../auth/index.js';
 import { AuthGate, parseRefresh, permits, type ExpirySlot } from './auth-gate.js';
+import { BanTable } from './bans.js';
+import { routeApi } from './api.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_FORBIDDEN, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
@@ -24,7 +26,8 @@ import {
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, addrHash, getU32,
+  ADMIN_OPS, CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, addrHash, getU32,
+  type AdminOp,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
@@ -105,6 +108,8 @@ export class Engine {
   private readonly limits: Limits;
   private readonly pending = new Map<number, { resolve: (r: PublishResult) => void; reject: (e: Error) => void; shard: number }>();
   private nextReq = 1;
+  /** HTTP API requests waiting for their shard's OUT_ADMIN_REPLY (request ids shared with `pending`). */
+  private readonly adminPending = new Map<number, { resolve: (r: unknown) => void; reject: (e: Error) => void }>();
   private draining = false;
   private stopped = false;
   private closing: Promise<void> | null = null;
@@ -128,6 +133,8 @@ export class Engine {
   private authPending = 0;
   /** Token auth (options.auth): made in listen(), null when off. */
   private gate: AuthGate | null = null;
+  /** Room bans of the HTTP API's kick (maxBans entries). */
+  readonly bans: BanTable;
   /** Counters the metrics module reads: closes by code (KNOWN_CLOSE_CODES, else CLOSE_OTHER), `err` replies by code, slow consumers closed. */
   readonly counters = {
     opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0, upgradesThrottled: 0,
@@ -156,6 +163,7 @@ export class Engine {
     this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
     this.admission = o.upgradeRatePerSec === 0 ? null : new TokenBucketPolicy(o.upgradeRatePerSec, o.upgradeRatePerSec, monotonicMs);
     this.admitted = this.admission?.full() ?? { tokens: 0, last: 0 };
+    this.bans = new BanTable(o.maxBans, monotonicMs);
     this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
     this.outbound = new OutboundDispatcher<Conn>({
@@ -167,6 +175,13 @@ export class Engine {
       serverAck: (req, seq, epoch) => {
         const p = this.pending.get(req);
         if (p) { this.pending.delete(req); p.resolve({ seq, epoch }); }
+      },
+      adminReply: (req, body) => {
+        const p = this.adminPending.get(req);
+        if (!p) return;
+        this.adminPending.delete(req);
+        // Copied out of the shared ring first: msgpackr cannot read strings from a SharedArrayBuffer view.
+        try { p.resolve(unpack(Buffer.from(body))); } catch (e) { p.reject(e as Error); }
       },
       stopped: () => this.stopped,
     }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
@@ -248,6 +263,10 @@ export class Engine {
         const req = getU32(b, off + 1);
         const p = this.pending.get(req);
         if (p) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHARD_RESTARTED', `shard ${shard} restarted before handling this publish; retry`)); }
+      } else if (b[off] === IN_ADMIN) {
+        const req = getU32(b, off + 1);
+        const p = this.adminPending.get(req);
+        if (p) { this.adminPending.delete(req); p.reject(new EngineError('SHARDCHAT_SHARD_RESTARTED', `shard ${shard} restarted before handling this request; retry`)); }
       }
       r.release();
     }
@@ -284,6 +303,7 @@ export class Engine {
     });
     const gate = this.gate;
     if (gate !== null) app.get('/auth/check', (res, req) => gate.check(res, req));
+    if (o.apiKey !== null) routeApi(app, this, o.apiKey, o.apiMaxBodyBytes, this.log);
     if (o.metrics && o.metricsPort === -1) this.routeMetrics(app);
     if (o.web) routeStatic(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
@@ -517,6 +537,10 @@ export class Engine {
     if (link.failed) { this.sendErr(ws, E_INTERNAL, `shard ${shard} failed; its rooms are unavailable until the engine restarts`, f.ref); return; }
     if (f.type === T_JOIN) {
       const room = asciiString(u8, f.roomStart, f.roomEnd);
+      if (this.bans.size > 0) {
+        const left = this.bans.remaining(room, c.user);
+        if (left > 0) { this.sendErr(ws, E_FORBIDDEN, `banned from room ${room}`, f.ref, left); return; }
+      }
       const added = !c.rooms.has(room);
       if (added) {
         if (c.rooms.size >= o.maxRoomsPerConn) { this.limitHit(c, 'too_many_rooms', now); this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
@@ -644,6 +668,63 @@ export class Engine {
     });
   }
 
+  /**
+   * Asks shard `shard` an HTTP API question (workers/admin.ts); resolves with its decoded reply.
+   * Rejects with EngineError when the shard failed, its queue is full, or the engine closes.
+   */
+  admin(shard: number, op: AdminOp, args: Record<string, unknown>): Promise<unknown> {
+    if (this.draining) return Promise.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing'));
+    const link = this.links[shard];
+    if (link === undefined) return Promise.reject(new RangeError(`no shard ${shard}`));
+    if (link.failed) return Promise.reject(new EngineError('SHARDCHAT_SHARD_FAILED', `shard ${shard} failed (restart budget spent)`));
+    const req = this.nextReq++;
+    if (this.nextReq > 0xffffffff) this.nextReq = 1;
+    return new Promise<unknown>((resolve, reject) => {
+      this.adminPending.set(req, { resolve, reject });
+      if (!link.writeAdmin(req, ADMIN_OPS.indexOf(op), Buffer.from(JSON.stringify(args)))) {
+        this.adminPending.delete(req);
+        reject(new EngineError('SHARDCHAT_OVERLOADED', `shard ${shard} queue is full; retry`));
+      }
+    });
+  }
+
+  /**
+   * Removes every connection of `user` from `room` (each gets an unsolicited `left`, as if it
+   * had left) and, when `banMs` > 0, refuses that user's joins of it with `forbidden` until the
+   * ban ends. Resolves with the number of connections removed.
+   */
+  kick(room: string, user: string, banMs = 0): number {
+    if (banMs > 0) this.bans.ban(room, user, banMs);
+    const leave = packBody({ t: 'leave', room }) as Uint8Array;
+    const link = this.links[this.shardOf(room)]!;
+    let n = 0;
+    for (const ws of this.conns.values()) {
+      const c = ws.getUserData();
+      if (c.user !== user || !c.rooms.has(room) || c.closed) continue;
+      if (!link.writeFrame(c.id, null, leave, 0)) throw new EngineError('SHARDCHAT_OVERLOADED', 'shard queue full; retry');
+      c.rooms.delete(room);
+      n++;
+    }
+    return n;
+  }
+
+  /** Closes the connections of `user`, or the one named `conn` (its hello's conn), with `code`. Returns how many. */
+  disconnect(target: { user?: string; conn?: string }, code: number, reason: string): number {
+    let n = 0;
+    for (const ws of this.conns.values()) {
+      const c = ws.getUserData();
+      if (c.closed || (target.user !== undefined && c.user !== target.user) || (target.conn !== undefined && c.connStr !== target.conn)) continue;
+      ws.end(code, reason);
+      n++;
+    }
+    return n;
+  }
+
+  /** The shard count (rooms are spread over them by shardOf). */
+  get shardCount(): number {
+    return this.links.length;
+  }
+
   stats(): EngineStats {
     let connRooms = 0;
     for (const ws of this.conns.values()) connRooms += ws.getUserData().rooms.size;
@@ -735,6 +816,7 @@ export class Engine {
     this.loopDelay = null;
     for (const l of this.links) l.reader.wake();
     for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
+    for (const [req, p] of this.adminPending) { this.adminPending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
     await this.pool.destroy();
     await Promise.allSettled(this.links.map((l) => l.task));
     for (const l of this.links) l.stop();
