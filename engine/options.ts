@@ -6,6 +6,14 @@
 import { availableParallelism } from 'node:os';
 import { OptionError } from './errors.js';
 import { AUTH_OPTION_SPECS, resolveAuthOptions, type AuthOptions, type ResolvedAuthOptions } from './auth/options.js';
+import { WEBHOOK_OPTION_SPECS, resolveWebhookOptions, type ResolvedWebhookOptions, type WebhookOptions } from './server/webhook-options.js';
+
+/** Webhook options as engine options (docs/API.md): `webhook` + the sender's option name. */
+export interface WebhookEngineOptions {
+  webhookUrl?: string; webhookSecret?: string; webhookBatchMax?: number; webhookBatchMaxBytes?: number; webhookBatchMs?: number;
+  webhookQueueEntries?: number; webhookQueueBytes?: number; webhookTimeoutMs?: number; webhookRetryBaseMs?: number;
+  webhookRetryMaxMs?: number; webhookRetryForMs?: number; webhookCloseTimeoutMs?: number;
+}
 
 export interface AuthRequest {
   url: string;
@@ -22,7 +30,7 @@ export type Authenticate = (req: AuthRequest) => AuthResult | null | Promise<Aut
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
-export interface EngineOptions extends AuthOptions {
+export interface EngineOptions extends AuthOptions, WebhookEngineOptions {
   port?: number;
   host?: string;
   shards?: number;
@@ -63,7 +71,9 @@ export interface EngineOptions extends AuthOptions {
   maxBans?: number;
 }
 
-export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | 'apiKey' | keyof AuthOptions>> & {
+export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | 'apiKey' | keyof AuthOptions | keyof WebhookEngineOptions>> & {
+  /** Webhooks (docs/API.md): null when webhookUrl is not given. */
+  webhooks: ResolvedWebhookOptions | null;
   authenticate: Authenticate | null;
   /** The HTTP API's key; null = the API is off. */
   apiKey: string | null;
@@ -122,7 +132,7 @@ export const OPTION_SPECS: readonly Spec[] = [
 ];
 
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
-const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), ...AUTH_OPTION_SPECS.map((s) => s.key), 'authenticate', 'apiKey']);
+const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), ...AUTH_OPTION_SPECS.map((s) => s.key), 'authenticate', 'apiKey', ...WEBHOOK_OPTION_SPECS.map((s) => s.engineKey)]);
 
 export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (opts === null || typeof opts !== 'object') throw new OptionError('(options)', 'must be an object');
@@ -141,6 +151,7 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   const apiKey = opts.apiKey;
   if (apiKey !== undefined && (typeof apiKey !== 'string' || Buffer.byteLength(apiKey) < 16)) throw new OptionError('apiKey', 'must be a string of at least 16 bytes');
   out.apiKey = apiKey ?? null;
+  out.webhooks = webhookOptions(opts);
   if (out.auth !== null && auth !== undefined) {
     throw new OptionError('authenticate', 'cannot be combined with token auth (jwtSecret, jwtSecretFile, jwtPublicKeyFile, jwksUrl): give one identity source');
   }
@@ -155,6 +166,15 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
     throw new OptionError('maxFrameBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxFrameBytes}`);
   }
   return r;
+}
+
+function webhookOptions(opts: EngineOptions): ResolvedWebhookOptions | null {
+  const given = WEBHOOK_OPTION_SPECS.filter((s) => (opts as Record<string, unknown>)[s.engineKey] !== undefined);
+  if (given.length === 0) return null;
+  if (opts.webhookUrl === undefined) throw new OptionError(given[0]!.engineKey, 'needs webhookUrl (webhooks are off without it)');
+  const w: Record<string, unknown> = {};
+  for (const s of given) w[s.key] = (opts as Record<string, unknown>)[s.engineKey];
+  return resolveWebhookOptions(w as unknown as WebhookOptions);
 }
 
 function check(s: Spec, v: unknown): unknown {
@@ -203,10 +223,11 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
 }
 
 /** What the CLI and the environment can set: OPTION_SPECS, then the token-auth options. */
-type CliSpec = Pick<Spec, 'key' | 'flag' | 'env' | 'kind' | 'help'> & { key: string; def: () => number | string | boolean | null };
+type CliSpec = Pick<Spec, 'flag' | 'env' | 'kind' | 'help'> & { key: string; def: () => number | string | boolean | null };
 const CLI_SPECS: readonly CliSpec[] = [
   ...OPTION_SPECS,
   ...AUTH_OPTION_SPECS.map((s) => ({ key: s.key, flag: s.flag, env: s.env, kind: s.kind, help: s.help, def: () => s.def })),
+  ...WEBHOOK_OPTION_SPECS.map((s) => ({ key: s.engineKey, flag: s.flag, env: s.env, kind: s.kind, help: s.help, def: () => s.def })),
   { key: 'apiKey', flag: 'api-key', env: 'SHARDCHAT_API_KEY', kind: 'string', help: 'turns the HTTP API on: its bearer key (at least 16 bytes)', def: () => null },
 ];
 

@@ -23,6 +23,7 @@ import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
 import { CreationLimiter } from './creation.js';
 import { handleAdmin } from './admin.js';
+import { messageEvent, presenceEvent } from './events.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -35,6 +36,8 @@ export interface HandlerOptions {
   roomCreateBurst: number;
   maxCursorsPerRoom: number;
   maxCursorsPerShard: number;
+  /** Webhooks are on: emit OUT_EVENT records (workers/events.ts). */
+  events?: boolean;
 }
 
 /** Principals whose room-creation buckets a shard keeps (LRU beyond it). */
@@ -337,17 +340,18 @@ export class Handler {
     if (!already) this.rooms.addMember(r, conn, user, anon);
     // Presence goes out before `joined`: the joiner is subscribed only when `joined` reaches
     // the main thread, so it never sees its own presence; everyone else does.
-    if (presence) this.presence(r, user, 'join');
+    if (presence) this.presence(r, user, 'join', conn);
     this.putJoined(this.begin(OUT_JOINED, conn, this.nbLen, joinedLen), r, ref, unread, members, missedFrom);
     this.end();
     return 0;
   }
 
   /** Writes a presence record (its room was planned by the caller). */
-  private presence(r: Room, user: string, state: 'join' | 'leave'): void {
+  private presence(r: Room, user: string, state: 'join' | 'leave', conn: number): void {
     this.putPresence(this.size(), r, user, state);
     this.putPresence(this.begin(OUT_PUBLISH, 0, this.nbLen, this.sz.pos), r, user, state);
     this.end();
+    if (this.opts.events === true) presenceEvent(this.out, r, user, state, conn);
   }
 
   /** Plans the records of a member leaving: `extra` (a `left`, or none) and maybe a presence leave. */
@@ -369,7 +373,7 @@ export class Handler {
     // `left` first: the main thread unsubscribes before sending it, so no `msg` follows it.
     this.putLeft(this.begin(OUT_LEFT, conn, this.nbLen, leftLen), r, ref);
     this.end();
-    if (last !== null) this.presence(r, last, 'leave');
+    if (last !== null) this.presence(r, last, 'leave', conn);
     return 0;
   }
 
@@ -425,6 +429,7 @@ export class Handler {
     }
     this.published++;
     this.delivered += r.members.size;
+    if (this.opts.events === true) messageEvent(this.out, r, seq, from, ts, b, bs, be);
     return 0;
   }
 
@@ -516,7 +521,7 @@ export class Handler {
       const need = this.planLeave(r, conn, -1);
       if (!this.fits(need)) return need;
       const last = this.rooms.removeMember(r, conn);
-      if (last !== null) this.presence(r, last, 'leave');
+      if (last !== null) this.presence(r, last, 'leave', conn);
     }
     return 0;
   }

@@ -47,6 +47,9 @@ export interface MetricsSnapshot {
   mainLoopLagSeconds: number;
   shards: readonly ShardSnapshot[];
   /** Token auth's counters (engine/auth verifier.stats()); null or absent when token auth is off. */
+  /** Webhook sender counters (engine/server/webhooks.ts stats()) and events shards dropped; null when off. */
+  webhooks?: { queued: number; queuedBytes: number; inFlight: number; delivered: number; batches: number; attempts: number; failedAttempts: number;
+    dropped: Readonly<Record<string, number>>; shardDropped: number } | null;
   auth?: { verified: number; refused: Readonly<Record<string, number>>; cache: { entries: number; bytes: number; hits: number; misses: number } } | null;
 }
 
@@ -114,6 +117,28 @@ export class EngineMetrics {
       collect() { this.reset(); this.inc(get().auth?.cache.hits ?? 0); } });
     new Counter({ name: 'shardchat_auth_token_cache_misses_total', help: 'Token verifications the cache could not answer', registers: [r],
       collect() { this.reset(); this.inc(get().auth?.cache.misses ?? 0); } });
+    // Webhooks (docs/API.md): present only when they are on.
+    new Gauge({ name: 'shardchat_webhook_queue_events', help: 'Webhook events waiting to be sent', registers: [r],
+      collect() { this.set(get().webhooks?.queued ?? 0); } });
+    new Gauge({ name: 'shardchat_webhook_queue_bytes', help: 'Bytes of webhook events waiting to be sent', registers: [r],
+      collect() { this.set(get().webhooks?.queuedBytes ?? 0); } });
+    new Counter({ name: 'shardchat_webhook_events_total', help: 'Webhook events by outcome (delivered, dropped_<reason>)', labelNames: ['outcome'], registers: [r],
+      collect() {
+        this.reset();
+        const w = get().webhooks;
+        if (!w) return;
+        this.inc({ outcome: 'delivered' }, w.delivered);
+        for (const [reason, n] of Object.entries(w.dropped)) this.inc({ outcome: `dropped_${reason}` }, n);
+        this.inc({ outcome: 'dropped_shard_ring' }, w.shardDropped);
+      } });
+    new Counter({ name: 'shardchat_webhook_requests_total', help: 'Webhook POSTs by result', labelNames: ['result'], registers: [r],
+      collect() {
+        this.reset();
+        const w = get().webhooks;
+        if (!w) return;
+        this.inc({ result: 'ok' }, w.batches);
+        this.inc({ result: 'failed' }, w.failedAttempts);
+      } });
     new Gauge({ name: 'shardchat_event_loop_lag_seconds', help: 'Event-loop lag, main thread and each shard', labelNames: ['thread'], registers: [r],
       collect() {
         this.reset();

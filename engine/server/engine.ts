@@ -17,6 +17,8 @@ import { AuthError, identityFromHook, refusal, type Identity } from '../auth/ind
 import { AuthGate, parseRefresh, permits, type ExpirySlot } from './auth-gate.js';
 import { BanTable } from './bans.js';
 import { routeApi } from './api.js';
+import { WebhookSender, type WebhookEvent } from './webhooks.js';
+import { S_EVENTS_DROPPED } from '../metrics/shard-stats.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
   ClientFrame, E_BAD_FRAME, E_FORBIDDEN, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
@@ -135,6 +137,8 @@ export class Engine {
   private gate: AuthGate | null = null;
   /** Room bans of the HTTP API's kick (maxBans entries). */
   readonly bans: BanTable;
+  /** Webhook sender (options.webhooks); null when off, and then shards emit no events. */
+  private readonly webhooks: WebhookSender | null;
   /** Counters the metrics module reads: closes by code (KNOWN_CLOSE_CODES, else CLOSE_OTHER), `err` replies by code, slow consumers closed. */
   readonly counters = {
     opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0, upgradesThrottled: 0,
@@ -164,6 +168,9 @@ export class Engine {
     this.admission = o.upgradeRatePerSec === 0 ? null : new TokenBucketPolicy(o.upgradeRatePerSec, o.upgradeRatePerSec, monotonicMs);
     this.admitted = this.admission?.full() ?? { tokens: 0, last: 0 };
     this.bans = new BanTable(o.maxBans, monotonicMs);
+    this.webhooks = o.webhooks === null ? null : new WebhookSender(o.webhooks, (reason, n, detail) => {
+      this.log.warn({ event: 'webhook_dropped', reason, events: n, detail }, 'webhook events dropped');
+    });
     this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
     this.outbound = new OutboundDispatcher<Conn>({
@@ -183,6 +190,7 @@ export class Engine {
         // Copied out of the shared ring first: msgpackr cannot read strings from a SharedArrayBuffer view.
         try { p.resolve(unpack(Buffer.from(body))); } catch (e) { p.reject(e as Error); }
       },
+      event: (room, body) => this.onEvent(room, body),
       stopped: () => this.stopped,
     }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
     this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
@@ -190,6 +198,7 @@ export class Engine {
         historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,
         historyBudgetBytes: o.historyBudgetBytes, maxRoomsPerShard: o.maxRoomsPerShard, roomCreateRate: o.roomCreateRate,
         roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
+        events: o.webhooks !== null,
       }),
       deliverAll: (link) => this.outbound.deliverAll(link),
       failUnhandled: (inbound, shard, handledUpTo) => this.failUnhandled(inbound, shard, handledUpTo),
@@ -365,6 +374,7 @@ export class Engine {
       framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
       slowConsumers: this.counters.slowConsumers, upgradesThrottled: this.counters.upgradesThrottled, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
       shards: st.shards.map(metricsShard), auth: this.gate?.stats() ?? null,
+      webhooks: this.webhooks === null ? null : { ...this.webhooks.stats(), shardDropped: this.links.reduce((a, l) => a + l.stats[S_EVENTS_DROPPED]!, 0) },
     };
   }
 
@@ -720,6 +730,25 @@ export class Engine {
     return n;
   }
 
+  /** A shard's OUT_EVENT: decoded (copied out of the ring first) and queued to the webhook sender. */
+  private onEvent(room: string, body: Uint8Array): void {
+    if (this.webhooks === null) return;
+    let e: Record<string, unknown>;
+    try {
+      e = unpack(Buffer.from(body)) as Record<string, unknown>;
+    } catch (err) {
+      this.log.error({ event: 'webhook_event_bad', err: (err as Error).message }, 'undecodable shard event');
+      return;
+    }
+    const num = (v: unknown): number => (typeof v === 'bigint' ? Number(v) : v as number);
+    const ev = { ...e, room, ts: num(e.ts), ...(e.seq === undefined ? {} : { seq: num(e.seq) }) } as unknown as WebhookEvent;
+    try {
+      this.webhooks.emit(ev);
+    } catch (err) {
+      this.log.warn({ event: 'webhook_event_bad', err: (err as Error).message }, 'webhook event cannot be sent');
+    }
+  }
+
   /** The shard count (rooms are spread over them by shardOf). */
   get shardCount(): number {
     return this.links.length;
@@ -816,6 +845,7 @@ export class Engine {
     this.loopDelay = null;
     for (const l of this.links) l.reader.wake();
     for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
+    if (this.webhooks !== null) await this.webhooks.close();
     for (const [req, p] of this.adminPending) { this.adminPending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
     await this.pool.destroy();
     await Promise.allSettled(this.links.map((l) => l.task));
