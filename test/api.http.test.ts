@@ -140,6 +140,11 @@ test('kick with a ban removes the user and blocks the rejoin with forbidden; dis
   assert.equal(d.body.disconnected, 1);
   matchesDoc('disconnect', d.body);
   assert.equal((await carol.closed).code, 4000);
+  const carol2 = await openClient(t, engine, 'carol');
+  const byConn = await post(engine.port, 'disconnect', { conn: carol2.hello?.conn });
+  assert.equal(byConn.body.disconnected, 1);
+  assert.equal((await carol2.closed).code, 1000);
+  assert.equal((await post(engine.port, 'disconnect', { user: 'carol', code: 1006 })).status, 400, 'a code the API may not send');
 });
 
 test('redact replaces a message by a tombstone: members get redacted, hist and history show it', async (t) => {

@@ -209,6 +209,10 @@ test('the authenticate hook may return rooms: the same forbidden check', async (
   await joinRoom(c, 'x');
   assert.equal((await c.request({ t: 'join', room: 'y' })).code, 'forbidden');
   assert.equal((await c.request({ t: 'pub', room: 'x', body: 1 })).code, 'forbidden');
+  // exp from the hook closes with 4401 too (no clock tolerance).
+  const soon = await startEngine(t, { authenticate: () => ({ user: 'lee', exp: nowSec() + 1 }) });
+  const lee = await openClient(t, soon);
+  assert.equal((await lee.closed).code, 4401);
   // A bad rooms list is a 401, not silently everything.
   const bad = await startEngine(t, { authenticate: () => ({ user: 'kim', rooms: [{ match: 'x', allow: ['fly'] }] }) });
   assert.equal((await upgrade(bad.port, '/ws')).status, 401);
@@ -220,6 +224,12 @@ test('token auth options: one identity source, CLI flags and environment', () =>
   assert.equal(resolveOptions({}).auth, null);
   const { options } = optionsFromArgs(['--jwt-audience', 'chat', '--token-cache-entries=5'], { SHARDCHAT_JWT_SECRET: SECRET });
   assert.deepEqual(options, { jwtSecret: SECRET, jwtAudience: 'chat', tokenCacheEntries: 5 });
+  const more = optionsFromArgs(['--api-key', 'k'.repeat(16), '--webhook-url', 'http://127.0.0.1:1/h', '--max-bans=7'], { SHARDCHAT_WEBHOOK_SECRET: 's'.repeat(16) }).options;
+  const ro = resolveOptions(more);
+  assert.equal(ro.apiKey, 'k'.repeat(16));
+  assert.equal(ro.webhooks?.url, 'http://127.0.0.1:1/h');
+  assert.equal(ro.maxBans, 7);
+  assert.throws(() => resolveOptions({ apiKey: 'short' }), /apiKey must be a string of at least 16 bytes/);
   const r = resolveOptions(options).auth;
   assert.equal(r?.audience, 'chat');
   assert.equal(r?.tokenCacheEntries, 5);
