@@ -219,6 +219,15 @@ test('the authenticate hook may return rooms: the same forbidden check', async (
   assert.equal((await upgrade(bad.port, '/ws')).status, 401);
 });
 
+test('open mode answers an offered protocol list with one value too', async (t) => {
+  const engine = await startEngine(t);
+  const a = await upgrade(engine.port, '/ws?user=olga', ['other.v2', 'shardchat.v1']);
+  assert.equal(a.status, 101);
+  assert.equal(a.protocol, 'shardchat.v1');
+  assert.equal((await upgrade(engine.port, '/ws', ['x.v1', 'y.v1'])).protocol, 'x.v1', 'the first one offered');
+  assert.equal((await upgrade(engine.port, '/ws')).protocol, undefined, 'none offered, none answered');
+});
+
 test('token auth options: one identity source, CLI flags and environment', () => {
   assert.throws(() => resolveOptions({ jwtSecret: SECRET, authenticate: () => null }), /authenticate cannot be combined with token auth/);
   assert.throws(() => resolveOptions({ jwtSecret: 'short' }), /jwtSecret must be at least 32 bytes/);

@@ -5,7 +5,7 @@
  * state of its own beyond the handlers it is given.
  */
 import { unpack } from 'msgpackr';
-import { AuthError, allows, createVerifier, extractToken, refusal, type Identity, type ResolvedAuthOptions, type RoomAction, type TokenVerifier, type VerifierStats } from '../auth/index.js';
+import { AuthError, BEARER_PREFIX, SUBPROTOCOL, allows, createVerifier, extractToken, refusal, type Identity, type ResolvedAuthOptions, type RoomAction, type TokenVerifier, type VerifierStats } from '../auth/index.js';
 import type { HttpRequest, HttpResponse } from './uws.js';
 
 /** The action a client frame type needs (index: frames.ts T_*); '' = none (leave). */
@@ -19,6 +19,21 @@ export function permits(identity: Identity, type: number, room: string): boolean
   if (identity.rooms === null) return true;
   const action = ACTION_OF[type];
   return action === '' || action === undefined || allows(identity, action, room);
+}
+
+/**
+ * The one Sec-WebSocket-Protocol to answer an offer with (RFC 6455: the server selects one, and a
+ * browser fails a handshake answered with a list or with a value it did not offer):
+ * `shardchat.v1` when offered, else the first entry that is not a `bearer.` token, else none.
+ */
+export function answerProtocol(header: string): string {
+  let first = '';
+  for (const raw of header.split(',')) {
+    const p = raw.trim();
+    if (p === SUBPROTOCOL) return p;
+    if (first === '' && p !== '' && !p.startsWith(BEARER_PREFIX)) first = p;
+  }
+  return first;
 }
 
 /** A `refresh` frame `{t: "refresh", token, ref?}` decoded, or null when the frame is not one. */

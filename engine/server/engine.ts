@@ -14,7 +14,7 @@ import { createLogger } from './log.js';
 import { pack as packBody, unpack } from 'msgpackr';
 import { EngineError, CLOSE_GOING_AWAY, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
 import { AuthError, identityFromHook, refusal, type Identity } from '../auth/index.js';
-import { AuthGate, parseRefresh, permits, type ExpirySlot } from './auth-gate.js';
+import { AuthGate, answerProtocol, parseRefresh, permits, type ExpirySlot } from './auth-gate.js';
 import { BanTable } from './bans.js';
 import { routeApi } from './api.js';
 import { WebhookSender, type WebhookEvent } from './webhooks.js';
@@ -398,7 +398,7 @@ export class Engine {
     if (auth === null) {
       const q = checkUserQuery(query);
       if (q.error !== undefined) { res.writeStatus('400 Bad Request').writeHeader('content-type', 'text/plain').end(q.error); return; }
-      this.upgrade(res, q.user, null, key, protocol, extensions, ctx);
+      this.upgrade(res, q.user, null, key, answerProtocol(protocol), extensions, ctx);
       return;
     }
     const headers: Record<string, string> = {};
@@ -432,7 +432,7 @@ export class Engine {
         if (identity === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
         if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
         if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        this.upgrade(res, identity.user, identity, key, protocol, extensions, ctx);
+        this.upgrade(res, identity.user, identity, key, answerProtocol(protocol), extensions, ctx);
       });
     })();
   }
