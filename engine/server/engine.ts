@@ -311,7 +311,8 @@ export class Engine {
       res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
     });
     const gate = this.gate;
-    if (gate !== null) app.get('/auth/check', (res, req) => gate.check(res, req));
+    // /auth/check verifies a token as an upgrade does, so it shares the upgrades' admission rate.
+    if (gate !== null) app.get('/auth/check', (res, req) => { if (!this.throttled(res)) gate.check(res, req); });
     if (o.apiKey !== null) routeApi(app, this, o.apiKey, o.apiMaxBodyBytes, this.log);
     if (o.metrics && o.metricsPort === -1) this.routeMetrics(app);
     if (o.web) routeStatic(app);
@@ -378,16 +379,19 @@ export class Engine {
     };
   }
 
+  /** Takes an admission token (upgradeRatePerSec); without one, answers 503 + Retry-After and returns true. */
+  private throttled(res: HttpResponse): boolean {
+    if (this.admission === null) return false;
+    const wait = this.admission.take(this.admitted);
+    if (wait <= 0) return false;
+    this.counters.upgradesThrottled++;
+    res.writeStatus('503 Service Unavailable').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain').end('too many new connections; retry after Retry-After seconds');
+    return true;
+  }
+
   private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
     if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-    if (this.admission !== null) {
-      const wait = this.admission.take(this.admitted);
-      if (wait > 0) {
-        this.counters.upgradesThrottled++;
-        res.writeStatus('503 Service Unavailable').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain').end('too many new connections; retry after Retry-After seconds');
-        return;
-      }
-    }
+    if (this.throttled(res)) return;
     if (this.conns.size + this.authPending >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
     const key = req.getHeader('sec-websocket-key');
     const protocol = req.getHeader('sec-websocket-protocol');
