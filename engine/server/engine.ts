@@ -17,7 +17,8 @@ import { AuthError, identityFromHook, refusal, type Identity } from '../auth/ind
 import { AuthGate, answerProtocol, parseRefresh, permits, type ExpirySlot } from './auth-gate.js';
 import { BanTable } from './bans.js';
 import { routeApi } from './api.js';
-import { WebhookSender, type WebhookEvent } from './webhooks.js';
+import { WebhookSender } from './webhooks.js';
+import { eventFromShard } from './events.js';
 import { S_EVENTS_DROPPED } from '../metrics/shard-stats.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
@@ -734,22 +735,13 @@ export class Engine {
     return n;
   }
 
-  /** A shard's OUT_EVENT: decoded (copied out of the ring first) and queued to the webhook sender. */
+  /** A shard's OUT_EVENT (only with webhooks on): decoded and queued to the webhook sender. */
   private onEvent(room: string, body: Uint8Array): void {
     if (this.webhooks === null) return;
-    let e: Record<string, unknown>;
     try {
-      e = unpack(Buffer.from(body)) as Record<string, unknown>;
+      this.webhooks.emit(eventFromShard(room, body));
     } catch (err) {
-      this.log.error({ event: 'webhook_event_bad', err: (err as Error).message }, 'undecodable shard event');
-      return;
-    }
-    const num = (v: unknown): number => (typeof v === 'bigint' ? Number(v) : v as number);
-    const ev = { ...e, room, ts: num(e.ts), ...(e.seq === undefined ? {} : { seq: num(e.seq) }) } as unknown as WebhookEvent;
-    try {
-      this.webhooks.emit(ev);
-    } catch (err) {
-      this.log.warn({ event: 'webhook_event_bad', err: (err as Error).message }, 'webhook event cannot be sent');
+      this.log.error({ event: 'webhook_event_bad', err: (err as Error).message }, 'shard event cannot be sent');
     }
   }
 
