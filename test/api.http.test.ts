@@ -82,8 +82,10 @@ test('publish reaches a joined client; history, presence, rooms and broadcast an
   const pub = await post(engine.port, 'publish', { room: 'api-room', body: { text: 'hi' }, from: 'backend' });
   assert.equal(pub.status, 200, JSON.stringify(pub.body));
   assert.equal(pub.body.seq, 1);
+  assert.ok(typeof pub.body.ts === 'number' && Math.abs(pub.body.ts - Date.now()) < 60_000, `ts ${String(pub.body.ts)}`);
   matchesDoc('publish', pub.body);
   const msg = await got;
+  assert.equal(msg.ts, pub.body.ts, 'the ts answered is the stored message\'s');
   assert.equal(msg.from, 'backend');
   assert.deepEqual(msg.body, { text: 'hi' });
 

@@ -72,8 +72,22 @@ function shardError(r: unknown): void {
   if (typeof e?.error === 'string') throw new ApiError(e.error === 'not_found' ? 404 : 400, e.error, e.msg ?? e.error);
 }
 
+/**
+ * The stored `ts` of message `seq`: read back from history (the shard's ack carries seq and epoch
+ * only), so the answer is the message's own timestamp; null when history does not keep it.
+ */
+async function storedTs(e: Engine, r: string, seq: number): Promise<number | null> {
+  const h = await e.admin(e.shardOf(r), 'history', { room: r, after: seq - 1, limit: 1 }) as { msgs?: { seq: unknown; ts: unknown }[] };
+  const m = h.msgs?.[0];
+  return m !== undefined && Number(m.seq) === seq ? Number(m.ts) : null;
+}
+
 const METHODS: Record<string, Method> = {
-  publish: (e, a) => publishOne(e, room(a), a),
+  async publish(e, a) {
+    const r = room(a);
+    const res = await publishOne(e, r, a);
+    return { ...res, ts: await storedTs(e, r, res.seq) };
+  },
   async broadcast(e, a) {
     const rooms = a.rooms;
     if (!Array.isArray(rooms) || rooms.length === 0 || rooms.length > MAX_BROADCAST_ROOMS) throw new ApiError(400, 'bad_request', `rooms must be a list of 1..${MAX_BROADCAST_ROOMS} rooms`);
