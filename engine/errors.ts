@@ -35,12 +35,14 @@ export class OptionError extends TypeError {
 export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_TOO_BIG = 1009;
 export const CLOSE_SLOW_CONSUMER = 4008;
+/** The connection's token (or authenticate hook identity) reached its `exp` without a `refresh`. */
+export const CLOSE_TOKEN_EXPIRED = 4401;
 
 /**
  * Close codes counted under their own metric label: the engine's, and the common ones a peer
  * or the transport produces. Any other code (a client chooses it) is counted as CLOSE_OTHER,
  * so a client cannot create metric series or map entries.
  */
-export const KNOWN_CLOSE_CODES: ReadonlySet<number> = new Set([1000, 1001, 1002, 1005, 1006, 1009, 1011, CLOSE_SLOW_CONSUMER]);
+export const KNOWN_CLOSE_CODES: ReadonlySet<number> = new Set([1000, 1001, 1002, 1005, 1006, 1009, 1011, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED]);
 /** The key of every other close code (0 is never a close code on the wire); labelled `other`. */
 export const CLOSE_OTHER = 0;

@@ -5,19 +5,32 @@
  */
 import { availableParallelism } from 'node:os';
 import { OptionError } from './errors.js';
+import { AUTH_OPTION_SPECS, resolveAuthOptions, type AuthOptions, type ResolvedAuthOptions } from './auth/options.js';
+import { WEBHOOK_OPTION_SPECS, resolveWebhookOptions, type ResolvedWebhookOptions, type WebhookOptions } from './server/webhook-options.js';
+
+/** Webhook options as engine options (docs/API.md): `webhook` + the sender's option name. */
+export interface WebhookEngineOptions {
+  webhookUrl?: string; webhookSecret?: string; webhookBatchMax?: number; webhookBatchMaxBytes?: number; webhookBatchMs?: number;
+  webhookQueueEntries?: number; webhookQueueBytes?: number; webhookTimeoutMs?: number; webhookRetryBaseMs?: number;
+  webhookRetryMaxMs?: number; webhookRetryForMs?: number; webhookCloseTimeoutMs?: number;
+}
 
 export interface AuthRequest {
   url: string;
   query: string;
   headers: Record<string, string>;
 }
-export interface AuthResult { user: string }
+/**
+ * The user, and optionally the same permissions a token carries (docs/AUTH.md): `rooms`
+ * (claim-shaped), `info`, `exp` (unix seconds; the connection is closed with 4401 then).
+ */
+export interface AuthResult { user: string; rooms?: unknown; info?: unknown; exp?: number }
 /** Returns the user, or null to refuse the upgrade with HTTP 401. */
 export type Authenticate = (req: AuthRequest) => AuthResult | null | Promise<AuthResult | null>;
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
-export interface EngineOptions {
+export interface EngineOptions extends AuthOptions, WebhookEngineOptions {
   port?: number;
   host?: string;
   shards?: number;
@@ -59,9 +72,21 @@ export interface EngineOptions {
   logPretty?: boolean;
   web?: boolean;
   authenticate?: Authenticate;
+  /** Turns the HTTP API on (docs/API.md): the bearer key of `POST /api/v1/<method>`, at least 16 bytes. */
+  apiKey?: string;
+  apiMaxBodyBytes?: number;
+  maxBans?: number;
 }
 
-export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate'>> & { authenticate: Authenticate | null };
+export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | 'apiKey' | keyof AuthOptions | keyof WebhookEngineOptions>> & {
+  /** Webhooks (docs/API.md): null when webhookUrl is not given. */
+  webhooks: ResolvedWebhookOptions | null;
+  authenticate: Authenticate | null;
+  /** The HTTP API's key; null = the API is off. */
+  apiKey: string | null;
+  /** Token auth (docs/AUTH.md): null when no key option was given. */
+  auth: ResolvedAuthOptions | null;
+};
 
 interface Spec {
   key: keyof EngineOptions;
@@ -118,11 +143,13 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'metricsHost', flag: 'metrics-host', env: 'SHARDCHAT_METRICS_HOST', kind: 'string', help: 'address of the separate /metrics listener', def: () => '127.0.0.1' },
   { key: 'logLevel', flag: 'log-level', env: 'LOG_LEVEL', kind: 'level', help: 'fatal|error|warn|info|debug|trace|silent', def: () => 'info' },
   { key: 'web', flag: 'web', env: 'SHARDCHAT_WEB', kind: 'bool', help: 'serve the chat page at GET / (false: not)', def: () => true },
+  { key: 'apiMaxBodyBytes', flag: 'api-max-body-bytes', env: 'SHARDCHAT_API_MAX_BODY_BYTES', kind: 'int', min: 1024, max: 64 << 20, help: 'largest HTTP API request body (HTTP 413 above)', def: () => 1 << 20 },
+  { key: 'maxBans', flag: 'max-bans', env: 'SHARDCHAT_MAX_BANS', kind: 'int', min: 1, max: 10_000_000, help: 'room bans (kick with banSec) kept; past it the oldest is forgotten', def: () => 100_000 },
   { key: 'logPretty', flag: 'log-pretty', env: 'SHARDCHAT_LOG_PRETTY', kind: 'bool', help: 'human-readable log lines instead of JSON', def: () => false },
 ];
 
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
-const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), 'authenticate']);
+const KNOWN = new Set<string>([...OPTION_SPECS.map((s) => s.key), ...AUTH_OPTION_SPECS.map((s) => s.key), 'authenticate', 'apiKey', ...WEBHOOK_OPTION_SPECS.map((s) => s.engineKey)]);
 
 export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (opts === null || typeof opts !== 'object') throw new OptionError('(options)', 'must be an object');
@@ -137,6 +164,14 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   const auth = opts.authenticate;
   if (auth !== undefined && typeof auth !== 'function') throw new OptionError('authenticate', 'must be a function');
   out.authenticate = auth ?? null;
+  out.auth = resolveAuthOptions(opts);
+  const apiKey = opts.apiKey;
+  if (apiKey !== undefined && (typeof apiKey !== 'string' || Buffer.byteLength(apiKey) < 16)) throw new OptionError('apiKey', 'must be a string of at least 16 bytes');
+  out.apiKey = apiKey ?? null;
+  out.webhooks = webhookOptions(opts);
+  if (out.auth !== null && auth !== undefined) {
+    throw new OptionError('authenticate', 'cannot be combined with token auth (jwtSecret, jwtSecretFile, jwtPublicKeyFile, jwksUrl): give one identity source');
+  }
   const r = out as ResolvedOptions;
   if (r.maxHistBytes * 4 > r.ringBytes) {
     throw new OptionError('maxHistBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxHistBytes}`);
@@ -148,6 +183,15 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
     throw new OptionError('maxFrameBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxFrameBytes}`);
   }
   return r;
+}
+
+function webhookOptions(opts: EngineOptions): ResolvedWebhookOptions | null {
+  const given = WEBHOOK_OPTION_SPECS.filter((s) => (opts as Record<string, unknown>)[s.engineKey] !== undefined);
+  if (given.length === 0) return null;
+  if (opts.webhookUrl === undefined) throw new OptionError(given[0]!.engineKey, 'needs webhookUrl (webhooks are off without it)');
+  const w: Record<string, unknown> = {};
+  for (const s of given) w[s.key] = (opts as Record<string, unknown>)[s.engineKey];
+  return resolveWebhookOptions(w as unknown as WebhookOptions);
 }
 
 function check(s: Spec, v: unknown): unknown {
@@ -178,7 +222,7 @@ function check(s: Spec, v: unknown): unknown {
 /** Options from `--flag value` / `--flag=value` arguments and environment variables (flags win). */
 export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv): { options: EngineOptions; help: boolean } {
   const options: Record<string, unknown> = {};
-  for (const s of OPTION_SPECS) {
+  for (const s of CLI_SPECS) {
     const e = env[s.env];
     if (e !== undefined && e !== '') options[s.key] = parse(s, e, s.env);
   }
@@ -189,7 +233,7 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
     if (!a.startsWith('--')) throw new OptionError(a, 'is not a recognised argument (see --help)');
     const eqAt = a.indexOf('=');
     const name = eqAt >= 0 ? a.slice(2, eqAt) : a.slice(2);
-    const spec = OPTION_SPECS.find((s) => s.flag === name);
+    const spec = CLI_SPECS.find((s) => s.flag === name);
     if (!spec) throw new OptionError(`--${name}`, 'is not an option (see --help)');
     const value = eqAt >= 0 ? a.slice(eqAt + 1) : argv[++i];
     if (value === undefined) throw new OptionError(spec.key, `needs a value (--${spec.flag} VALUE)`);
@@ -200,7 +244,16 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
   return { options: options as EngineOptions, help };
 }
 
-function parse(s: Spec, raw: string, where: string): unknown {
+/** What the CLI and the environment can set: OPTION_SPECS, then the token-auth options. */
+type CliSpec = Pick<Spec, 'flag' | 'env' | 'kind' | 'help'> & { key: string; def: () => number | string | boolean | null };
+const CLI_SPECS: readonly CliSpec[] = [
+  ...OPTION_SPECS,
+  ...AUTH_OPTION_SPECS.map((s) => ({ key: s.key, flag: s.flag, env: s.env, kind: s.kind, help: s.help, def: () => s.def })),
+  ...WEBHOOK_OPTION_SPECS.map((s) => ({ key: s.engineKey, flag: s.flag, env: s.env, kind: s.kind, help: s.help, def: () => s.def })),
+  { key: 'apiKey', flag: 'api-key', env: 'SHARDCHAT_API_KEY', kind: 'string', help: 'turns the HTTP API on: its bearer key (at least 16 bytes)', def: () => null },
+];
+
+function parse(s: CliSpec, raw: string, where: string): unknown {
   if (s.kind === 'bool') {
     if (raw === 'true' || raw === '1') return true;
     if (raw === 'false' || raw === '0') return false;
@@ -214,9 +267,11 @@ function parse(s: Spec, raw: string, where: string): unknown {
 
 export function helpText(): string {
   const lines = ['Usage: shardchat [options]', '', 'Every option can also be set by its environment variable; flags win.', ''];
-  for (const s of OPTION_SPECS) {
-    const def = s.cliDef !== undefined ? `${s.cliDef}; library: ${String(s.def())}` : String(s.def());
-    lines.push(`  --${s.flag.padEnd(18)} ${s.env.padEnd(28)} ${s.help} (default: ${def})`);
+  for (const s of CLI_SPECS) {
+    const cliDef = (s as { cliDef?: string }).cliDef;
+    const d = s.def();
+    const def = cliDef !== undefined ? `${cliDef}; library: ${String(d)}` : d === null ? null : String(d);
+    lines.push(`  --${s.flag.padEnd(18)} ${s.env.padEnd(28)} ${s.help}${def === null ? '' : ` (default: ${def})`}`);
   }
   lines.push('', '  --help, -h           print this and exit');
   return lines.join('\n');

@@ -25,7 +25,7 @@ import {
   isAbsent, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
   IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
@@ -33,6 +33,8 @@ import { type Room, Rooms } from './rooms.js';
 import { CreationLimiter } from './creation.js';
 import { CidWindow } from './cids.js';
 import type { Store } from './store/index.js';
+import { handleAdmin } from './admin.js';
+import { messageEvent, presenceEvent } from './events.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -48,6 +50,8 @@ export interface HandlerOptions {
   /** The cid dedupe window: a repeat is recognised among the room's last N messages that are also at most cidWindowMs old. */
   cidWindowMessages: number;
   cidWindowMs: number;
+  /** Webhooks are on: emit OUT_EVENT records (workers/events.ts). */
+  events?: boolean;
 }
 
 /** Principals whose room-creation buckets a shard keeps (LRU beyond it). */
@@ -116,6 +120,7 @@ export class Handler {
       case IN_CLOSE: return this.onClose(getU32(b, off + 1));
       case IN_SERVER_PUB: return this.onServerPub(b, off, end);
       case IN_REPLAY: return this.onReplay(b, off, end);
+      case IN_ADMIN: return handleAdmin(this.out, this.rooms, this.opts.maxHistBytes, b, off, end, this.store);
       case IN_DRAIN: {
         const need = this.plan().add(0, 0).need();
         if (!this.fits(need)) return need;
@@ -436,7 +441,7 @@ export class Handler {
     }
     // Presence goes out before `joined`: the joiner is subscribed only when `joined` reaches
     // the main thread, so it never sees its own presence; everyone else does.
-    if (presence) this.presence(r, user, 'join');
+    if (presence) this.presence(r, user, 'join', conn);
     this.putJoined(this.begin(OUT_JOINED, conn, this.nbLen, joinedLen), r, ref, unread, members, missedFrom);
     this.end();
     this.clearPage();
@@ -444,10 +449,11 @@ export class Handler {
   }
 
   /** Writes a presence record (its room was planned by the caller). */
-  private presence(r: Room, user: string, state: 'join' | 'leave'): void {
+  private presence(r: Room, user: string, state: 'join' | 'leave', conn: number): void {
     this.putPresence(this.size(), r, user, state);
     this.putPresence(this.begin(OUT_PUBLISH, 0, this.nbLen, this.sz.pos), r, user, state);
     this.end();
+    if (this.opts.events === true) presenceEvent(this.out, r, user, state, conn);
   }
 
   /** Plans the records of a member leaving: `extra` (a `left`, or none) and maybe a presence leave. */
@@ -469,7 +475,7 @@ export class Handler {
     // `left` first: the main thread unsubscribes before sending it, so no `msg` follows it.
     this.putLeft(this.begin(OUT_LEFT, conn, this.nbLen, leftLen), r, ref);
     this.end();
-    if (last !== null) this.presence(r, last, 'leave');
+    if (last !== null) this.presence(r, last, 'leave', conn);
     return 0;
   }
 
@@ -536,6 +542,7 @@ export class Handler {
     }
     this.published++;
     this.delivered += r.members.size;
+    if (this.opts.events === true) messageEvent(this.out, r, seq, from, ts, b, bs, be);
     return 0;
   }
 
@@ -673,7 +680,7 @@ export class Handler {
       const need = this.planLeave(r, conn, -1);
       if (!this.fits(need)) return need;
       const last = this.rooms.removeMember(r, conn);
-      if (last !== null) this.presence(r, last, 'leave');
+      if (last !== null) this.presence(r, last, 'leave', conn);
     }
     return 0;
   }

@@ -59,6 +59,15 @@ export class History {
     this.bytes += buf.byteLength + ENTRY_OVERHEAD;
   }
 
+  /** Puts `buf` (frame length `len`) in the i-th kept entry's place; returns the old buffer (the caller charges and releases it). */
+  replace(i: number, buf: Uint8Array, len: number): Uint8Array {
+    const old = this.entries[this.head + i]!;
+    this.entries[this.head + i] = buf;
+    this.lens[this.head + i] = len;
+    this.bytes += buf.byteLength - old.byteLength;
+    return old;
+  }
+
   /** Removes the oldest entry and returns its buffer (the caller charges and releases it). */
   shift(): Uint8Array {
     const buf = this.entries[this.head]!;
@@ -132,6 +141,19 @@ export class Histories {
     this.file(h);
     while (this.bytes > this.budgetBytes) this.evictOne();
     return true;
+  }
+
+  /**
+   * Replaces the i-th kept entry of h by a copy of src[start, start+len) (a redaction's
+   * tombstone, no bigger than a message history already keeps). Eviction order is unchanged.
+   */
+  replace(h: History, i: number, src: Uint8Array, start: number, len: number): void {
+    const buf = this.pool.acquire(len);
+    buf.set(src.subarray(start, start + len));
+    const old = h.replace(i, buf, len);
+    this.bytes += buf.byteLength - old.byteLength;
+    this.pool.release(old);
+    while (this.bytes > this.budgetBytes && this.messages > 0) this.evictOne();
   }
 
   /** Forgets every entry of h (its room is dropped). */

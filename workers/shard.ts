@@ -21,9 +21,10 @@
  * nothing of the failed batch was published, the main thread answers its records with
  * `unavailable`, and the restarted shard reloads its rooms from what was committed.
  */
+import { eventCounts } from './events.js';
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
-  S_ARRAY_BUFFERS, S_CONNS, S_CURSORS, S_CURSORS_EVICTED, S_HEAP_USED, S_HISTORY_EVICTED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
+  S_ARRAY_BUFFERS, S_EVENTS_DROPPED, S_CONNS, S_CURSORS, S_CURSORS_EVICTED, S_HEAP_USED, S_HISTORY_EVICTED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
   S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
@@ -93,6 +94,7 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
   const publishStats = (): void => {
     const rm = h.rooms;
     stats[S_ROOMS] = rm.rooms.size;
+    stats[S_EVENTS_DROPPED] = eventCounts.dropped;
     stats[S_MEMBERS] = rm.memberships;
     stats[S_PRESENT_USERS] = rm.presentUsers;
     stats[S_CONNS] = rm.conns.size;

@@ -46,6 +46,11 @@ export interface MetricsSnapshot {
   upgradesThrottled: number;
   mainLoopLagSeconds: number;
   shards: readonly ShardSnapshot[];
+  /** Token auth's counters (engine/auth verifier.stats()); null or absent when token auth is off. */
+  /** Webhook sender counters (engine/server/webhooks.ts stats()) and events shards dropped; null when off. */
+  webhooks?: { queued: number; queuedBytes: number; inFlight: number; delivered: number; batches: number; attempts: number; failedAttempts: number;
+    dropped: Readonly<Record<string, number>>; shardDropped: number } | null;
+  auth?: { verified: number; refused: Readonly<Record<string, number>>; cache: { entries: number; bytes: number; hits: number; misses: number } } | null;
 }
 
 let processRegistry: Registry | null = null;
@@ -99,6 +104,41 @@ export class EngineMetrics {
       collect() { this.reset(); this.inc(get().slowConsumers); } });
     new Counter({ name: 'shardchat_upgrades_throttled_total', help: 'Upgrades refused with 503 + Retry-After by the admission rate (upgradeRatePerSec)', registers: [r],
       collect() { this.reset(); this.inc(get().upgradesThrottled); } });
+    // Token auth (docs/AUTH.md): present only when it is on.
+    new Counter({ name: 'shardchat_auth_verified_total', help: 'Tokens accepted (upgrade, refresh, /auth/check)', registers: [r],
+      collect() { this.reset(); const a = get().auth; if (a) this.inc(a.verified); } });
+    new Counter({ name: 'shardchat_auth_refused_total', help: 'Tokens refused, by reason', labelNames: ['reason'], registers: [r],
+      collect() { this.reset(); const a = get().auth; if (a) for (const [reason, n] of Object.entries(a.refused)) this.inc({ reason }, n); } });
+    new Gauge({ name: 'shardchat_auth_token_cache_entries', help: 'Verified tokens cached', registers: [r],
+      collect() { this.set(get().auth?.cache.entries ?? 0); } });
+    new Gauge({ name: 'shardchat_auth_token_cache_bytes', help: 'Bytes of token strings cached', registers: [r],
+      collect() { this.set(get().auth?.cache.bytes ?? 0); } });
+    new Counter({ name: 'shardchat_auth_token_cache_hits_total', help: 'Token verifications answered by the cache', registers: [r],
+      collect() { this.reset(); this.inc(get().auth?.cache.hits ?? 0); } });
+    new Counter({ name: 'shardchat_auth_token_cache_misses_total', help: 'Token verifications the cache could not answer', registers: [r],
+      collect() { this.reset(); this.inc(get().auth?.cache.misses ?? 0); } });
+    // Webhooks (docs/API.md): present only when they are on.
+    new Gauge({ name: 'shardchat_webhook_queue_events', help: 'Webhook events waiting to be sent', registers: [r],
+      collect() { this.set(get().webhooks?.queued ?? 0); } });
+    new Gauge({ name: 'shardchat_webhook_queue_bytes', help: 'Bytes of webhook events waiting to be sent', registers: [r],
+      collect() { this.set(get().webhooks?.queuedBytes ?? 0); } });
+    new Counter({ name: 'shardchat_webhook_events_total', help: 'Webhook events by outcome (delivered, dropped_<reason>)', labelNames: ['outcome'], registers: [r],
+      collect() {
+        this.reset();
+        const w = get().webhooks;
+        if (!w) return;
+        this.inc({ outcome: 'delivered' }, w.delivered);
+        for (const [reason, n] of Object.entries(w.dropped)) this.inc({ outcome: `dropped_${reason}` }, n);
+        this.inc({ outcome: 'dropped_shard_ring' }, w.shardDropped);
+      } });
+    new Counter({ name: 'shardchat_webhook_requests_total', help: 'Webhook POSTs by result', labelNames: ['result'], registers: [r],
+      collect() {
+        this.reset();
+        const w = get().webhooks;
+        if (!w) return;
+        this.inc({ result: 'ok' }, w.batches);
+        this.inc({ result: 'failed' }, w.failedAttempts);
+      } });
     new Gauge({ name: 'shardchat_event_loop_lag_seconds', help: 'Event-loop lag, main thread and each shard', labelNames: ['thread'], registers: [r],
       collect() {
         this.reset();

@@ -43,6 +43,8 @@ export const S_HEARTBEAT = 36;
  */
 export const S_IN_HANDLED = 37;
 export const S_OUT_PUBLISH_END = 38;
+/** Webhook events the shard dropped because its outbound ring was full at that instant (workers/events.ts). */
+export const S_EVENTS_DROPPED = 39;
 export const SHARD_STAT_SLOTS = 40;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {

@@ -29,10 +29,15 @@ export const E_SHUTTING_DOWN = 9;
 export const E_INTERNAL = 10;
 /** A join that would create a room its shard may not create now (shard room cap, creation rate). */
 export const E_ROOM_LIMIT = 11;
+/** A room action the connection's token (or authenticate hook) does not allow; the connection stays open. */
+export const E_FORBIDDEN = 12;
+/** A `refresh` whose token is refused (missing, expired, invalid, another user, unavailable). */
+export const E_UNAUTHORIZED = 13;
 /** The shard could not commit the request to its durable store (disk full, I/O error): retry after retryAfterMs. */
-export const E_UNAVAILABLE = 12;
+export const E_UNAVAILABLE = 14;
+/** Error codes fit the shard stats' 16 slots (metrics/shard-stats.ts S_ERR_BASE). */
 export const ERR_NAMES = ['', 'bad_frame', 'unknown_type', 'bad_request', 'bad_room', 'not_joined',
-  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal', 'room_limit', 'unavailable'] as const;
+  'too_many_rooms', 'rate_limited', 'overloaded', 'shutting_down', 'internal', 'room_limit', 'forbidden', 'unauthorized', 'unavailable'] as const;
 export type ErrorName = typeof ERR_NAMES[number];
 
 export const MAX_REF = 0xffffffff;
@@ -376,6 +381,12 @@ export function writeErr(w: MsgWriter, code: number, msg: string, ref: number, r
   w.mapHeader(3 + (ref >= 0 ? 1 : 0) + (retryAfterMs >= 0 ? 1 : 0));
   w.str('t').str('err').str('code').str(ERR_NAMES[code] ?? 'internal').str('msg').str(msg);
   if (retryAfterMs >= 0) w.str('retryAfterMs').uint(retryAfterMs);
+  if (ref >= 0) w.str('ref').uint(ref);
+}
+
+/** `refreshed` {exp, ref?}: a `refresh` frame's new token was accepted (docs/PROTOCOL.md). */
+export function writeRefreshed(w: MsgWriter, exp: number, ref: number): void {
+  w.mapHeader(2 + (ref >= 0 ? 1 : 0)).str('t').str('refreshed').str('exp').uint(exp);
   if (ref >= 0) w.str('ref').uint(ref);
 }
 

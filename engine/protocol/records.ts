@@ -16,6 +16,7 @@
  *   IN_SERVER_PUB [0] kind, [1..5] req u32, roomLen u8, room, fromLen u8, from, cidLen u8 (0 = no cid), cid, body (one MessagePack value)
  *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room, flags u8 (join after a shard restart)
  *   IN_DRAIN      [0] kind                    (everything before it is handled; answer OUT_DRAINED)
+ *   IN_ADMIN      [0] kind, [1..5] req u32, [5] op (ADMIN_OPS index), [6..] arguments as JSON (HTTP API; workers/admin.ts)
  *   IN_CRASH      [0] kind, [1] mode          (test hook: 1 = throw from the task, 2 = exit the worker, 3 = hang, 4 = exit between a publish and its syncRead)
  *
  * `stamp`: the main thread's receipt time of a `pub` in microseconds mod 2^32 (0 = none), carried
@@ -31,6 +32,8 @@
  *   OUT_DRAINED    (no body)
  *   OUT_REFUSED    id = conn, body = err frame, room  -> the join of room was refused (room_limit):
  *                  drop room from the connection's rooms, send(frame)
+ *   OUT_ADMIN_REPLY id = req, body = one MessagePack map (the result, or {error, msg}) -> the API call's answer
+ *   OUT_EVENT      id = 0, body = one MessagePack map {type, ...} (a webhook event; only with webhooks on), room
  *   OUT_PUBLISH_ACK id = conn, body = stamp u32, msgLen u32, msg frame (at +16), ack frame, room
  *                  -> inside conn's cork: app.publish(room, msg), send(ack): the sender's copy of
  *                  its message and its ack leave in one write, as plain uWS does for a publish
@@ -43,6 +46,7 @@ export const IN_SERVER_PUB = 3;
 export const IN_REPLAY = 4;
 export const IN_DRAIN = 5;
 export const IN_CRASH = 6;
+export const IN_ADMIN = 7;
 
 export const OUT_SEND = 1;
 export const OUT_PUBLISH = 2;
@@ -52,6 +56,12 @@ export const OUT_SERVER_ACK = 5;
 export const OUT_DRAINED = 6;
 export const OUT_PUBLISH_ACK = 7;
 export const OUT_REFUSED = 8;
+export const OUT_ADMIN_REPLY = 9;
+export const OUT_EVENT = 10;
+
+/** IN_ADMIN operations, by their op byte. */
+export const ADMIN_OPS = ['', 'history', 'presence', 'rooms', 'redact'] as const;
+export type AdminOp = Exclude<typeof ADMIN_OPS[number], ''>;
 
 /** IN_FRAME / IN_REPLAY flag: the connection's user is anonymous (`anon-<conn>`, no identity). */
 export const IN_FRAME_ANON = 1;

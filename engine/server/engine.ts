@@ -13,17 +13,26 @@
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { createLogger } from './log.js';
-import { pack as packBody } from 'msgpackr';
-import { EngineError, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
+import { pack as packBody, unpack } from 'msgpackr';
+import { EngineError, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
+import { AuthError, identityFromHook, refusal, type Identity } from '../auth/index.js';
+import { AuthGate, answerProtocol, parseRefresh, permits, type ExpirySlot } from './auth-gate.js';
+import { BanTable } from './bans.js';
+import { routeApi } from './api.js';
+import { WebhookSender } from './webhooks.js';
+import { eventFromShard } from './events.js';
+import { S_EVENTS_DROPPED } from '../metrics/shard-stats.js';
 import { type EngineOptions, type ResolvedOptions, resolveOptions } from '../options.js';
 import {
-  ClientFrame, E_BAD_FRAME, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
-  E_TOO_MANY_ROOMS, E_UNAVAILABLE, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidCid, isValidRoom, isValidUser, writeErr, writeHello,
+  ClientFrame, E_BAD_FRAME, E_FORBIDDEN, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_RATE_LIMITED, E_SHUTTING_DOWN,
+  E_TOO_MANY_ROOMS, E_UNAUTHORIZED, E_UNAVAILABLE, E_UNKNOWN_TYPE, T_JOIN, T_LEAVE, T_PUB, fnv1a, fnv1aString, isValidCid, isValidRoom, isValidUser, writeErr, writeHello,
+  writeRefreshed,
   type Limits,
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString, skipValue } from '../protocol/msgpack.js';
 import {
-  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, addrHash, getU32,
+  ADMIN_OPS, CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CRASH, IN_FRAME, IN_FRAME_BODY, IN_SERVER_PUB, addrHash, getU32,
+  type AdminOp,
 } from '../protocol/records.js';
 import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
@@ -43,7 +52,9 @@ import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type WebSocket, type us_listen_socket } from './uws.js';
 
 /** Per-socket state, held by uWS as the socket's user data. */
-interface Conn {
+interface Conn extends ExpirySlot {
+  /** The token's (or authenticate hook's) identity: permissions and expiry; null in open mode. */
+  identity: Identity | null;
   id: number;
   connStr: string;
   user: string;
@@ -111,6 +122,8 @@ export class Engine {
   private readonly limits: Limits;
   private readonly pending = new Map<number, { resolve: (r: PublishResult) => void; reject: (e: Error) => void; shard: number }>();
   private nextReq = 1;
+  /** HTTP API requests waiting for their shard's OUT_ADMIN_REPLY (request ids shared with `pending`). */
+  private readonly adminPending = new Map<number, { resolve: (r: unknown) => void; reject: (e: Error) => void }>();
   private draining = false;
   private stopped = false;
   private closing: Promise<void> | null = null;
@@ -132,6 +145,12 @@ export class Engine {
   private loopDelay: IntervalHistogram | null = null;
   /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
   private authPending = 0;
+  /** Token auth (options.auth): made in listen(), null when off. */
+  private gate: AuthGate | null = null;
+  /** Room bans of the HTTP API's kick (maxBans entries). */
+  readonly bans: BanTable;
+  /** Webhook sender (options.webhooks); null when off, and then shards emit no events. */
+  private readonly webhooks: WebhookSender | null;
   /** Counters the metrics module reads: closes by code (KNOWN_CLOSE_CODES, else CLOSE_OTHER), `err` replies by code, slow consumers closed. */
   readonly counters = {
     opened: 0, closedByCode: new Map<number, number>(), errors: new Uint32Array(16), slowConsumers: 0, upgradesThrottled: 0,
@@ -162,6 +181,10 @@ export class Engine {
     this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
     this.admission = o.upgradeRatePerSec === 0 ? null : new TokenBucketPolicy(o.upgradeRatePerSec, o.upgradeRatePerSec, monotonicMs);
     this.admitted = this.admission?.full() ?? { tokens: 0, last: 0 };
+    this.bans = new BanTable(o.maxBans, monotonicMs);
+    this.webhooks = o.webhooks === null ? null : new WebhookSender(o.webhooks, (reason, n, detail) => {
+      this.log.warn({ event: 'webhook_dropped', reason, events: n, detail }, 'webhook events dropped');
+    });
     this.guard = new SlowConsumerGuard<Conn>(o.maxBufferBytes, o.maxBufferBytes, (ws) => this.closeSlow(ws));
     this.metrics = new EngineMetrics(() => this.metricsSnapshot());
     this.outbound = new OutboundDispatcher<Conn>({
@@ -177,6 +200,14 @@ export class Engine {
         const p = this.pending.get(req);
         if (p) { this.pending.delete(req); p.resolve({ seq, epoch, dup }); }
       },
+      adminReply: (req, body) => {
+        const p = this.adminPending.get(req);
+        if (!p) return;
+        this.adminPending.delete(req);
+        // Copied out of the shared ring first: msgpackr cannot read strings from a SharedArrayBuffer view.
+        try { p.resolve(unpack(Buffer.from(body))); } catch (e) { p.reject(e as Error); }
+      },
+      event: (room, body) => this.onEvent(room, body),
       stopped: () => this.stopped,
     }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
     this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
@@ -186,6 +217,7 @@ export class Engine {
         roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
         store: o.store, dataDir: o.dataDir, fsync: o.fsync, historyMaxAgeMs: o.historyMaxAgeMs,
         cidWindowMessages: o.cidWindowMessages, cidWindowMs: o.cidWindowMs,
+        events: o.webhooks !== null,
       }),
       crashCause: (err) => {
         const storeErr = asStoreError(err);
@@ -270,6 +302,10 @@ export class Engine {
         const req = getU32(b, off + 1);
         const p = this.pending.get(req);
         if (p) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHARD_RESTARTED', `shard ${shard} restarted before handling this publish; retry`)); }
+      } else if (b[off] === IN_ADMIN) {
+        const req = getU32(b, off + 1);
+        const p = this.adminPending.get(req);
+        if (p) { this.adminPending.delete(req); p.reject(new EngineError('SHARDCHAT_SHARD_RESTARTED', `shard ${shard} restarted before handling this request; retry`)); }
       }
       r.release();
     }
@@ -283,6 +319,7 @@ export class Engine {
     if (this.draining) throw new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing');
     await this.started;
     const o = this.options;
+    if (o.auth !== null && this.gate === null) this.gate = await AuthGate.create(o.auth);
     const app = this.uws.mod.App();
     this.app = app;
     app.ws<Conn>('/ws', {
@@ -299,6 +336,10 @@ export class Engine {
       close: (ws, code) => this.onClose(ws, code),
     });
     this.http.routeHealth(app);
+    const gate = this.gate;
+    // /auth/check verifies a token as an upgrade does, so it shares the upgrades' admission rate.
+    if (gate !== null) app.get('/auth/check', (res, req) => { if (!this.throttled(res)) gate.check(res, req); });
+    if (o.apiKey !== null) routeApi(app, this, o.apiKey, o.apiMaxBodyBytes, this.log);
     if (o.metrics && o.metricsPort === -1) this.http.routeMetrics(app);
     if (o.web) routeStatic(app);
     app.any('/*', (res) => { res.writeStatus('404 Not Found').end('not found'); });
@@ -333,30 +374,35 @@ export class Engine {
       closedByCode: new Map([...this.counters.closedByCode].map(([code, n]) => [code === CLOSE_OTHER ? 'other' : String(code), n])),
       framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
       slowConsumers: this.counters.slowConsumers, upgradesThrottled: this.counters.upgradesThrottled, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
-      shards: st.shards.map(metricsShard),
+      shards: st.shards.map(metricsShard), auth: this.gate?.stats() ?? null,
+      webhooks: this.webhooks === null ? null : { ...this.webhooks.stats(), shardDropped: this.links.reduce((a, l) => a + l.stats[S_EVENTS_DROPPED]!, 0) },
     };
+  }
+
+  /** Takes an admission token (upgradeRatePerSec); without one, answers 503 + Retry-After and returns true. */
+  private throttled(res: HttpResponse): boolean {
+    if (this.admission === null) return false;
+    const wait = this.admission.take(this.admitted);
+    if (wait <= 0) return false;
+    this.counters.upgradesThrottled++;
+    res.writeStatus('503 Service Unavailable').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain').end('too many new connections; retry after Retry-After seconds');
+    return true;
   }
 
   private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
     if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-    if (this.admission !== null) {
-      const wait = this.admission.take(this.admitted);
-      if (wait > 0) {
-        this.counters.upgradesThrottled++;
-        res.writeStatus('503 Service Unavailable').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain').end('too many new connections; retry after Retry-After seconds');
-        return;
-      }
-    }
+    if (this.throttled(res)) return;
     if (this.conns.size + this.authPending >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
     const key = req.getHeader('sec-websocket-key');
     const protocol = req.getHeader('sec-websocket-protocol');
     const extensions = req.getHeader('sec-websocket-extensions');
     const query = req.getQuery() ?? '';
+    if (this.gate !== null) { this.upgradeWithToken(this.gate, res, key, protocol, extensions, query, ctx); return; }
     const auth = this.options.authenticate;
     if (auth === null) {
       const q = checkUserQuery(query);
       if (q.error !== undefined) { res.writeStatus('400 Bad Request').writeHeader('content-type', 'text/plain').end(q.error); return; }
-      this.upgrade(res, q.user, key, protocol, extensions, ctx);
+      this.upgrade(res, q.user, null, key, answerProtocol(protocol), extensions, ctx);
       return;
     }
     const headers: Record<string, string> = {};
@@ -375,24 +421,61 @@ export class Engine {
         this.authPending--;
       }
       if (aborted) return;
-      // Anything but { user: valid id } (null, undefined, a bad id) refuses the upgrade with 401.
-      const claimed = result !== null && typeof result === 'object' ? (result as { user?: unknown }).user : undefined;
-      const user = isValidUser(claimed) ? claimed : null;
+      // Anything but { user: valid id, rooms?, info?, exp? } (null, undefined, a bad id, a bad
+      // rooms list) refuses the upgrade with 401.
+      let identity: Identity | null = null;
+      if (result !== null && typeof result === 'object') {
+        try {
+          identity = identityFromHook(result as { user: string }, this.options.auth?.maxInfoBytes);
+        } catch (e) {
+          if (!(e instanceof AuthError)) throw e;
+          this.log.warn({ event: 'auth_error', err: e.detail }, 'authenticate returned a bad identity');
+        }
+      }
       res.cork(() => {
-        if (user === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
+        if (identity === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
         if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
         if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        this.upgrade(res, user, key, protocol, extensions, ctx);
+        this.upgrade(res, identity.user, identity, key, answerProtocol(protocol), extensions, ctx);
       });
     })();
   }
 
-  private upgrade(res: HttpResponse, user: string | null, key: string, protocol: string, extensions: string, ctx: unknown): void {
+  /** Token auth: `?user=` names no one; the token's `sub` is the user (docs/AUTH.md). */
+  private upgradeWithToken(gate: AuthGate, res: HttpResponse, key: string, protocol: string, extensions: string, query: string, ctx: unknown): void {
+    let aborted = false;
+    res.onAborted(() => { aborted = true; });
+    this.authPending++;
+    void (async () => {
+      let answer: { identity: Identity; protocol: string } | AuthError;
+      try {
+        answer = await gate.verifyUpgrade(protocol, query);
+      } catch (e) {
+        answer = e instanceof AuthError ? e : new AuthError('invalid', (e as Error).message);
+      } finally {
+        this.authPending--;
+      }
+      if (aborted) return;
+      res.cork(() => {
+        if (answer instanceof AuthError) {
+          const r = refusal(answer);
+          res.writeStatus(r.status).writeHeader('content-type', 'application/json').end(r.body);
+          return;
+        }
+        if (this.draining) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
+        if (this.conns.size >= this.options.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
+        // Answer the one protocol extractToken chose (`shardchat.v1`), never the bearer entry.
+        this.upgrade(res, answer.identity.user, answer.identity, key, answer.protocol, extensions, ctx);
+      });
+    })();
+  }
+
+  private upgrade(res: HttpResponse, user: string | null, identity: Identity | null, key: string, protocol: string, extensions: string, ctx: unknown): void {
     const id = this.nextConn++;
     if (this.nextConn > 0xffffffff) this.nextConn = 1;
     const connStr = `c${id.toString(36)}`;
     const data: Conn = {
-      id, connStr, user: user ?? `anon-${connStr}`, anon: user === null,
+      id, connStr, user: user ?? `anon-${connStr}`, anon: user === null, identity, expiryTimer: null,
       addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), topics: new Set(),
       bucket: this.rate.full(), closed: false, lastLimitLog: -Infinity,
     };
@@ -403,6 +486,7 @@ export class Engine {
     const c = ws.getUserData();
     this.conns.set(c.id, ws);
     this.counters.opened++;
+    if (c.identity !== null) this.armExpiry(ws, c.identity);
     const w = this.sw.reset(this.scratch);
     writeHello(w, c.connStr, c.user, this.limits);
     ws.send(this.scratch.subarray(0, w.pos), true);
@@ -452,13 +536,25 @@ export class Engine {
       return;
     }
     if (!isBinary) { this.sendErr(ws, E_BAD_FRAME, 'frames must be binary MessagePack', -1); return; }
-    if (err !== 0) { this.sendErr(ws, err, f.message, f.ref); return; }
+    if (err !== 0) {
+      if (err === E_UNKNOWN_TYPE && this.gate !== null && c.identity !== null && this.refresh(ws, this.gate, c.identity, u8)) return;
+      this.sendErr(ws, err, f.message, f.ref);
+      return;
+    }
     if (this.draining) { this.sendErr(ws, E_SHUTTING_DOWN, 'engine is shutting down', f.ref); return; }
+    if (c.identity !== null && c.identity.rooms !== null && !permits(c.identity, f.type, asciiString(u8, f.roomStart, f.roomEnd))) {
+      this.sendErr(ws, E_FORBIDDEN, `your token does not allow this in room ${asciiString(u8, f.roomStart, f.roomEnd)}`, f.ref);
+      return;
+    }
     const shard = fnv1a(u8, f.roomStart, f.roomEnd) % this.links.length;
     const link = this.links[shard]!;
     if (link.failed) { this.sendErr(ws, E_INTERNAL, `shard ${shard} failed; its rooms are unavailable until the engine restarts`, f.ref); return; }
     if (f.type === T_JOIN) {
       const room = asciiString(u8, f.roomStart, f.roomEnd);
+      if (this.bans.size > 0) {
+        const left = this.bans.remaining(room, c.user);
+        if (left > 0) { this.sendErr(ws, E_FORBIDDEN, `banned from room ${room}`, f.ref, left); return; }
+      }
       const added = !c.rooms.has(room);
       if (added) {
         if (c.rooms.size >= o.maxRoomsPerConn) { this.limitHit(c, 'too_many_rooms', now); this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
@@ -482,6 +578,45 @@ export class Engine {
     if (!link.writeFrame(c.id, null, u8, stamp)) this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
   }
 
+  /** Closes the connection with 4401 when its identity expires without a `refresh`. */
+  private armExpiry(ws: WebSocket<Conn>, identity: Identity): void {
+    const c = ws.getUserData();
+    this.gate?.arm(c, identity, () => { if (!c.closed) ws.end(CLOSE_TOKEN_EXPIRED, 'token expired'); });
+    if (this.gate === null && Number.isFinite(identity.exp)) {
+      // A hook identity with exp: same close, no clock tolerance.
+      const wait = identity.exp * 1000 - Date.now();
+      c.expiryTimer = setTimeout(() => { if (!c.closed) ws.end(CLOSE_TOKEN_EXPIRED, 'token expired'); }, Math.min(Math.max(0, wait), 2 ** 31 - 1));
+      c.expiryTimer.unref();
+    }
+  }
+
+  /**
+   * A `refresh` frame (docs/PROTOCOL.md): a new token for the same user replaces the
+   * connection's permissions and expiry; answered `refreshed` {exp, ref} or `err` unauthorized.
+   * Returns false when the frame is not a refresh (it stays unknown_type).
+   */
+  private refresh(ws: WebSocket<Conn>, gate: AuthGate, current: Identity, u8: Uint8Array): boolean {
+    const r = parseRefresh(u8);
+    if (r === null) return false;
+    const c = ws.getUserData();
+    gate.refresh(r.token, current).then(
+      (next) => {
+        if (c.closed) return;
+        c.identity = next;
+        this.armExpiry(ws, next);
+        const w = this.sw.reset(this.scratch);
+        writeRefreshed(w, Math.floor(next.exp), r.ref);
+        this.send(ws, this.scratch.subarray(0, w.pos));
+      },
+      (e: unknown) => {
+        if (c.closed) return;
+        const reason = e instanceof AuthError ? e.reason : 'invalid';
+        this.sendErr(ws, E_UNAUTHORIZED, `refresh refused: token ${reason}`, r.ref);
+      },
+    );
+    return true;
+  }
+
   private closeSlow(ws: WebSocket<Conn>): void {
     const c = ws.getUserData();
     if (c.closed) return;
@@ -499,6 +634,7 @@ export class Engine {
   private onClose(ws: WebSocket<Conn>, code: number): void {
     const c = ws.getUserData();
     c.closed = true;
+    AuthGate.disarm(c);
     const key = KNOWN_CLOSE_CODES.has(code) ? code : CLOSE_OTHER;
     this.counters.closedByCode.set(key, (this.counters.closedByCode.get(key) ?? 0) + 1);
     this.conns.delete(c.id);
@@ -547,6 +683,73 @@ export class Engine {
         reject(new EngineError('SHARDCHAT_OVERLOADED', `shard ${shard} queue is full; retry`));
       }
     });
+  }
+
+  /**
+   * Asks shard `shard` an HTTP API question (workers/admin.ts); resolves with its decoded reply.
+   * Rejects with EngineError when the shard failed, its queue is full, or the engine closes.
+   */
+  admin(shard: number, op: AdminOp, args: Record<string, unknown>): Promise<unknown> {
+    if (this.draining) return Promise.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine is closing'));
+    const link = this.links[shard];
+    if (link === undefined) return Promise.reject(new RangeError(`no shard ${shard}`));
+    if (link.failed) return Promise.reject(new EngineError('SHARDCHAT_SHARD_FAILED', `shard ${shard} failed (restart budget spent)`));
+    const req = this.nextReq++;
+    if (this.nextReq > 0xffffffff) this.nextReq = 1;
+    return new Promise<unknown>((resolve, reject) => {
+      this.adminPending.set(req, { resolve, reject });
+      if (!link.writeAdmin(req, ADMIN_OPS.indexOf(op), Buffer.from(JSON.stringify(args)))) {
+        this.adminPending.delete(req);
+        reject(new EngineError('SHARDCHAT_OVERLOADED', `shard ${shard} queue is full; retry`));
+      }
+    });
+  }
+
+  /**
+   * Removes every connection of `user` from `room` (each gets an unsolicited `left`, as if it
+   * had left) and, when `banMs` > 0, refuses that user's joins of it with `forbidden` until the
+   * ban ends. Resolves with the number of connections removed.
+   */
+  kick(room: string, user: string, banMs = 0): number {
+    if (banMs > 0) this.bans.ban(room, user, banMs);
+    const leave = packBody({ t: 'leave', room }) as Uint8Array;
+    const link = this.links[this.shardOf(room)]!;
+    let n = 0;
+    for (const ws of this.conns.values()) {
+      const c = ws.getUserData();
+      if (c.user !== user || !c.rooms.has(room) || c.closed) continue;
+      if (!link.writeFrame(c.id, null, leave, 0)) throw new EngineError('SHARDCHAT_OVERLOADED', 'shard queue full; retry');
+      c.rooms.delete(room);
+      n++;
+    }
+    return n;
+  }
+
+  /** Closes the connections of `user`, or the one named `conn` (its hello's conn), with `code`. Returns how many. */
+  disconnect(target: { user?: string; conn?: string }, code: number, reason: string): number {
+    let n = 0;
+    for (const ws of this.conns.values()) {
+      const c = ws.getUserData();
+      if (c.closed || (target.user !== undefined && c.user !== target.user) || (target.conn !== undefined && c.connStr !== target.conn)) continue;
+      ws.end(code, reason);
+      n++;
+    }
+    return n;
+  }
+
+  /** A shard's OUT_EVENT (only with webhooks on): decoded and queued to the webhook sender. */
+  private onEvent(room: string, body: Uint8Array): void {
+    if (this.webhooks === null) return;
+    try {
+      this.webhooks.emit(eventFromShard(room, body));
+    } catch (err) {
+      this.log.error({ event: 'webhook_event_bad', err: (err as Error).message }, 'shard event cannot be sent');
+    }
+  }
+
+  /** The shard count (rooms are spread over them by shardOf). */
+  get shardCount(): number {
+    return this.links.length;
   }
 
   stats(): EngineStats {
@@ -601,8 +804,13 @@ export class Engine {
       stopLoopDelay: () => { this.loopDelay?.disable(); this.loopDelay = null; },
       rejectPending: () => {
         for (const [req, p] of this.pending) { this.pending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
+        for (const [req, p] of this.adminPending) { this.adminPending.delete(req); p.reject(new EngineError('SHARDCHAT_SHUTTING_DOWN', 'engine closed before the shard answered')); }
       },
-      destroyPool: () => this.pool.destroy(),
+      destroyPool: async () => {
+        // The webhook sender flushes what the drain produced (within its own deadline) first.
+        if (this.webhooks !== null) await this.webhooks.close();
+        await this.pool.destroy();
+      },
       stopped: () => {
         // Every shard has closed its store: the directory is free for the next engine.
         this.dataLock?.release();

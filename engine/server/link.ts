@@ -7,7 +7,7 @@
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
 import { S_DELIVERED, S_ERR_BASE, S_IN_HANDLED, S_OUT_PUBLISH_END, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
-import { IN_CLOSE, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+import { IN_ADMIN, IN_CLOSE, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
   inbound!: SharedArrayBuffer;
@@ -143,6 +143,23 @@ export class ShardLink {
     p = putShortAscii(b, p, from);
     p = putShortAscii(b, p, cid);
     b.set(body, p);
+    w.commit();
+    w.publish();
+    this.noteInboundDepth();
+    return true;
+  }
+
+  /** Writes an HTTP API request for this shard (IN_ADMIN; workers/admin.ts); false when the ring is full. */
+  writeAdmin(req: number, op: number, args: Uint8Array): boolean {
+    if (this.backlog.length > 0) { this.overloaded++; return false; }
+    const w = this.writer;
+    const off = w.reserve(6 + args.byteLength);
+    if (off < 0) { this.overloaded++; return false; }
+    const b = w.bytes;
+    b[off] = IN_ADMIN;
+    putU32(b, off + 1, req);
+    b[off + 5] = op;
+    b.set(args, off + 6);
     w.commit();
     w.publish();
     this.noteInboundDepth();

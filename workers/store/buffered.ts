@@ -48,6 +48,8 @@ export abstract class BufferedStore<D> implements Store {
   protected abstract flush(rooms: Iterable<RoomEntry<D>>, cursors: Iterable<PendingCursor<D>>): void;
   protected abstract committedRange(r: RoomEntry<D>, from: number, to: number, maxBytes: number, newestFirst: boolean): StoredMessage[];
   protected abstract committedFirst(r: RoomEntry<D>): number;
+  /** Replaces a committed message's frame; false when the backend no longer keeps it. */
+  protected abstract replaceCommitted(r: RoomEntry<D>, seq: number, frame: Uint8Array): boolean;
   protected abstract committedCursor(r: RoomEntry<D>, user: string): number | null;
   protected abstract committedCid(r: RoomEntry<D>, user: string, cid: string): CidHit | null;
   protected abstract trimBackend(now: number, budgetMs: number): TrimResult;
@@ -105,6 +107,15 @@ export abstract class BufferedStore<D> implements Store {
     const r = this.entry(room);
     this.pendingCursors.set(room + '\u0000' + user, { room: r, user, seq });
     this.dirty.add(r);
+  }
+
+  replace(room: string, seq: number, frame: Uint8Array): boolean {
+    const r = this.entry(room);
+    const copy = Uint8Array.prototype.slice.call(frame);
+    const i = r.pending.findIndex((m) => m.seq === seq);
+    if (i >= 0) { r.pending[i] = { ...r.pending[i]!, frame: copy }; return true; }
+    if (seq < 1 || seq > r.committedSeq) return false;
+    return this.replaceCommitted(r, seq, copy);
   }
 
   commit(): void {

@@ -89,6 +89,15 @@ export class MemoryStore extends BufferedStore<MemRoom> {
     return out;
   }
 
+  protected replaceCommitted(r: RoomEntry<MemRoom>, seq: number, frame: Uint8Array): boolean {
+    const d = r.data;
+    if (d.head >= d.msgs.length) return false;
+    const k = d.head + (seq - d.msgs[d.head]!.seq);
+    if (k < d.head || k >= d.msgs.length || d.msgs[k]!.seq !== seq) return false;
+    d.msgs[k] = { ...d.msgs[k]!, frame };
+    return true;
+  }
+
   protected committedFirst(r: RoomEntry<MemRoom>): number {
     const d = r.data;
     return d.head < d.msgs.length ? d.msgs[d.head]!.seq : r.committedSeq + 1;

@@ -154,6 +154,12 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
     return out;
   }
 
+  protected replaceCommitted(r: RoomEntry<SqlRoom>, seq: number, frame: Uint8Array): boolean {
+    if (r.data.id === 0) return false;
+    const info = this.run(() => this.s.replaceMsg.run(frame, r.data.id, seq), 'write a message');
+    return info.changes > 0;
+  }
+
   protected committedFirst(r: RoomEntry<SqlRoom>): number {
     if (r.data.id === 0) return r.committedSeq + 1;
     const min = this.run(() => this.s.firstSeq.get(r.data.id) as number | null, 'read messages');
@@ -197,6 +203,7 @@ function prepare(db: BetterSqlite3.Database) {
     insertRoom: db.prepare('INSERT INTO rooms(name, epoch, seq) VALUES (?, ?, ?)'),
     updateRoom: db.prepare('UPDATE rooms SET seq = ? WHERE id = ?'),
     insertMsg: db.prepare('INSERT INTO messages(room, seq, user, ts, cid, frame) VALUES (?, ?, ?, ?, ?, ?)'),
+    replaceMsg: db.prepare('UPDATE messages SET frame = ? WHERE room = ? AND seq = ?'),
     upsertCid: db.prepare('INSERT OR REPLACE INTO cids(room, user, cid, seq, ts) VALUES (?, ?, ?, ?, ?)'),
     upsertCursor: db.prepare('INSERT INTO cursors(room, user, seq) VALUES (?, ?, ?) ON CONFLICT(room, user) DO UPDATE SET seq = excluded.seq'),
     rangeAsc: db.prepare('SELECT seq, user, ts, cid, frame FROM messages WHERE room = ? AND seq BETWEEN ? AND ? ORDER BY seq').raw(),

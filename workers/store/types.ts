@@ -88,6 +88,12 @@ export interface Store {
   beginBatch(): void;
   /** Records message `m.seq` (= room(name).seq + 1, else STORE_MISUSE) in the open batch. */
   append(room: string, m: AppendInput): void;
+  /**
+   * Replaces the stored frame of message `seq` (a redaction's tombstone): in the open batch when
+   * the message is still pending there, else written to the backend at once. False when the
+   * store no longer keeps that message.
+   */
+  replace(room: string, seq: number, frame: Uint8Array): boolean;
   /** Sets `user`'s read cursor in `room` in the open batch. */
   setCursor(room: string, user: string, seq: number): void;
   /** Makes the batch durable (per the backend's setting); acks may go out once it returns. */

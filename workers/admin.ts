@@ -1,0 +1,223 @@
+/**
+ * The shard's side of the server HTTP API (docs/API.md): IN_ADMIN records carry a request
+ * (`op` and JSON arguments) from the main thread; each is answered by exactly one
+ * OUT_ADMIN_REPLY (a MessagePack map: the result, or `{error, msg}`), plus, for `redact`, the
+ * `redacted` frame published to the room. Like the handler, a call either does all of its work
+ * or, when the outbound ring lacks room, nothing, and returns the bytes it needs.
+ *
+ * Ops: `history` (as `hist`), `presence` (the users of a room), `rooms` (a page of room names,
+ * sorted), `redact` (a message's body replaced by a tombstone in history, members told).
+ * With a durable store, `history` pages come from the store (the whole retention, also rooms the
+ * shard does not hold in memory now) and `redact` writes its tombstone there too (and into the
+ * memory cache when the message is in it), so a redaction outlives a restart.
+ */
+import { MsgSizer, MsgWriter, asciiString, skipValue } from '../engine/protocol/msgpack.js';
+import { DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, writeHead } from '../engine/protocol/frames.js';
+import { ADMIN_OPS, OUT_ADMIN_REPLY, OUT_BODY, OUT_PUBLISH, getU32 } from '../engine/protocol/records.js';
+import { type RingWriter, recordSpan } from '../engine/ring/index.js';
+import type { Room, Rooms } from './rooms.js';
+import type { Store, StoredMessage } from './store/index.js';
+
+/** Most room names one `rooms` page returns. */
+export const MAX_ROOMS_PAGE = 1000;
+
+interface AdminArgs { room?: unknown; before?: unknown; after?: unknown; limit?: unknown; seq?: unknown }
+
+const sz = new MsgSizer();
+const w = new MsgWriter();
+const scratch = { names: [] as string[] };
+
+const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+/** Handles IN_ADMIN at b[off, end): 0 when answered, else the outbound bytes it needs. */
+export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number, b: Uint8Array, off: number, end: number, store: Store | null = null): number {
+  const req = getU32(b, off + 1);
+  const op = ADMIN_OPS[b[off + 5]!] ?? '';
+  let args: AdminArgs;
+  try {
+    args = JSON.parse(Buffer.from(b.buffer, b.byteOffset + off + 6, end - off - 6).toString('utf8')) as AdminArgs;
+  } catch {
+    return reply(out, req, (m) => error(m, 'bad_request', 'arguments are not JSON'));
+  }
+  if (op === 'rooms') return listRooms(out, rooms, req, args);
+  const name = typeof args.room === 'string' ? args.room : '';
+  const r = rooms.get(name);
+  switch (op) {
+    case 'history': return store === null ? history(out, rooms, maxHistBytes, req, r, args) : storeHistory(out, store, maxHistBytes, req, name, r, args);
+    case 'presence':
+      return reply(out, req, (m) => {
+        const users = r === undefined ? [] : [...r.users.keys()];
+        m.mapHeader(2).str('users').arrayHeader(users.length);
+        for (const u of users) m.str(u);
+        m.str('connections').uint(r === undefined ? 0 : r.members.size);
+      });
+    case 'redact': return redact(out, rooms, req, r, args, store, name);
+    default: return reply(out, req, (m) => error(m, 'bad_request', `unknown op ${op}`));
+  }
+}
+
+function error(m: MsgWriter, code: string, msg: string): void {
+  m.mapHeader(2).str('error').str(code).str('msg').str(msg);
+}
+
+/** Writes one OUT_ADMIN_REPLY whose body `put` writes (run once over a sizer, once for real). */
+function reply(out: RingWriter, req: number, put: (m: MsgWriter) => void, extra = 0): number {
+  put(sz.start());
+  const len = sz.pos;
+  const need = recordSpan(OUT_BODY + len) * 2 + extra;
+  if (out.freeBytes() < need) return need;
+  record(out, OUT_ADMIN_REPLY, req, len, '', put);
+  return 0;
+}
+
+function record(out: RingWriter, kind: number, id: number, bodyLen: number, room: string, put: (m: MsgWriter) => void): void {
+  const len = OUT_BODY + bodyLen + room.length;
+  const o = out.reserve(len);
+  if (o < 0) throw new Error(`outbound ring refused ${len} bytes after the space check`);
+  const bytes = out.bytes;
+  bytes[o] = kind; bytes[o + 1] = room.length; bytes[o + 2] = 0; bytes[o + 3] = 0;
+  bytes[o + 4] = id & 0xff; bytes[o + 5] = (id >>> 8) & 0xff; bytes[o + 6] = (id >>> 16) & 0xff; bytes[o + 7] = id >>> 24;
+  const m = w.reset(bytes, o + OUT_BODY, o + OUT_BODY + bodyLen);
+  put(m);
+  if (m.pos !== o + OUT_BODY + bodyLen) throw new Error(`admin record sized ${bodyLen} wrote ${m.pos - o - OUT_BODY}`);
+  for (let i = 0; i < room.length; i++) bytes[m.pos + i] = room.charCodeAt(i);
+  out.commit(len);
+}
+
+function history(out: RingWriter, rooms: Rooms, maxHistBytes: number, req: number, r: Room | undefined, args: AdminArgs): number {
+  if (r === undefined || r.seq === 0) return reply(out, req, (m) => { m.mapHeader(3).str('epoch').nil().str('seq').uint(r?.seq ?? 0).str('msgs').arrayHeader(0); });
+  const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_HIST_LIMIT) : DEFAULT_HIST_LIMIT;
+  const first = rooms.firstKept(r);
+  let lo: number; let hi: number;
+  if (isSeq(args.before)) { hi = Math.min(args.before - 1, r.seq); lo = hi - limit + 1; }
+  else if (isSeq(args.after)) { lo = args.after + 1; hi = Math.min(lo + limit - 1, r.seq); }
+  else { hi = r.seq; lo = hi - limit + 1; }
+  if (lo < 1) lo = 1;
+  const truncated = lo < first && lo <= hi;
+  if (lo < first) lo = first;
+  let a = lo; let z = hi; let bytes = 0;
+  if (!isSeq(args.after)) {
+    for (let s = hi; s >= lo; s--) { const l = rooms.entryLen(r, s); if (bytes + l > maxHistBytes && s !== hi) { a = s + 1; break; } bytes += l; }
+  } else {
+    for (let s = lo; s <= hi; s++) { const l = rooms.entryLen(r, s); if (bytes + l > maxHistBytes && s !== lo) { z = s - 1; break; } bytes += l; }
+  }
+  return reply(out, req, (m) => {
+    m.mapHeader(4).str('epoch').str(r.epoch).str('seq').uint(r.seq).str('truncated').bool(truncated);
+    m.str('msgs').arrayHeader(z >= a ? z - a + 1 : 0);
+    for (let s = a; s <= z; s++) m.raw(rooms.entry(r, s), 0, rooms.entryLen(r, s));
+  });
+}
+
+/** `history` with a durable store: the page is read from the store (it holds the batch's own writes too). */
+function storeHistory(out: RingWriter, store: Store, maxHistBytes: number, req: number, name: string, r: Room | undefined, args: AdminArgs): number {
+  const info = store.room(name); // creates a cache entry for an unknown name: dropped below
+  const forget = (): void => { if (r === undefined) store.evict(name); };
+  if (info.seq === 0) { forget(); return reply(out, req, (m) => { m.mapHeader(3).str('epoch').nil().str('seq').uint(0).str('msgs').arrayHeader(0); }); }
+  const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_HIST_LIMIT) : DEFAULT_HIST_LIMIT;
+  const first = store.firstKept(name);
+  let lo: number; let hi: number;
+  if (isSeq(args.before)) { hi = Math.min(args.before - 1, info.seq); lo = hi - limit + 1; }
+  else if (isSeq(args.after)) { lo = args.after + 1; hi = Math.min(lo + limit - 1, info.seq); }
+  else { hi = info.seq; lo = hi - limit + 1; }
+  if (lo < 1) lo = 1;
+  const truncated = lo < first && lo <= hi;
+  if (lo < first) lo = first;
+  let msgs: StoredMessage[] = [];
+  if (lo <= hi) {
+    if (isSeq(args.after)) msgs = store.range(name, lo, hi, maxHistBytes); // the oldest end of the range
+    else {
+      // The newest end: read the range, then keep what fits from the newest down (at least one).
+      const all = store.range(name, lo, hi, Number.MAX_SAFE_INTEGER);
+      let bytes = 0; let k = all.length;
+      while (k > 0 && (k === all.length || bytes + all[k - 1]!.frame.byteLength <= maxHistBytes)) { k--; bytes += all[k]!.frame.byteLength; }
+      msgs = all.slice(k);
+    }
+  }
+  forget();
+  return reply(out, req, (m) => {
+    m.mapHeader(4).str('epoch').str(info.epoch).str('seq').uint(info.seq).str('truncated').bool(truncated);
+    m.str('msgs').arrayHeader(msgs.length);
+    for (const x of msgs) m.raw(x.frame, 0, x.frame.byteLength);
+  });
+}
+
+function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs): number {
+  const after = typeof args.after === 'string' ? args.after : '';
+  const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_ROOMS_PAGE) : 100;
+  const names = scratch.names;
+  names.length = 0;
+  // The `limit` smallest names past `after`, kept sorted as they are found: O(rooms x log limit)
+  // compares and O(limit) memory, so a page costs the shard no sort of all its rooms.
+  for (const r of rooms.rooms.values()) {
+    const n = r.name;
+    if (n <= after || (names.length === limit && n >= names[limit - 1]!)) continue;
+    let lo = 0; let hi = names.length;
+    while (lo < hi) { const mid = (lo + hi) >>> 1; if (names[mid]! < n) lo = mid + 1; else hi = mid; }
+    names.splice(lo, 0, n);
+    if (names.length > limit) names.length = limit;
+  }
+  const counts = names.map((n) => rooms.get(n)!.members.size);
+  const res = reply(out, req, (m) => {
+    m.mapHeader(1).str('rooms').arrayHeader(names.length);
+    for (let i = 0; i < names.length; i++) m.mapHeader(2).str('room').str(names[i]!).str('connections').uint(counts[i]!);
+  });
+  names.length = 0;
+  return res;
+}
+
+/** The tombstone of msg entry e[0, len): the same msg with `body: nil` and `redacted: true`. */
+function putTombstone(m: MsgWriter, room: string, e: Uint8Array, len: number, seq: number): void {
+  // The entry is writeMsg's map of six fixstr keys (frames.ts): copy `from` and `ts` as they are.
+  let p = 1; let fromAt = -1; let fromEnd = -1; let tsAt = -1; let tsEnd = -1;
+  for (let i = 0; i < (e[0]! & 0x0f); i++) {
+    const kl = e[p]! & 0x1f;
+    const key = asciiString(e, p + 1, p + 1 + kl);
+    const vs = p + 1 + kl;
+    const ve = skipValue(e, vs, len, 1, 1000);
+    if (key === 'from') { fromAt = vs; fromEnd = ve; }
+    if (key === 'ts') { tsAt = vs; tsEnd = ve; }
+    p = ve;
+  }
+  m.mapHeader(7).str('t').str('msg').str('room').str(room).str('seq').uint(seq);
+  m.str('from').raw(e, fromAt, fromEnd).str('body').nil().str('ts').raw(e, tsAt, tsEnd).str('redacted').bool(true);
+}
+
+function redact(out: RingWriter, rooms: Rooms, req: number, r: Room | undefined, args: AdminArgs, store: Store | null, name: string): number {
+  const seq = args.seq;
+  const notFound = (): number => reply(out, req, (m) => error(m, 'not_found', `room ${String(args.room)} keeps no message ${String(seq)}`));
+  if (!isSeq(seq)) return notFound();
+  // The message: from the memory cache when it is there, else from the durable store.
+  const inCache = r !== undefined && seq >= rooms.firstKept(r) && seq <= r.seq && seq >= 1;
+  let e: Uint8Array; let len: number;
+  if (inCache) { e = rooms.entry(r, seq); len = rooms.entryLen(r, seq); }
+  else if (store !== null) {
+    const known = r !== undefined || store.room(name).seq > 0;
+    const m = known ? store.range(name, seq, seq, Number.MAX_SAFE_INTEGER)[0] : undefined;
+    if (r === undefined && !known) store.evict(name);
+    if (m === undefined || m.seq !== seq) return notFound();
+    e = m.frame; len = e.byteLength;
+  } else return notFound();
+  putTombstone(sz.start(), name, e, len, seq);
+  const tombLen = sz.pos;
+  const put = (m: MsgWriter): void => { writeHead(m, 'redacted', roomBytes(name), 0, name.length, -1, 1); m.str('seq').uint(seq); };
+  put(sz.start());
+  const frameLen = sz.pos;
+  sz.start().mapHeader(1).str('ok').bool(true);
+  const okLen = sz.pos;
+  const need = recordSpan(OUT_BODY + frameLen + name.length) + recordSpan(OUT_BODY + okLen) * 2 + recordSpan(OUT_BODY + tombLen);
+  if (out.freeBytes() < need) return need;
+  const tmp = new Uint8Array(tombLen);
+  putTombstone(w.reset(tmp), name, e, len, seq);
+  if (inCache) rooms.history.replace(r!.hist!, seq - rooms.firstKept(r!), tmp, 0, tombLen);
+  // Written to the store too (at once, or in the open batch when the message is still pending in it), so it outlives a restart.
+  if (store !== null) store.replace(name, seq, tmp);
+  // Members are told (a room the shard does not hold has none).
+  if (r !== undefined) record(out, OUT_PUBLISH, 0, frameLen, name, put);
+  return reply(out, req, (m) => { m.mapHeader(1).str('ok').bool(true); });
+}
+
+const nameBuf = new Uint8Array(256);
+function roomBytes(name: string): Uint8Array {
+  for (let i = 0; i < name.length; i++) nameBuf[i] = name.charCodeAt(i);
+  return nameBuf;
+}
