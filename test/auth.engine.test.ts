@@ -233,7 +233,7 @@ test('token auth options: one identity source, CLI flags and environment', () =>
   assert.throws(() => resolveOptions({ jwtSecret: 'short' }), /jwtSecret must be at least 32 bytes/);
   assert.equal(resolveOptions({}).auth, null);
   const { options } = optionsFromArgs(['--jwt-audience', 'chat', '--token-cache-entries=5'], { SHARDCHAT_JWT_SECRET: SECRET });
-  assert.deepEqual(options, { jwtSecret: SECRET, jwtAudience: 'chat', tokenCacheEntries: 5 });
+  assert.deepEqual(options, { jwtSecret: SECRET, jwtAudience: 'chat', tokenCacheEntries: 5, store: 'sqlite' });
   const more = optionsFromArgs(['--api-key', 'k'.repeat(16), '--webhook-url', 'http://127.0.0.1:1/h', '--max-bans=7'], { SHARDCHAT_WEBHOOK_SECRET: 's'.repeat(16) }).options;
   const ro = resolveOptions(more);
   assert.equal(ro.apiKey, 'k'.repeat(16));
