@@ -84,17 +84,24 @@ function record(out: RingWriter, kind: number, id: number, bodyLen: number, room
   out.commit(len);
 }
 
-function history(out: RingWriter, rooms: Rooms, maxHistBytes: number, req: number, r: Room | undefined, args: AdminArgs): number {
-  if (r === undefined || r.seq === 0) return reply(out, req, (m) => { m.mapHeader(3).str('epoch').nil().str('seq').uint(r?.seq ?? 0).str('msgs').arrayHeader(0); });
+/**
+ * The seqs a `history` page asks for, as `hist` reads them (before / after / latest, `limit`),
+ * clipped to what is kept from `first` on; `truncated` when some of the range existed once.
+ */
+function pageRange(args: AdminArgs, seq: number, first: number): { lo: number; hi: number; truncated: boolean } {
   const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_HIST_LIMIT) : DEFAULT_HIST_LIMIT;
-  const first = rooms.firstKept(r);
   let lo: number; let hi: number;
-  if (isSeq(args.before)) { hi = Math.min(args.before - 1, r.seq); lo = hi - limit + 1; }
-  else if (isSeq(args.after)) { lo = args.after + 1; hi = Math.min(lo + limit - 1, r.seq); }
-  else { hi = r.seq; lo = hi - limit + 1; }
+  if (isSeq(args.before)) { hi = Math.min(args.before - 1, seq); lo = hi - limit + 1; }
+  else if (isSeq(args.after)) { lo = args.after + 1; hi = Math.min(lo + limit - 1, seq); }
+  else { hi = seq; lo = hi - limit + 1; }
   if (lo < 1) lo = 1;
   const truncated = lo < first && lo <= hi;
-  if (lo < first) lo = first;
+  return { lo: Math.max(lo, first), hi, truncated };
+}
+
+function history(out: RingWriter, rooms: Rooms, maxHistBytes: number, req: number, r: Room | undefined, args: AdminArgs): number {
+  if (r === undefined || r.seq === 0) return reply(out, req, (m) => { m.mapHeader(3).str('epoch').nil().str('seq').uint(r?.seq ?? 0).str('msgs').arrayHeader(0); });
+  const { lo, hi, truncated } = pageRange(args, r.seq, rooms.firstKept(r));
   let a = lo; let z = hi; let bytes = 0;
   if (!isSeq(args.after)) {
     for (let s = hi; s >= lo; s--) { const l = rooms.entryLen(r, s); if (bytes + l > maxHistBytes && s !== hi) { a = s + 1; break; } bytes += l; }
@@ -113,15 +120,7 @@ function storeHistory(out: RingWriter, store: Store, maxHistBytes: number, req: 
   const info = store.room(name); // creates a cache entry for an unknown name: dropped below
   const forget = (): void => { if (r === undefined) store.evict(name); };
   if (info.seq === 0) { forget(); return reply(out, req, (m) => { m.mapHeader(3).str('epoch').nil().str('seq').uint(0).str('msgs').arrayHeader(0); }); }
-  const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_HIST_LIMIT) : DEFAULT_HIST_LIMIT;
-  const first = store.firstKept(name);
-  let lo: number; let hi: number;
-  if (isSeq(args.before)) { hi = Math.min(args.before - 1, info.seq); lo = hi - limit + 1; }
-  else if (isSeq(args.after)) { lo = args.after + 1; hi = Math.min(lo + limit - 1, info.seq); }
-  else { hi = info.seq; lo = hi - limit + 1; }
-  if (lo < 1) lo = 1;
-  const truncated = lo < first && lo <= hi;
-  if (lo < first) lo = first;
+  const { lo, hi, truncated } = pageRange(args, info.seq, store.firstKept(name));
   let msgs: StoredMessage[] = [];
   if (lo <= hi) {
     if (isSeq(args.after)) msgs = store.range(name, lo, hi, maxHistBytes); // the oldest end of the range
