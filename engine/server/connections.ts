@@ -1,7 +1,7 @@
 /**
- * The connection router: every uWS WebSocket callback. The upgrade (draining, admission rate,
- * maxConnections, open-mode `?user=`, the authenticate hook or the token gate), the hello on
- * open, each client frame (scan, rate limit, permissions, bans, routing into its room's shard
+ * The connection router: every uWS WebSocket callback. The upgrade (./upgrade.ts: draining,
+ * admission rate, maxConnections, open-mode `?user=`, the authenticate hook or the token gate),
+ * the hello on open, each client frame (scan, rate limit, permissions, bans, routing into its room's shard
  * inbound ring, the main thread's join/leave bookkeeping, `refresh`) and the close (the shards
  * are told once each). It owns the connections map and the per-connection state (./conn.ts);
  * what it needs of the engine is its RouterHost.
@@ -9,8 +9,8 @@
 import type { Logger } from 'pino';
 import { pack as packBody } from 'msgpackr';
 import { EngineError, CLOSE_OTHER, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, KNOWN_CLOSE_CODES } from '../errors.js';
-import { AuthError, identityFromHook, refusal, type Identity } from '../auth/index.js';
-import { AuthGate, answerProtocol, parseRefresh, permits } from './auth-gate.js';
+import { AuthError, type Identity } from '../auth/index.js';
+import { AuthGate, parseRefresh, permits } from './auth-gate.js';
 import type { BanTable } from './bans.js';
 import type { ResolvedOptions } from '../options.js';
 import {
@@ -19,14 +19,13 @@ import {
   type Limits,
 } from '../protocol/frames.js';
 import { MsgWriter, asciiString } from '../protocol/msgpack.js';
-import { addrHash } from '../protocol/records.js';
-import { checkUserQuery } from '../protocol/identity.js';
 import type { ShardLink } from './link.js';
 import { nowMicros } from './outbound.js';
 import type { SlowConsumerGuard } from './slow-consumers.js';
-import { type BucketState, TokenBucketPolicy, monotonicMs } from './token-bucket.js';
+import { TokenBucketPolicy, monotonicMs } from './token-bucket.js';
 import type { Conn, ConnCounters } from './conn.js';
-import type { HttpRequest, HttpResponse, WebSocket, WebSocketBehavior } from './uws.js';
+import { UpgradePath } from './upgrade.js';
+import type { WebSocket, WebSocketBehavior } from './uws.js';
 
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
 const LIMIT_LOG_MS = 10_000;
@@ -59,9 +58,10 @@ export class ConnectionRouter {
   readonly conns = new Map<number, WebSocket<Conn>>();
   /** Token auth (options.auth): set by Engine.listen(), null when off. */
   gate: AuthGate | null = null;
+  /** The upgrade path (./upgrade.ts): admission, maxConnections, identity. */
+  readonly upgrades: UpgradePath;
   /** The uWS `/ws` callbacks, bound once. */
   readonly handlers: Pick<WebSocketBehavior<Conn>, 'upgrade' | 'open' | 'message' | 'close'>;
-  private nextConn = 1;
   /** Scanner and scratch buffer shared by every frame (the main thread handles one at a time). */
   private readonly frame = new ClientFrame();
   private readonly scratch = new Uint8Array(64 * 1024);
@@ -70,21 +70,18 @@ export class ConnectionRouter {
   private readonly o: ResolvedOptions;
   /** Per-connection frame rate (ratePerSec, rateBurst) on the monotonic clock. */
   private readonly rate: TokenBucketPolicy;
-  /** New connections a second (upgradeRatePerSec; null = unlimited), one bucket for the engine. */
-  private readonly admission: TokenBucketPolicy | null;
-  private readonly admitted: BucketState;
   private fanoutCount = 0;
-  /** Upgrades waiting on an async authenticate hook: they count against maxConnections. */
-  private authPending = 0;
 
   constructor(private readonly host: RouterHost) {
     const o = (this.o = host.options);
     this.limits = { maxFrame: o.maxFrameBytes, maxRooms: o.maxRoomsPerConn, ratePerSec: o.ratePerSec, burst: o.rateBurst, maxBuffer: o.maxBufferBytes };
     this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
-    this.admission = o.upgradeRatePerSec === 0 ? null : new TokenBucketPolicy(o.upgradeRatePerSec, o.upgradeRatePerSec, monotonicMs);
-    this.admitted = this.admission?.full() ?? { tokens: 0, last: 0 };
+    this.upgrades = new UpgradePath({
+      options: o, log: host.log, counters: host.counters,
+      connections: () => this.conns.size, gate: () => this.gate, draining: () => host.draining(), newBucket: () => this.rate.full(),
+    });
     this.handlers = {
-      upgrade: (res, req, ctx) => this.onUpgrade(res, req, ctx),
+      upgrade: (res, req, ctx) => this.upgrades.onUpgrade(res, req, ctx),
       open: (ws) => this.onOpen(ws),
       message: (ws, msg, isBinary) => this.onMessage(ws, msg, isBinary),
       close: (ws, code) => this.onClose(ws, code),
@@ -98,108 +95,6 @@ export class ConnectionRouter {
     return n;
   }
 
-  /** Takes an admission token (upgradeRatePerSec); without one, answers 503 + Retry-After and returns true. */
-  throttled(res: HttpResponse): boolean {
-    if (this.admission === null) return false;
-    const wait = this.admission.take(this.admitted);
-    if (wait <= 0) return false;
-    this.host.counters.upgradesThrottled++;
-    res.writeStatus('503 Service Unavailable').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain').end('too many new connections; retry after Retry-After seconds');
-    return true;
-  }
-
-  private onUpgrade(res: HttpResponse, req: HttpRequest, ctx: unknown): void {
-    if (this.host.draining()) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-    if (this.throttled(res)) return;
-    if (this.conns.size + this.authPending >= this.o.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-    const key = req.getHeader('sec-websocket-key');
-    const protocol = req.getHeader('sec-websocket-protocol');
-    const extensions = req.getHeader('sec-websocket-extensions');
-    const query = req.getQuery() ?? '';
-    if (this.gate !== null) { this.upgradeWithToken(this.gate, res, key, protocol, extensions, query, ctx); return; }
-    const auth = this.o.authenticate;
-    if (auth === null) {
-      const q = checkUserQuery(query);
-      if (q.error !== undefined) { res.writeStatus('400 Bad Request').writeHeader('content-type', 'text/plain').end(q.error); return; }
-      this.upgrade(res, q.user, null, key, answerProtocol(protocol), extensions, ctx);
-      return;
-    }
-    const headers: Record<string, string> = {};
-    req.forEach((k, v) => { headers[k] = v; });
-    const url = req.getUrl();
-    let aborted = false;
-    res.onAborted(() => { aborted = true; });
-    this.authPending++;
-    void (async () => {
-      let result: unknown = null;
-      try {
-        result = await auth({ url, query, headers });
-      } catch (e) {
-        this.host.log.warn({ event: 'auth_error', err: (e as Error).message }, 'authenticate threw');
-      } finally {
-        this.authPending--;
-      }
-      if (aborted) return;
-      // Anything but { user: valid id, rooms?, info?, exp? } (null, undefined, a bad id, a bad
-      // rooms list) refuses the upgrade with 401.
-      let identity: Identity | null = null;
-      if (result !== null && typeof result === 'object') {
-        try {
-          identity = identityFromHook(result as { user: string }, this.o.auth?.maxInfoBytes);
-        } catch (e) {
-          if (!(e instanceof AuthError)) throw e;
-          this.host.log.warn({ event: 'auth_error', err: e.detail }, 'authenticate returned a bad identity');
-        }
-      }
-      res.cork(() => {
-        if (identity === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
-        if (this.host.draining()) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-        if (this.conns.size >= this.o.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        this.upgrade(res, identity.user, identity, key, answerProtocol(protocol), extensions, ctx);
-      });
-    })();
-  }
-
-  /** Token auth: `?user=` names no one; the token's `sub` is the user (docs/AUTH.md). */
-  private upgradeWithToken(gate: AuthGate, res: HttpResponse, key: string, protocol: string, extensions: string, query: string, ctx: unknown): void {
-    let aborted = false;
-    res.onAborted(() => { aborted = true; });
-    this.authPending++;
-    void (async () => {
-      let answer: { identity: Identity; protocol: string } | AuthError;
-      try {
-        answer = await gate.verifyUpgrade(protocol, query);
-      } catch (e) {
-        answer = e instanceof AuthError ? e : new AuthError('invalid', (e as Error).message);
-      } finally {
-        this.authPending--;
-      }
-      if (aborted) return;
-      res.cork(() => {
-        if (answer instanceof AuthError) {
-          const r = refusal(answer);
-          res.writeStatus(r.status).writeHeader('content-type', 'application/json').end(r.body);
-          return;
-        }
-        if (this.host.draining()) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-        if (this.conns.size >= this.o.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        // Answer the one protocol extractToken chose (`shardchat.v1`), never the bearer entry.
-        this.upgrade(res, answer.identity.user, answer.identity, key, answer.protocol, extensions, ctx);
-      });
-    })();
-  }
-
-  private upgrade(res: HttpResponse, user: string | null, identity: Identity | null, key: string, protocol: string, extensions: string, ctx: unknown): void {
-    const id = this.nextConn++;
-    if (this.nextConn > 0xffffffff) this.nextConn = 1;
-    const connStr = `c${id.toString(36)}`;
-    const data: Conn = {
-      id, connStr, user: user ?? `anon-${connStr}`, anon: user === null, identity, expiryTimer: null,
-      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), topics: new Set(),
-      bucket: this.rate.full(), closed: false, lastLimitLog: -Infinity,
-    };
-    res.upgrade(data, key, protocol, extensions, ctx as never);
-  }
 
   private onOpen(ws: WebSocket<Conn>): void {
     const c = ws.getUserData();

@@ -4,8 +4,8 @@
  * callback; shard output comes back through the outbound rings and becomes `send`/`publish`
  * calls on views of the ring (no copy). This facade wires the parts together and owns the
  * listener, server publishes, HTTP API requests to shards and the metrics snapshot; its parts
- * live beside it: ./connections.ts (the connection router: upgrade, open, each frame, close;
- * per-connection state in ./conn.ts), ./supervisor.ts (shard start, heartbeat, crash, back-off,
+ * live beside it: ./connections.ts (the connection router: open, each frame, close; its upgrade
+ * path in ./upgrade.ts, per-connection state in ./conn.ts), ./supervisor.ts (shard start, heartbeat, crash, back-off,
  * replay), ./outbound.ts (ring output to sockets), ./lifecycle.ts (the drain: close()'s sequence
  * and deadline), ./http.ts (/healthz, /readyz, /metrics and its own listener), ./auth-gate.ts
  * (token auth), ./api.ts (the HTTP API), ./static.ts (the chat page), ./slow-consumers.ts (the
@@ -270,7 +270,7 @@ export class Engine {
     this.http.routeHealth(app);
     const gate = this.router.gate;
     // /auth/check verifies a token as an upgrade does, so it shares the upgrades' admission rate.
-    if (gate !== null) app.get('/auth/check', (res, req) => { if (!this.router.throttled(res)) gate.check(res, req); });
+    if (gate !== null) app.get('/auth/check', (res, req) => { if (!this.router.upgrades.throttled(res)) gate.check(res, req); });
     if (o.apiKey !== null) routeApi(app, this, o.apiKey, o.apiMaxBodyBytes, this.log);
     if (o.metrics && o.metricsPort === -1) this.http.routeMetrics(app);
     if (o.web) routeStatic(app);
