@@ -1,8 +1,8 @@
 /**
  * Token auth on the main thread (docs/AUTH.md): the verifier behind the upgrade path, the
  * `GET /auth/check` endpoint, the `refresh` frame, the per-frame room permission check and the
- * expiry timers that close a connection with 4401. engine.ts calls in here; it holds no uWS
- * state of its own beyond the handlers it is given.
+ * expiry timers that close a connection with 4401. The connection router (./connections.ts)
+ * calls in here; it holds no uWS state of its own beyond the handlers it is given.
  */
 import { unpack } from 'msgpackr';
 import { AuthError, BEARER_PREFIX, SUBPROTOCOL, allows, createVerifier, extractToken, refusal, type Identity, type ResolvedAuthOptions, type RoomAction, type TokenVerifier, type VerifierStats } from '../auth/index.js';

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { EngineError } from '../errors.js';
 import type * as UWS from '@trufflesuite/uws-js-unofficial';
 
-export type { HttpRequest, HttpResponse, TemplatedApp, WebSocket, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
+export type { HttpRequest, HttpResponse, TemplatedApp, WebSocket, WebSocketBehavior, us_listen_socket } from '@trufflesuite/uws-js-unofficial';
 export type UwsModule = typeof UWS;
 
 /** Candidates in order of preference. */
