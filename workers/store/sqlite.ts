@@ -59,24 +59,33 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
     if (!(Number.isInteger(ckpt) && ckpt >= 0)) throw new TypeError(`store option autoCheckpointPages must be an integer >= 0, got ${String(ckpt)}`);
     prepareDataDir(opts.dir);
     this.file = dbPath(opts.dir);
-    let db: BetterSqlite3.Database | null = null;
-    try {
-      db = new Database(this.file, { timeout: opts.busyTimeoutMs ?? 5000 });
-      // Read-only checks first (a damaged header shows here: the first read of the file); only
-      // then the pragmas that write, so a file that is not ours is left exactly as it was.
-      checkSchema(db, this.file);
-      db.pragma('journal_mode = WAL');
-      db.pragma(`synchronous = ${opts.fsync === 'always' ? 'FULL' : 'NORMAL'}`);
-      db.pragma('journal_size_limit = 67108864');
-      db.pragma('cache_size = -8192'); // 8 MiB of page cache per connection
-      db.pragma(`wal_autocheckpoint = ${ckpt}`);
-      this.schemaVersion = migrate(db, this.file);
-      this.db = db;
-      this.s = prepare(db);
-      this.trimSql = prepareTrim(db);
-    } catch (e) {
-      db?.close();
-      throw sqliteError(e, `cannot open ${this.file}`);
+    // Several shards open a new data dir at once: one of them switching it to WAL (or recovering
+    // it) makes the others' first reads fail with SQLITE_BUSY at once, without SQLite's busy
+    // handler (seen in CI: "database is locked" 94 ms into a 3-shard open). Opening is retried
+    // within busyTimeoutMs; any other error, or a lock held that long, is the StoreError.
+    const deadline = performance.now() + (opts.busyTimeoutMs ?? 5000);
+    for (let attempt = 1; ; attempt++) {
+      let db: BetterSqlite3.Database | null = null;
+      try {
+        db = new Database(this.file, { timeout: opts.busyTimeoutMs ?? 5000 });
+        // Read-only checks first (a damaged header shows here: the first read of the file); only
+        // then the pragmas that write, so a file that is not ours is left exactly as it was.
+        checkSchema(db, this.file);
+        db.pragma('journal_mode = WAL');
+        db.pragma(`synchronous = ${opts.fsync === 'always' ? 'FULL' : 'NORMAL'}`);
+        db.pragma('journal_size_limit = 67108864');
+        db.pragma('cache_size = -8192'); // 8 MiB of page cache per connection
+        db.pragma(`wal_autocheckpoint = ${ckpt}`);
+        this.schemaVersion = migrate(db, this.file);
+        this.db = db;
+        this.s = prepare(db);
+        this.trimSql = prepareTrim(db);
+        return;
+      } catch (e) {
+        db?.close();
+        if (isBusy(e) && performance.now() < deadline) { sleepMs(Math.min(100, 5 * attempt)); continue; }
+        throw sqliteError(e, `cannot open ${this.file}`);
+      }
     }
   }
 
@@ -212,4 +221,16 @@ function prepare(db: BetterSqlite3.Database) {
     cursor: db.prepare('SELECT seq FROM cursors WHERE room = ? AND user = ?').pluck(),
     cid: db.prepare('SELECT seq, ts FROM cids WHERE room = ? AND user = ? AND cid = ?').raw(),
   };
+}
+
+/** A lock another connection holds for now (SQLITE_BUSY, SQLITE_BUSY_RECOVERY, SQLITE_LOCKED...). */
+function isBusy(e: unknown): boolean {
+  const code = (e as { code?: unknown }).code;
+  return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'));
+}
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+/** Blocks this thread for `ms` (only while a store is being opened). */
+function sleepMs(ms: number): void {
+  Atomics.wait(sleeper, 0, 0, ms);
 }
