@@ -13,16 +13,8 @@ export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seeded float generator of the client SDK's back-off (mulberry32), under the name the store tests use. */
+export { seededRandom as mulberry32 } from '../../engine/client/backoff.js';
 
 /** The frame the kill -9 appender's life `life` writes for (room, seq): a seq reused by a later life would not match. */
 export function appenderFrame(life: number, room: string, seq: number): Uint8Array {
