@@ -2,6 +2,7 @@
  * Types of the SDK's public surface: options, states, events, and the frames it reads.
  */
 import type { Random } from './backoff.js';
+import type { Limits } from '../protocol/frames.js';
 
 /** The part of the WebSocket API the SDK uses; browsers' WebSocket and `ws` both provide it. */
 export interface WebSocketLike {
@@ -67,13 +68,8 @@ export interface Cause {
   error?: Error;
 }
 
-export interface Limits {
-  maxFrame: number;
-  maxRooms: number;
-  ratePerSec: number;
-  burst: number;
-  maxBuffer: number;
-}
+/** hello.limits, as the protocol module defines them. */
+export type { Limits } from '../protocol/frames.js';
 
 export interface Message {
   room: string;
