@@ -19,6 +19,9 @@ const storeModule = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 const { SqliteStore } = await import(storeModule);
 const rooms = Number(process.argv[2] ?? 500), batch = Number(process.argv[3] ?? 64), total = Number(process.argv[4] ?? 200_000);
 const withCid = process.argv[5] === '1', fsync = process.argv[6] ?? 'normal', withCk = process.argv[7] === 'checkpointer';
+// CK_MS: the thread's interval (default 50); CK_PAGES: the writer's autocheckpoint (default 1000, 16384 with the thread)
+const ckMs = Number(process.env.CK_MS ?? 50);
+const ckPages = process.env.CK_PAGES !== undefined ? Number(process.env.CK_PAGES) : (withCk ? 16384 : 1000);
 /** This thread's CPU in microseconds (user, system), from /proc (10 ms ticks): other threads excluded. */
 function threadCpu() {
   const f = readFileSync('/proc/thread-self/stat', 'utf8').slice(readFileSync('/proc/thread-self/stat', 'utf8').lastIndexOf(')') + 2).split(' ');
@@ -26,13 +29,13 @@ function threadCpu() {
 }
 const dir = mkdtempSync(path.join(tmpdir(), 'store-pattern-'));
 try {
-  const store = new SqliteStore({ dir, fsync, ...(withCk ? { autoCheckpointPages: 16384 } : {}) });
-  const ck = withCk ? new Worker(pathToFileURL(path.join(path.dirname(storeModule), 'checkpoint-worker.js')), { workerData: { dir, intervalMs: 50 } }) : null;
+  const store = new SqliteStore({ dir, fsync, autoCheckpointPages: ckPages });
+  const ck = withCk ? new Worker(pathToFileURL(path.join(path.dirname(storeModule), 'checkpoint-worker.js')), { workerData: { dir, intervalMs: ckMs } }) : null;
   const frame = new Uint8Array(200).fill(7);
   const commits = Math.ceil(total / batch);
   const us = new Float64Array(commits);
   let i = 0;
-  const c0 = threadCpu(); const t0 = performance.now();
+  const c0 = threadCpu(); const p0 = process.cpuUsage(); const t0 = performance.now();
   for (let c = 0; c < commits; c++) {
     store.beginBatch();
     for (let k = 0; k < batch; k++, i++) {
@@ -49,14 +52,15 @@ try {
     store.commit();
     us[c] = (performance.now() - s) * 1000;
   }
-  const wall = performance.now() - t0; const c1 = threadCpu(); const cpu = { user: c1.user - c0.user, system: c1.system - c0.system };
+  const wall = performance.now() - t0; const c1 = threadCpu(); const cpu = { user: c1.user - c0.user, system: c1.system - c0.system }; const pcpu = process.cpuUsage(p0);
   let ckReport = null;
   if (ck !== null) { ck.postMessage('stop'); [ckReport] = await once(ck, 'message'); }
   store.close();
   const sorted = [...us].sort((a, b) => a - b);
   const q = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))].toFixed(0);
-  console.log(`rooms ${rooms} batch ${batch} msgs ${i} cid ${withCid ? 1 : 0} fsync ${fsync}: ` +
-    `wall ${(wall * 1000 / i).toFixed(2)} us/msg, cpu ${((cpu.user + cpu.system) / i).toFixed(2)} us/msg (sys ${(cpu.system / i).toFixed(2)}); ` +
+  console.log(`rooms ${rooms} batch ${batch} msgs ${i} cid ${withCid ? 1 : 0} fsync ${fsync} autocheckpoint ${ckPages}${withCk ? ` thread every ${ckMs} ms` : ''}: ` +
+    `wall ${(wall * 1000 / i).toFixed(2)} us/msg, writer cpu ${((cpu.user + cpu.system) / i).toFixed(2)} us/msg (sys ${(cpu.system / i).toFixed(2)}), ` +
+    `process cpu ${((pcpu.user + pcpu.system) / i).toFixed(2)} us/msg; ` +
     `commit us p50 ${q(0.5)} p99 ${q(0.99)} max ${sorted.at(-1).toFixed(0)}${ckReport ? `; checkpointer ${JSON.stringify(ckReport)}` : ''}`);
 } finally {
   rmSync(dir, { recursive: true, force: true });
