@@ -47,6 +47,12 @@ export interface EngineOptions extends AuthOptions, WebhookEngineOptions {
   store?: 'memory' | 'sqlite';
   dataDir?: string;
   fsync?: 'normal' | 'always';
+  /**
+   * WAL checkpoints from a thread of their own every this many ms (store 'sqlite'), so that the
+   * copy into the database file and its fsync leave the shards' commits; 0 = none (SQLite's
+   * automatic checkpoint inside some shard's commit every 1000 WAL pages).
+   */
+  checkpointIntervalMs?: number;
   historyMaxAgeMs?: number;
   cidWindowMessages?: number;
   cidWindowMs?: number;
@@ -120,6 +126,7 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'store', flag: 'store', env: 'SHARDCHAT_STORE', kind: 'enum', values: ['memory', 'sqlite'], cliDef: 'sqlite', help: 'where rooms live: sqlite = durable in --data-dir (the CLI default), memory = lost on restart (the library default)', def: () => 'memory' },
   { key: 'dataDir', flag: 'data-dir', env: 'SHARDCHAT_DATA_DIR', kind: 'string', help: 'directory of the durable store (store sqlite); one engine at a time', def: () => './shardchat-data' },
   { key: 'fsync', flag: 'fsync', env: 'SHARDCHAT_FSYNC', kind: 'enum', values: ['normal', 'always'], help: 'normal = an ack survives a crash of the process; always = also a power loss (slower)', def: () => 'normal' },
+  { key: 'checkpointIntervalMs', flag: 'checkpoint-interval-ms', env: 'SHARDCHAT_CHECKPOINT_INTERVAL_MS', kind: 'int', min: 0, max: 60_000, help: 'WAL checkpoints from a thread of their own every this many ms (store sqlite; 0 = inside the shards\' commits, every 1000 WAL pages)', def: () => 500 },
   { key: 'historyMaxAgeMs', flag: 'history-max-age-ms', env: 'SHARDCHAT_HISTORY_MAX_AGE_MS', kind: 'int', min: 0, max: 2 ** 53 - 1, help: 'stored messages older than this are trimmed (0 = no age limit; store sqlite)', def: () => 0 },
   { key: 'cidWindowMessages', flag: 'cid-window-messages', env: 'SHARDCHAT_CID_WINDOW_MESSAGES', kind: 'int', min: 0, max: 1_000_000, help: 'a repeated pub cid is recognised among the room\'s last N messages...', def: () => 1000 },
   { key: 'cidWindowMs', flag: 'cid-window-ms', env: 'SHARDCHAT_CID_WINDOW_MS', kind: 'int', min: 0, max: 2 ** 31 - 1, help: '...that are also at most this old', def: () => 600_000 },

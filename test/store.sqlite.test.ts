@@ -168,3 +168,49 @@ test('the checkpoint worker copies pages while a writer commits, and stops on re
   assert.ok(report.checkpoints > 0 && report.pagesCheckpointed > 0, JSON.stringify(report));
   assert.equal(s.range('r4', 1, 1 << 20, 1 << 30).length, s.room('r4').seq);
 });
+
+function roomRow(dir: string, name: string): number {
+  const db = new Database(dbPath(dir), { readonly: true });
+  try {
+    return db.prepare('SELECT seq FROM rooms WHERE name = ?').pluck().get(name) as number;
+  } finally {
+    db.close();
+  }
+}
+
+test('a commit writes no rooms row for a known room (schema v3), and a reopened store still finds the latest seq', (t) => {
+  const dir = tempDir(t);
+  const a = new SqliteStore({ dir });
+  fill(a, 3, 1); // the rooms' first batch writes their rows, at seq 1
+  fill(a, 3, 39); // later batches write messages only
+  assert.equal(roomRow(dir, 'r0'), 1, 'rooms.seq stays as the room was created');
+  a.close();
+  const b = new SqliteStore({ dir });
+  t.after(() => b.close());
+  assert.deepEqual([0, 1, 2].map((i) => b.room(`r${i}`).seq), [40, 40, 40]);
+  b.beginBatch();
+  b.append('r1', { seq: 41, from: 'u', ts: Date.now(), cid: null, frame: frameOf('r1', 41) });
+  b.commit();
+  assert.equal(b.range('r1', 1, 41, 1 << 20).length, 41);
+});
+
+test('trimming away a room\'s newest messages (age limit, historyLimit 0) keeps its seq: no seq is reused after a reopen', (t) => {
+  for (const opts of [{ historyMaxAgeMs: 1000 }, { historyLimit: 0 }]) {
+    const dir = tempDir(t);
+    const old = Date.now() - 60_000;
+    const a = new SqliteStore({ dir, ...opts });
+    fill(a, 2, 1, old); // rooms rows written at seq 1
+    fill(a, 2, 29, old);
+    while (a.trim(Date.now(), 50).more) { /* until done */ }
+    assert.equal(rowsOnDisk(dir).messages, 0, `${JSON.stringify(opts)}: every message trimmed`);
+    assert.equal(roomRow(dir, 'r0'), 30, 'the trim raised rooms.seq to the last seq it removed');
+    a.close();
+    const b = new SqliteStore({ dir, ...opts });
+    assert.equal(b.room('r0').seq, 30, `${JSON.stringify(opts)}: the seq survives the messages`);
+    assert.equal(b.room('r1').seq, 30);
+    b.beginBatch();
+    b.append('r0', { seq: 31, from: 'u', ts: Date.now(), cid: null, frame: frameOf('r0', 31) });
+    b.commit();
+    b.close();
+  }
+});

@@ -40,6 +40,8 @@ export interface ShardTask extends HandlerOptions {
   dataDir: string;
   fsync: FsyncMode;
   historyMaxAgeMs: number;
+  /** The store's automatic checkpoint (WAL pages): high when the engine runs its checkpoint thread. */
+  autoCheckpointPages: number;
 }
 
 export interface ShardResult {
@@ -57,7 +59,7 @@ function openStore(task: ShardTask): Store | null {
   if (task.store !== 'sqlite') return null;
   return new SqliteStore({
     dir: task.dataDir, fsync: task.fsync, historyLimit: task.historyLimit, historyMaxAgeMs: task.historyMaxAgeMs,
-    cidWindowMessages: task.cidWindowMessages, cidWindowMs: task.cidWindowMs,
+    cidWindowMessages: task.cidWindowMessages, cidWindowMs: task.cidWindowMs, autoCheckpointPages: task.autoCheckpointPages,
   });
 }
 

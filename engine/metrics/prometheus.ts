@@ -50,6 +50,8 @@ export interface MetricsSnapshot {
   /** Webhook sender counters (engine/server/webhooks.ts stats()) and events shards dropped; null when off. */
   webhooks?: { queued: number; queuedBytes: number; inFlight: number; delivered: number; batches: number; attempts: number; failedAttempts: number;
     dropped: Readonly<Record<string, number>>; shardDropped: number } | null;
+  /** The WAL checkpoint thread's counters (engine/server/checkpoints.ts); null or absent when it does not run. */
+  checkpoints?: { checkpoints: number; pages: number; maxLogPages: number; failed: number } | null;
   auth?: { verified: number; refused: Readonly<Record<string, number>>; cache: { entries: number; bytes: number; hits: number; misses: number } } | null;
 }
 
@@ -117,6 +119,13 @@ export class EngineMetrics {
       collect() { this.reset(); this.inc(get().auth?.cache.hits ?? 0); } });
     new Counter({ name: 'shardchat_auth_token_cache_misses_total', help: 'Token verifications the cache could not answer', registers: [r],
       collect() { this.reset(); this.inc(get().auth?.cache.misses ?? 0); } });
+    // The durable store's WAL checkpoint thread (docs/STORE.md): present only when it runs.
+    new Counter({ name: 'shardchat_store_checkpoints_total', help: 'WAL checkpoints the checkpoint thread ran', registers: [r],
+      collect() { this.reset(); const c = get().checkpoints; if (c) this.inc(c.checkpoints); } });
+    new Counter({ name: 'shardchat_store_checkpoint_pages_total', help: 'WAL pages the checkpoint thread copied into the database file', registers: [r],
+      collect() { this.reset(); const c = get().checkpoints; if (c) this.inc(c.pages); } });
+    new Gauge({ name: 'shardchat_store_checkpoint_failed', help: '1 when the checkpoint thread stopped on an error (the shards checkpoint in their commits then)', registers: [r],
+      collect() { this.set(get().checkpoints?.failed ?? 0); } });
     // Webhooks (docs/API.md): present only when they are on.
     new Gauge({ name: 'shardchat_webhook_queue_events', help: 'Webhook events waiting to be sent', registers: [r],
       collect() { this.set(get().webhooks?.queued ?? 0); } });

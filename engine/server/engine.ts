@@ -15,6 +15,7 @@
 import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { createLogger } from './log.js';
+import { CHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_DEFAULT_PAGES, CheckpointThread } from './checkpoints.js';
 import { pack as packBody, unpack } from 'msgpackr';
 import { EngineError, CLOSE_OTHER } from '../errors.js';
 import { AuthGate } from './auth-gate.js';
@@ -75,6 +76,8 @@ export class Engine {
   readonly log: Logger;
   private readonly uws = loadUws();
   private readonly dataLock: DataDirLock | null;
+  /** WAL checkpoints off the shards' commits (store sqlite, checkpointIntervalMs > 0); null otherwise. */
+  private readonly checkpoints: CheckpointThread | null;
   /** Set once every shard ran; a store error before that fails ready() instead of restarting. */
   private shardsUp = false;
   private startError: StoreError | null = null;
@@ -118,6 +121,7 @@ export class Engine {
     const o = this.options;
     // The data directory's lock before any shard opens the store (throws a StoreError: locked, unwritable...).
     this.dataLock = o.store === 'sqlite' ? lockDataDir(o.dataDir) : null;
+    this.checkpoints = o.store === 'sqlite' && o.checkpointIntervalMs > 0 ? new CheckpointThread(o.dataDir, o.checkpointIntervalMs, this.log) : null;
     this.links = Array.from({ length: o.shards }, (_, i) => new ShardLink(i, o.ringBytes));
     this.pool = new Piscina({
       filename: new URL('../../workers/shard.js', import.meta.url).href,
@@ -171,6 +175,7 @@ export class Engine {
         historyBudgetBytes: o.historyBudgetBytes, maxRoomsPerShard: o.maxRoomsPerShard, roomCreateRate: o.roomCreateRate,
         roomCreateBurst: o.roomCreateBurst, maxCursorsPerRoom: o.maxCursorsPerRoom, maxCursorsPerShard: o.maxCursorsPerShard,
         store: o.store, dataDir: o.dataDir, fsync: o.fsync, historyMaxAgeMs: o.historyMaxAgeMs,
+        autoCheckpointPages: this.checkpoints !== null ? CHECKPOINT_BACKSTOP_PAGES : CHECKPOINT_DEFAULT_PAGES,
         cidWindowMessages: o.cidWindowMessages, cidWindowMs: o.cidWindowMs,
         events: o.webhooks !== null,
       }),
@@ -211,6 +216,7 @@ export class Engine {
       if (this.startError !== null) throw this.startError;
       if (this.links.every((l) => l.stats[S_UP] === 1)) {
         this.shardsUp = true;
+        this.checkpoints?.start(); // every shard has opened (so created) the database
         for (const l of this.links) this.log.info({ event: 'shard_started', shard: l.index }, 'shard started');
         return;
       }
@@ -306,7 +312,7 @@ export class Engine {
       closedByCode: new Map([...this.counters.closedByCode].map(([code, n]) => [code === CLOSE_OTHER ? 'other' : String(code), n])),
       framesIn: this.counters.framesIn, errors: errorCounts(this.counters.errors, this.links),
       slowConsumers: this.counters.slowConsumers, upgradesThrottled: this.counters.upgradesThrottled, mainLoopLagSeconds: Number.isFinite(lag) ? lag : 0,
-      shards: st.shards.map(metricsShard), auth: this.router.gate?.stats() ?? null,
+      shards: st.shards.map(metricsShard), auth: this.router.gate?.stats() ?? null, checkpoints: this.checkpoints?.stats ?? null,
       webhooks: this.webhooks === null ? null : { ...this.webhooks.stats(), shardDropped: this.links.reduce((a, l) => a + l.stats[S_EVENTS_DROPPED]!, 0) },
     };
   }
@@ -454,6 +460,7 @@ export class Engine {
         // The webhook sender flushes what the drain produced (within its own deadline) first.
         if (this.webhooks !== null) await this.webhooks.close();
         await this.pool.destroy();
+        await this.checkpoints?.stop();
       },
       stopped: () => {
         // Every shard has closed its store: the directory is free for the next engine.

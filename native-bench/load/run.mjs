@@ -108,7 +108,7 @@ const engineHasStore = () => {
 };
 const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(engineHasStore() ? ['durable-10x100'] : []), 'sweep', 'idle', 'history-200x1', 'churn', 'stall'];
 const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-protocol', 'uws-protocol-aa', 'uws-protocol-sqlite', 'uws-deferred', 'ws-rooms', 'socketio-rooms',
-  'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite'];
+  'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite', 'shardchat-sqlite-base'];
 for (const k of ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn']) SCENARIOS[k].peers.splice(1, 0, 'uws-protocol');
 SCENARIOS['fanout-10x100'].peers.splice(2, 0, 'uws-protocol-aa');
 SCENARIOS['chat-1to1'].target = 1;
@@ -247,10 +247,10 @@ if (cpuProf) mkdirSync(profDir, { recursive: true });
 const startScript = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts?.start ?? '';
 const startNodeFlags = (/^node((?:\s+--[\w-]+(?:=\S+)?)*)\s+dist\/engine\/cli\.js\b/.exec(startScript)?.[1] ?? '').trim().split(/\s+/).filter(Boolean);
 if (!/^node\b/.test(startScript)) fail(`package.json's start script is not "node [flags] dist/engine/cli.js": ${startScript}`);
-const shardchatArgs = (port, extra) => [
+const shardchatArgs = (port, extra, cli = cliJs) => [
   ...startNodeFlags,
   ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []),
-  cliJs, '--port', String(port), '--host', '127.0.0.1', '--rate-per-sec', '1000000000', '--rate-burst', '1000000000',
+  cli, '--port', String(port), '--host', '127.0.0.1', '--rate-per-sec', '1000000000', '--rate-burst', '1000000000',
   '--upgrade-rate-per-sec', '0', // the idle scenario measures how fast connections open: no admission limit
   '--log-level', 'warn', '--max-connections', '50000',
   // The CLI is durable by default: the memory arms say --store memory; the sqlite arm gets a data dir of its own under tmp.
@@ -271,6 +271,13 @@ function peerDef(name) {
       args: (p) => peerFile('uws-protocol-sqlite.mjs', [...noRate, '--db', join(paths.tmp, `peer-sqlite-${p}.db`)])(p) };
     case 'shardchat-sqlite': return { label: 'shardchat --shards 1 --store sqlite', proto: 'shardchat', shardchat: true, durable: true, args: (p) => shardchatArgs(p, ['--shards', '1', '--store', 'sqlite',
       ...(process.env.SHARDCHAT_BENCH_STORE_ARGS ?? '').split(/\s+/).filter(Boolean).map((a) => a.replace('{port}', String(p)))]) };
+    // A before/after arm in one run: another build's CLI (e.g. a copy of dist/ from the base commit), same arguments.
+    case 'shardchat-sqlite-base': {
+      const cli = process.env.SHARDCHAT_BENCH_BASE_CLI;
+      if (!cli || !existsSync(cli)) fail('peer shardchat-sqlite-base needs SHARDCHAT_BENCH_BASE_CLI=<path to another build\'s dist/engine/cli.js>');
+      return { label: `shardchat --shards 1 --store sqlite, ${relative(root, cli)}`, proto: 'shardchat', shardchat: true, durable: true,
+        args: (p) => shardchatArgs(p, ['--shards', '1', '--store', 'sqlite'], cli) };
+    }
     case 'uws-deferred': return { label: 'uWS pub/sub, publish deferred (diagnostic)', proto: 'plain', args: peerFile('uws-deferred.mjs') };
     case 'ws-rooms': return { label: 'ws + room map', proto: 'plain', args: peerFile('ws-rooms.mjs'), npm: true };
     case 'socketio-rooms': return { label: 'Socket.IO 4 rooms', proto: 'socketio', path: SIO_PATH, args: peerFile('socketio-rooms.mjs'), npm: true };
@@ -716,6 +723,10 @@ function closedRatios(arms) {
   const isSc = (k) => peerDef(arms[k].peer)?.shardchat;
   for (const b of keys.filter(isSc)) {
     for (const a of keys.filter((k) => !isSc(k) && !peerDef(arms[k].peer)?.aaOf)) { const r = ratiosOf(arms, b, a); if (r) out.push(r); }
+  }
+  // The durable engine against the memory one, and against another build of itself (before/after).
+  for (const [b, a] of [['shardchat-sqlite', 'shardchat'], ['shardchat-sqlite', 'shardchat-sqlite-base'], ['shardchat-sqlite-base', 'shardchat']]) {
+    if (arms[b] && arms[a]) { const r = ratiosOf(arms, b, a); if (r) out.push(r); }
   }
   return out;
 }

@@ -6,6 +6,10 @@
  * v1: rooms, messages (the encoded msg frame plus the columns the HTTP API queries by), cursors.
  * v2: cids, the dedupe window in a table of its own, so that trimming history does not shorten
  *     the window and the window does not keep history; filled from v1's messages.cid.
+ * v3: no new table; rooms.seq becomes a lower bound: it is written with the room and raised by
+ *     trimming, not at every commit, and a room's latest seq is LATEST_SEQ (the larger of it and
+ *     the room's newest message). A build that knows only v2 would take rooms.seq as the latest
+ *     and reuse seqs: the version makes it refuse the file (STORE_NEWER_SCHEMA) instead.
  */
 import type Database from 'better-sqlite3';
 import { StoreError } from '../../engine/store-dir.js';
@@ -41,9 +45,14 @@ export const MIGRATIONS: readonly string[] = [
    CREATE INDEX cids_by_age ON cids(ts);
    INSERT INTO cids(room, user, cid, seq, ts)
      SELECT room, user, cid, max(seq), ts FROM messages WHERE cid IS NOT NULL GROUP BY room, user, cid;`,
+  `-- v3: rooms.seq is a lower bound from now on (see above); the data of v2 is valid as it is.
+   SELECT 1;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** A room's latest seq as SQL over a row of rooms (aliased or not as `rooms`): see v3 above. */
+export const LATEST_SEQ = 'max(rooms.seq, coalesce((SELECT max(m.seq) FROM messages m WHERE m.room = rooms.id), 0))';
 
 /**
  * Brings the database to `target` (default: this build's version), or throws: a newer version is

@@ -9,6 +9,7 @@
  * Only a prefix of a room's history is ever removed, so history has no holes.
  */
 import type BetterSqlite3 from 'better-sqlite3';
+import { LATEST_SEQ } from './schema.js';
 import type { StoreLimits, TrimResult } from './types.js';
 
 export const CHUNK = 256;
@@ -27,15 +28,19 @@ export function newTrimState(): TrimState {
   return { touched: new Set(), sweepAfter: -1, nextSweepAt: 0, nextCidAgeAt: 0 };
 }
 
-type TrimStatementName = 'begin' | 'commit' | 'byName' | 'sweep' | 'firstSeq' | 'oldestTs' | 'oldest' | 'deleteUpTo' | 'anyCidUpTo' | 'cidsByCount' | 'cidsByAge';
+type TrimStatementName = 'begin' | 'commit' | 'raiseSeq' | 'byName' | 'sweep' | 'firstSeq' | 'oldestTs' | 'oldest' | 'deleteUpTo' | 'anyCidUpTo' | 'cidsByCount' | 'cidsByAge';
 export type TrimStatements = Record<TrimStatementName, BetterSqlite3.Statement<unknown[], unknown>>;
 
 export function prepareTrim(db: BetterSqlite3.Database): TrimStatements {
   return {
     begin: db.prepare('BEGIN IMMEDIATE'),
     commit: db.prepare('COMMIT'),
-    byName: db.prepare('SELECT id, seq FROM rooms WHERE name = ?').raw(),
-    sweep: db.prepare('SELECT id, seq FROM rooms WHERE id > ? ORDER BY id LIMIT 32').raw(),
+    // rooms.seq is a lower bound (schema v3): the latest seq counts the newest message too, and
+    // a trim that removes messages raises rooms.seq to the last one removed, so that removing a
+    // room's newest messages (the age limit, historyLimit 0) never lowers its latest seq.
+    raiseSeq: db.prepare('UPDATE rooms SET seq = ? WHERE id = ? AND seq < ?'),
+    byName: db.prepare(`SELECT id, ${LATEST_SEQ} FROM rooms WHERE name = ?`).raw(),
+    sweep: db.prepare(`SELECT id, ${LATEST_SEQ} FROM rooms WHERE id > ? ORDER BY id LIMIT 32`).raw(),
     firstSeq: db.prepare('SELECT min(seq) FROM messages WHERE room = ?').pluck(),
     oldestTs: db.prepare('SELECT ts FROM messages WHERE room = ? ORDER BY seq LIMIT 1').pluck(),
     oldest: db.prepare('SELECT seq, ts FROM messages WHERE room = ? ORDER BY seq LIMIT ?').raw(),
@@ -75,7 +80,10 @@ function trimRoom(db: BetterSqlite3.Database, s: TrimStatements, lim: StoreLimit
   let removed = 0;
   s.begin.run();
   try {
-    if (upTo > 0) removed += s.deleteUpTo.run(id, upTo).changes;
+    if (upTo > 0) {
+      removed += s.deleteUpTo.run(id, upTo).changes;
+      s.raiseSeq.run(upTo, id, upTo);
+    }
     if (cidWork) removed += s.cidsByCount.run(id, cidCut).changes;
     s.commit.run();
   } catch (e) {

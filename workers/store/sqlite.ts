@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { dbPath, prepareDataDir } from '../../engine/store-dir.js';
 import { BufferedStore, type CidHit, type PendingCursor, type RoomEntry } from './buffered.js';
-import { checkSchema, migrate } from './schema.js';
+import { LATEST_SEQ, checkSchema, migrate } from './schema.js';
 import { sqliteError } from './sqlite-errors.js';
 import { trimStep, type TrimState, newTrimState, type TrimStatements, prepareTrim } from './sqlite-trim.js';
 import type { StoredMessage, StoreLimits, TrimResult } from './types.js';
@@ -104,11 +104,12 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
     try {
       s.begin.run();
       for (const r of rooms) {
+        // rooms.seq is written when the room is (and raised by trimming): a room's latest seq is
+        // max(rooms.seq, its newest message's seq), read so at load (schema v3). One row write
+        // per room per commit saved: in 1:1 chat, one per message.
         if (r.data.id === 0) {
           r.data.id = Number(s.insertRoom.run(r.name, r.epoch, r.seq).lastInsertRowid);
           created.push(r);
-        } else if (r.seq !== r.committedSeq) {
-          s.updateRoom.run(r.seq, r.data.id);
         }
         for (const m of r.pending) {
           s.insertMsg.run(r.data.id, m.seq, m.from, m.ts, m.cid, m.frame);
@@ -208,9 +209,8 @@ function prepare(db: BetterSqlite3.Database) {
     begin: db.prepare('BEGIN IMMEDIATE'),
     commit: db.prepare('COMMIT'),
     rollback: db.prepare('ROLLBACK'),
-    loadRoom: db.prepare('SELECT id, epoch, seq FROM rooms WHERE name = ?').raw(),
+    loadRoom: db.prepare(`SELECT id, epoch, ${LATEST_SEQ} FROM rooms WHERE name = ?`).raw(),
     insertRoom: db.prepare('INSERT INTO rooms(name, epoch, seq) VALUES (?, ?, ?)'),
-    updateRoom: db.prepare('UPDATE rooms SET seq = ? WHERE id = ?'),
     insertMsg: db.prepare('INSERT INTO messages(room, seq, user, ts, cid, frame) VALUES (?, ?, ?, ?, ?, ?)'),
     replaceMsg: db.prepare('UPDATE messages SET frame = ? WHERE room = ? AND seq = ?'),
     upsertCid: db.prepare('INSERT OR REPLACE INTO cids(room, user, cid, seq, ts) VALUES (?, ?, ?, ?, ?)'),
