@@ -47,9 +47,15 @@ export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number,
     case 'presence':
       return reply(out, req, (m) => {
         const users = r === undefined ? [] : [...r.users.keys()];
-        m.mapHeader(2).str('users').arrayHeader(users.length);
+        const infos = r === undefined ? 0 : r.infos.size;
+        m.mapHeader(infos > 0 ? 3 : 2).str('users').arrayHeader(users.length);
         for (const u of users) m.str(u);
         m.str('connections').uint(r === undefined ? 0 : r.members.size);
+        // `info`: user -> the identity info of their latest join (present users with info only).
+        if (infos > 0) {
+          m.str('info').mapHeader(infos);
+          for (const [u, info] of r!.infos) m.str(u).raw(info, 0, info.byteLength);
+        }
       });
     case 'redact': return redact(out, rooms, req, r, args, store, name);
     default: return reply(out, req, (m) => error(m, 'bad_request', `unknown op ${op}`));

@@ -15,7 +15,7 @@ import { Outbox, type Pending } from './outbox.js';
 import { RoomTrack, toMessage } from './room.js';
 import type {
   Cause, ClientEvents, ClientOptions, ClientState, Frame, HistOptions, HistPage, Limits, Message, RoomState,
-  WebSocketCtor, WebSocketLike,
+  UserInfo, WebSocketCtor, WebSocketLike,
 } from './types.js';
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -223,6 +223,17 @@ export class ShardchatClient {
     return Array.isArray(f.users) ? (f.users as unknown[]).filter((u): u is string => typeof u === 'string') : [];
   }
 
+  /** Users present in `room` now, with the identity info of those who have one (user -> info). */
+  async whoWithInfo(room: string): Promise<{ users: string[]; info: Record<string, UserInfo> }> {
+    const f = await this.request('who', room, { t: 'who', room });
+    const users = Array.isArray(f.users) ? (f.users as unknown[]).filter((u): u is string => typeof u === 'string') : [];
+    const info: Record<string, UserInfo> = {};
+    if (f.info !== null && typeof f.info === 'object') {
+      for (const [u, v] of Object.entries(f.info as Record<string, unknown>)) if (v !== null && typeof v === 'object' && !Array.isArray(v)) info[u] = v as UserInfo;
+    }
+    return { users, info };
+  }
+
   /** Marks `room` read up to `seq` (default: the last delivered); resolves with the cursor. */
   async read(room: string, seq?: number): Promise<number> {
     const r = this.roomsByName.get(room);
@@ -410,7 +421,8 @@ export class ShardchatClient {
     if (typeof f.user !== 'string' || (f.state !== 'join' && f.state !== 'leave')) return;
     if (f.state === 'join') r.users.add(f.user); else r.users.delete(f.user);
     r.presenceLog?.push({ user: f.user, join: f.state === 'join' });
-    this.events.emit('presence', { room: r.name, user: f.user, state: f.state });
+    const info = f.state === 'join' && f.info !== null && typeof f.info === 'object' && !Array.isArray(f.info) ? f.info as UserInfo : undefined;
+    this.events.emit('presence', info === undefined ? { room: r.name, user: f.user, state: f.state } : { room: r.name, user: f.user, state: f.state, info });
     this.events.emit('members', { room: r.name, users: [...r.users] });
   }
 

@@ -109,8 +109,9 @@ const METHODS: Record<string, Method> = {
   },
   async presence(e, a) {
     const r = room(a);
-    const res = await e.admin(e.shardOf(r), 'presence', { room: r }) as { users: string[]; connections: number };
-    return { room: r, users: res.users, connections: res.connections };
+    const res = await e.admin(e.shardOf(r), 'presence', { room: r }) as { users: string[]; connections: number; info?: Args };
+    // `info` (user -> identity info) only when some present user has one, as in `who`.
+    return res.info === undefined ? { room: r, users: res.users, connections: res.connections } : { room: r, users: res.users, connections: res.connections, info: jsonSafe(res.info) };
   },
   async rooms(e, a) {
     const limit = optInt(a, 'limit', 1, 1000) ?? 100;
