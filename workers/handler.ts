@@ -34,7 +34,7 @@ import { CreationLimiter } from './creation.js';
 import { CidWindow } from './cids.js';
 import type { Store } from './store/index.js';
 import { handleAdmin } from './admin.js';
-import { messageEvent, presenceEvent } from './events.js';
+import { ShardEvents } from './events.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -52,6 +52,9 @@ export interface HandlerOptions {
   cidWindowMs: number;
   /** Webhooks are on: emit OUT_EVENT records (workers/events.ts). */
   events?: boolean;
+  /** Bounds of the events waiting for outbound room (default PENDING_EVENT_ENTRIES / _BYTES; tests lower them). */
+  eventQueueEntries?: number;
+  eventQueueBytes?: number;
 }
 
 /** Principals whose room-creation buckets a shard keeps (LRU beyond it). */
@@ -64,6 +67,8 @@ const TRUNCATED = -1;
 export class Handler {
   readonly rooms: Rooms;
   readonly creation: CreationLimiter;
+  /** Webhook events (workers/events.ts), when opts.events; null otherwise. */
+  readonly events: ShardEvents | null;
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
@@ -97,6 +102,15 @@ export class Handler {
     this.rooms.trackDropped = store !== null;
     this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
     this.stored = store === null ? undefined : (name) => store.room(name);
+    this.events = opts.events === true ? new ShardEvents(out, opts.eventQueueEntries, opts.eventQueueBytes) : null;
+  }
+
+  /**
+   * Writes webhook events still waiting for outbound room (the shard loop calls it before it
+   * parks): 0 when none is left, else the free outbound bytes the next one needs.
+   */
+  flushEvents(): number {
+    return this.events === null || this.events.pending === 0 ? 0 : this.events.flush();
   }
 
   /**
@@ -114,6 +128,9 @@ export class Handler {
   /** Handles one inbound record at b[off, off+len). Returns 0 when done, else outbound bytes needed. */
   handle(b: Uint8Array, off: number, len: number): number {
     const end = off + len;
+    // Events a previous record left waiting go out before anything new (workers/events.ts).
+    const waiting = this.flushEvents();
+    if (waiting > 0) return waiting;
     if (this.store !== null && !this.store.inBatch) this.store.beginBatch();
     switch (b[off]) {
       case IN_FRAME: return this.onFrame(b, off, end);
@@ -461,6 +478,8 @@ export class Handler {
     this.putJoined(this.begin(OUT_JOINED, conn, this.nbLen, joinedLen), r, ref, unread, members, missedFrom);
     this.end();
     this.clearPage();
+    // Events after the planned records, never between them (workers/events.ts).
+    if (presence) this.events?.presence(r, user, 'join', conn);
     return 0;
   }
 
@@ -469,7 +488,6 @@ export class Handler {
     this.putPresence(this.size(), r, user, state, info);
     this.putPresence(this.begin(OUT_PUBLISH, 0, this.nbLen, this.sz.pos), r, user, state, info);
     this.end();
-    if (this.opts.events === true) presenceEvent(this.out, r, user, state, conn);
   }
 
   /** Plans the records of a member leaving: `extra` (a `left`, or none) and maybe a presence leave. */
@@ -491,7 +509,7 @@ export class Handler {
     // `left` first: the main thread unsubscribes before sending it, so no `msg` follows it.
     this.putLeft(this.begin(OUT_LEFT, conn, this.nbLen, leftLen), r, ref);
     this.end();
-    if (last !== null) this.presence(r, last, 'leave', conn);
+    if (last !== null) { this.presence(r, last, 'leave', conn); this.events?.presence(r, last, 'leave', conn); }
     return 0;
   }
 
@@ -558,7 +576,7 @@ export class Handler {
     }
     this.published++;
     this.delivered += r.members.size;
-    if (this.opts.events === true) messageEvent(this.out, r, seq, from, ts, b, bs, be);
+    this.events?.message(r, seq, from, ts, b, bs, be);
     return 0;
   }
 
@@ -697,11 +715,14 @@ export class Handler {
     const c = this.rooms.conns.get(conn);
     if (c === undefined) return 0;
     for (const r of [...c.rooms]) {
+      // The events of the room before go out first (a connection may be in many rooms).
+      const waiting = this.flushEvents();
+      if (waiting > 0) return waiting;
       this.useRoom(r.name);
       const need = this.planLeave(r, conn, -1);
       if (!this.fits(need)) return need;
       const last = this.rooms.removeMember(r, conn);
-      if (last !== null) this.presence(r, last, 'leave', conn);
+      if (last !== null) { this.presence(r, last, 'leave', conn); this.events?.presence(r, last, 'leave', conn); }
     }
     return 0;
   }

@@ -21,7 +21,6 @@
  * nothing of the failed batch was published, the main thread answers its records with
  * `unavailable`, and the restarted shard reloads its rooms from what was committed.
  */
-import { eventCounts } from './events.js';
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
   S_ARRAY_BUFFERS, S_EVENTS_DROPPED, S_CONNS, S_CURSORS, S_CURSORS_EVICTED, S_HEAP_USED, S_HISTORY_EVICTED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
@@ -94,7 +93,7 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
   const publishStats = (): void => {
     const rm = h.rooms;
     stats[S_ROOMS] = rm.rooms.size;
-    stats[S_EVENTS_DROPPED] = eventCounts.dropped;
+    stats[S_EVENTS_DROPPED] = h.events?.dropped ?? 0;
     stats[S_MEMBERS] = rm.memberships;
     stats[S_PRESENT_USERS] = rm.presentUsers;
     stats[S_INFO_BYTES] = rm.infoBytes;
@@ -172,6 +171,18 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
         h.commit();
         publishOutput();
         inbound.syncRead();
+        // Webhook events the batch's last record left waiting for outbound room go out before
+        // the shard parks (workers/events.ts): the main thread frees the room as it reads.
+        if (h.events !== null && h.events.pending > 0) {
+          let need: number;
+          while ((need = h.flushEvents()) > 0) {
+            publishOutput();
+            outWaits++;
+            await out.waitForFree(need);
+            stats[S_HEARTBEAT]! += 1;
+          }
+          publishOutput();
+        }
         publishStats();
       }
       if (h.drained) return { index: task.index, records };
