@@ -212,3 +212,50 @@ test('publish with a repeated cid returns the same seq with dup, and stores one 
   assert.equal((h.body.msgs as unknown[]).length, 2);
   assert.equal((await post(engine.port, 'publish', { room: 'cid-room', body: 1, cid: 'bad cid!' })).status, 400);
 });
+
+test('presence pages through a room\'s users with a cursor, each page within maxHistBytes, info with its own page', async (t) => {
+  // info from the hook: 3000 B each, so a 16 KiB page holds at most five users with theirs.
+  const engine = await startEngine(t, {
+    apiKey: KEY, maxHistBytes: 16 << 10, maxInfoBytes: 4096,
+    authenticate: ({ query }) => {
+      const user = new URLSearchParams(query).get('user') ?? '';
+      return user.startsWith('big') ? { user, info: { pad: 'p'.repeat(3000) } } : { user };
+    },
+  });
+  const names = ['u3', 'u1', 'u5', 'u2', 'u4'];
+  for (const u of names) await joinRoom(await openClient(t, engine, u), 'page-room');
+  const pages: string[][] = [];
+  let cursor: unknown = null;
+  do {
+    const p = await post(engine.port, 'presence', { room: 'page-room', limit: 2, cursor });
+    assert.equal(p.status, 200, JSON.stringify(p.body));
+    assert.equal(p.body.connections, 5, 'connections counts the whole room');
+    pages.push(p.body.users as string[]);
+    cursor = p.body.cursor;
+  } while (cursor !== null && pages.length < 10);
+  assert.deepEqual(pages, [['u1', 'u2'], ['u3', 'u4'], ['u5']], 'sorted by name, limit per page, cursor null at the end');
+  const all = await post(engine.port, 'presence', { room: 'page-room' });
+  assert.deepEqual(all.body.users, ['u1', 'u2', 'u3', 'u4', 'u5']);
+  assert.equal(all.body.cursor, null);
+  matchesDoc('presence', all.body);
+  assert.equal((await post(engine.port, 'presence', { room: 'page-room', limit: 0 })).status, 400);
+  assert.equal((await post(engine.port, 'presence', { room: 'page-room', cursor: 5 })).status, 400);
+
+  // Twelve users with 3000 B of info each: pages are cut by bytes, not by the default limit.
+  for (let i = 10; i < 22; i++) await joinRoom(await openClient(t, engine, `big${i}`), 'big-room');
+  const seen: string[] = [];
+  cursor = null;
+  let n = 0;
+  do {
+    const p = await post(engine.port, 'presence', { room: 'big-room', cursor });
+    assert.equal(p.status, 200, JSON.stringify(p.body));
+    const users = p.body.users as string[];
+    assert.ok(users.length >= 1 && users.length <= 5, `a page within 16 KiB holds 1..5 of them (${users.length})`);
+    assert.deepEqual(Object.keys(p.body.info as object).sort(), [...users].sort(), 'each page carries the info of its own users');
+    seen.push(...users);
+    cursor = p.body.cursor;
+    n++;
+  } while (cursor !== null && n < 20);
+  assert.ok(n >= 3, `several pages (${n})`);
+  assert.deepEqual(seen, Array.from({ length: 12 }, (_, i) => `big${i + 10}`));
+});

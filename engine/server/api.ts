@@ -109,9 +109,12 @@ const METHODS: Record<string, Method> = {
   },
   async presence(e, a) {
     const r = room(a);
-    const res = await e.admin(e.shardOf(r), 'presence', { room: r }) as { users: string[]; connections: number; info?: Args };
-    // `info` (user -> identity info) only when some present user has one, as in `who`.
-    return res.info === undefined ? { room: r, users: res.users, connections: res.connections } : { room: r, users: res.users, connections: res.connections, info: jsonSafe(res.info) };
+    const limit = optInt(a, 'limit', 1, 1000);
+    const cursor = a.cursor === undefined || a.cursor === null ? undefined : typeof a.cursor === 'string' ? a.cursor : (() => { throw new ApiError(400, 'bad_request', 'cursor must be a string'); })();
+    const res = await e.admin(e.shardOf(r), 'presence', { room: r, limit, cursor }) as { users: string[]; connections: number; cursor: string | null; info?: Args };
+    const page = { room: r, users: res.users, connections: res.connections, cursor: res.cursor ?? null };
+    // `info` (user -> identity info) only when some listed user has one, as in `who`.
+    return res.info === undefined ? page : { ...page, info: jsonSafe(res.info) };
   },
   async rooms(e, a) {
     const limit = optInt(a, 'limit', 1, 1000) ?? 100;
