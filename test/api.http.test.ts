@@ -214,9 +214,10 @@ test('publish with a repeated cid returns the same seq with dup, and stores one 
 });
 
 test('presence pages through a room\'s users with a cursor, each page within maxHistBytes, info with its own page', async (t) => {
-  // info from the hook: 3000 B each, so a 16 KiB page holds at most five users with theirs.
+  // info from the hook: 3000 B each, so a 16 KiB page holds at most five users with theirs. The
+  // rings are 64 KiB: a reply listing all twelve (36 KB) would not fit one (at most 32 KiB).
   const engine = await startEngine(t, {
-    apiKey: KEY, maxHistBytes: 16 << 10, maxInfoBytes: 4096,
+    apiKey: KEY, maxHistBytes: 16 << 10, maxInfoBytes: 4096, ringBytes: 1 << 16, maxFrameBytes: 16 << 10,
     authenticate: ({ query }) => {
       const user = new URLSearchParams(query).get('user') ?? '';
       return user.startsWith('big') ? { user, info: { pad: 'p'.repeat(3000) } } : { user };
