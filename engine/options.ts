@@ -186,6 +186,10 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (r.maxFrameBytes * 4 > r.ringBytes) {
     throw new OptionError('maxFrameBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxFrameBytes}`);
   }
+  // A join record carries the info and a presence frame shows it: both must fit a ring record.
+  if (r.maxInfoBytes * 4 > r.ringBytes) {
+    throw new OptionError('maxInfoBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxInfoBytes}`);
+  }
   return r;
 }
 

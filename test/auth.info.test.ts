@@ -16,6 +16,7 @@ import { TestClient, decode, waitFor, type Frame } from './helpers/client.js';
 import { inFrame, outBody, ShardBench } from './helpers/handler.js';
 import { INFO_ENTRY_OVERHEAD } from '../workers/rooms.js';
 import { IN_FRAME_BODY, IN_FRAME_INFO, putU32 } from '../engine/protocol/records.js';
+import { resolveOptions } from '../engine/index.js';
 
 guardHandles();
 
@@ -208,4 +209,10 @@ test('the shard\'s info budget: a join past it is kept without info and counted;
   assert.equal(rooms.infoBytes, cost, 'u1 left: its info is no longer charged');
   sb.run(joinWithInfo(3, 'budget-room', 'u3', { name: 'again' }));
   assert.deepEqual(Object.keys(who().info as Frame).sort(), ['u2', 'u3'], 'a later join within the budget keeps its info');
+});
+
+test('maxInfoBytes must fit the rings (a join carries the info, a presence frame shows it)', () => {
+  assert.throws(() => resolveOptions({ ringBytes: 1 << 16, maxHistBytes: 4096, maxFrameBytes: 4096, maxInfoBytes: 65_536 }), /maxInfoBytes must be at most ringBytes \/ 4 \(16384\), got 65536/);
+  assert.equal(resolveOptions({ ringBytes: 1 << 16, maxHistBytes: 4096, maxFrameBytes: 4096, maxInfoBytes: 16_384 }).maxInfoBytes, 16_384);
+  assert.equal(resolveOptions({}).maxInfoBytes, 1024);
 });
