@@ -98,6 +98,8 @@ test('publish reaches a joined client; history, presence, rooms and broadcast an
   const who = await post(engine.port, 'presence', { room: 'api-room' });
   assert.deepEqual(who.body.users, ['alice']);
   matchesDoc('presence', who.body);
+  // A second room, so the page of one has a next page (the cursor is null only on the last).
+  assert.equal((await post(engine.port, 'publish', { room: 'api-room-2', body: 1 })).status, 200);
   const rooms = await post(engine.port, 'rooms', { limit: 1 });
   assert.ok((rooms.body.rooms as { room: string }[]).some((r) => r.room === 'api-room'));
   matchesDoc('rooms', rooms.body);
@@ -259,4 +261,29 @@ test('presence pages through a room\'s users with a cursor, each page within max
   } while (cursor !== null && n < 20);
   assert.ok(n >= 3, `several pages (${n})`);
   assert.deepEqual(seen, Array.from({ length: 12 }, (_, i) => `big${i + 10}`));
+});
+
+test('rooms pages stay within maxHistBytes per shard, so a page of long names fits a 64 KiB ring; the cursor still finds every room once', async (t) => {
+  const engine = await startEngine(t, { apiKey: KEY, ringBytes: 1 << 16, maxHistBytes: 4096, maxFrameBytes: 4096 });
+  // 600 rooms of 100-byte names: all of a shard's in one reply would be ~35 KB, more than a ring record (32 KiB).
+  const names = Array.from({ length: 600 }, (_, i) => `r${String(i).padStart(4, '0')}-${'n'.repeat(94)}`);
+  for (let i = 0; i < names.length; i += 100) {
+    const r = await post(engine.port, 'broadcast', { rooms: names.slice(i, i + 100), body: 1 });
+    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+  }
+  const seen: string[] = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const r = await post(engine.port, 'rooms', { limit: 1000, cursor });
+    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+    const page = (r.body.rooms as { room: string }[]).map((x) => x.room);
+    assert.ok(page.length >= 1);
+    seen.push(...page);
+    cursor = r.body.cursor as string | null;
+    pages++;
+  } while (cursor !== null && pages < 100);
+  assert.ok(pages > 1, `several pages (${pages})`);
+  assert.deepEqual(seen, names, 'every room once, in name order');
+  assert.equal(engine.stats().shards.reduce((a, s) => a + Number(s.restarts), 0), 0, 'no shard restarted');
 });

@@ -42,7 +42,7 @@ export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number,
   } catch {
     return reply(out, req, (m) => error(m, 'bad_request', 'arguments are not JSON'));
   }
-  if (op === 'rooms') return listRooms(out, rooms, req, args);
+  if (op === 'rooms') return listRooms(out, rooms, req, args, maxHistBytes);
   const name = typeof args.room === 'string' ? args.room : '';
   const r = rooms.get(name);
   switch (op) {
@@ -186,17 +186,34 @@ function presence(out: RingWriter, req: number, r: Room | undefined, args: Admin
   return res;
 }
 
-function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs): number {
+/**
+ * `rooms`: the shard's `limit` smallest room names past `after` with their connection counts,
+ * cut to maxHistBytes of names (at least one) so the reply always fits the ring; `more` when
+ * the shard holds names past the page's last (the API merges the shards' pages up to the
+ * smallest such last name).
+ */
+function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs, maxBytes: number): number {
   const after = typeof args.after === 'string' ? args.after : '';
   const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_ROOMS_PAGE) : 100;
   const names = scratch.names;
   names.length = 0;
-  // The `limit` smallest names past `after`: a page costs the shard no sort of all its rooms.
-  smallestPast(rooms.rooms.keys(), after, limit, names);
-  const counts = names.map((n) => rooms.get(n)!.members.size);
+  // The `limit` + 1 smallest names past `after` (one more tells whether more follow): a page
+  // costs the shard no sort of all its rooms.
+  smallestPast(rooms.rooms.keys(), after, limit + 1, names);
+  let more = names.length > limit;
+  if (more) names.length = limit;
+  let bytes = 0; let n = 0;
+  for (; n < names.length; n++) {
+    const cost = names[n]!.length + 32; // the name, its map and the count
+    if (n > 0 && bytes + cost > maxBytes) { more = true; break; }
+    bytes += cost;
+  }
+  names.length = n;
+  const counts = names.map((x) => rooms.get(x)!.members.size);
   const res = reply(out, req, (m) => {
-    m.mapHeader(1).str('rooms').arrayHeader(names.length);
+    m.mapHeader(2).str('rooms').arrayHeader(names.length);
     for (let i = 0; i < names.length; i++) m.mapHeader(2).str('room').str(names[i]!).str('connections').uint(counts[i]!);
+    m.str('more').bool(more);
   });
   names.length = 0;
   return res;
