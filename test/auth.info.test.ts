@@ -216,3 +216,14 @@ test('maxInfoBytes must fit the rings (a join carries the info, a presence frame
   assert.equal(resolveOptions({ ringBytes: 1 << 16, maxHistBytes: 4096, maxFrameBytes: 4096, maxInfoBytes: 16_384 }).maxInfoBytes, 16_384);
   assert.equal(resolveOptions({}).maxInfoBytes, 1024);
 });
+
+test('a refresh with other info: later joins show the new info, rooms joined before keep their join\'s', async (t) => {
+  const engine = await startEngine(t, { jwtSecret: SECRET });
+  const c = await withToken(t, engine, { sub: 'rita', info: { name: 'Rita' } });
+  await joinRoom(c, 'before-refresh');
+  const r = await c.request({ t: 'refresh', token: await hs({ sub: 'rita', exp: nowSec() + 300, info: { name: 'Rita R.' } }) });
+  assert.equal(r.t, 'refreshed', JSON.stringify(r));
+  await joinRoom(c, 'after-refresh');
+  assert.deepEqual((await c.request({ t: 'who', room: 'before-refresh' })).info, { rita: { name: 'Rita' } });
+  assert.deepEqual((await c.request({ t: 'who', room: 'after-refresh' })).info, { rita: { name: 'Rita R.' } });
+});
