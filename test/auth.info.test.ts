@@ -227,3 +227,23 @@ test('a refresh with other info: later joins show the new info, rooms joined bef
   assert.deepEqual((await c.request({ t: 'who', room: 'before-refresh' })).info, { rita: { name: 'Rita' } });
   assert.deepEqual((await c.request({ t: 'who', room: 'after-refresh' })).info, { rita: { name: 'Rita R.' } });
 });
+
+test('member.joined webhooks carry the joining identity\'s info', async (t) => {
+  const got: Frame[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => { got.push(...(JSON.parse(Buffer.concat(chunks).toString()) as { events: Frame[] }).events); res.writeHead(200).end(); });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }));
+  const port = (server.address() as { port: number }).port;
+  const engine = await startEngine(t, { jwtSecret: SECRET, webhookUrl: `http://127.0.0.1:${port}/hook`, webhookSecret: 'webhook-secret-for-tests', webhookBatchMs: 10 });
+  const sam = await withToken(t, engine, { sub: 'sam', info: { name: 'Sam' } });
+  await joinRoom(sam, 'hook-info');
+  const tom = await withToken(t, engine, { sub: 'tom' });
+  await joinRoom(tom, 'hook-info');
+  await waitFor(() => got.filter((e) => e.type === 'member.joined').length === 2, 'both member.joined delivered', 10_000);
+  const joined = got.filter((e) => e.type === 'member.joined');
+  assert.deepEqual(joined.map((e) => [e.user, e.info]), [['sam', { name: 'Sam' }], ['tom', undefined]]);
+});

@@ -92,13 +92,17 @@ export class ShardEvents {
     });
   }
 
-  /** member.joined / member.left, and room.occupied / room.vacated when the user count went 0 <-> 1. */
-  presence(r: Room, user: string, state: 'join' | 'leave', conn: number): void {
+  /**
+   * member.joined / member.left, and room.occupied / room.vacated when the user count went 0 <-> 1.
+   * `info`: the joining identity's (MessagePack map), on member.joined only.
+   */
+  presence(r: Room, user: string, state: 'join' | 'leave', conn: number, info: Uint8Array | null = null): void {
     const ts = Date.now();
     const c = `c${conn.toString(36)}`;
     if (state === 'join' && r.users.size === 1) this.write(r.name, (m) => { m.mapHeader(2).str('type').str('room.occupied').str('ts').uint(ts); });
     this.write(r.name, (m) => {
-      m.mapHeader(4).str('type').str(state === 'join' ? 'member.joined' : 'member.left').str('user').str(user).str('conn').str(c).str('ts').uint(ts);
+      m.mapHeader(info === null ? 4 : 5).str('type').str(state === 'join' ? 'member.joined' : 'member.left').str('user').str(user).str('conn').str(c).str('ts').uint(ts);
+      if (info !== null) m.str('info').raw(info, 0, info.byteLength);
     });
     if (state === 'leave' && r.users.size === 0) this.write(r.name, (m) => { m.mapHeader(2).str('type').str('room.vacated').str('ts').uint(ts); });
   }

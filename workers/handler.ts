@@ -479,7 +479,7 @@ export class Handler {
     this.end();
     this.clearPage();
     // Events after the planned records, never between them (workers/events.ts).
-    if (presence) this.events?.presence(r, user, 'join', conn);
+    if (presence) this.events?.presence(r, user, 'join', conn, info);
     return 0;
   }
 
