@@ -6,6 +6,7 @@
 import { availableParallelism } from 'node:os';
 import { OptionError } from './errors.js';
 import { AUTH_OPTION_SPECS, resolveAuthOptions, type AuthOptions, type ResolvedAuthOptions } from './auth/options.js';
+import { DEFAULT_MAX_INFO_BYTES } from './auth/identity.js';
 import { WEBHOOK_OPTION_SPECS, resolveWebhookOptions, type ResolvedWebhookOptions, type WebhookOptions } from './server/webhook-options.js';
 
 /** Webhook options as engine options (docs/API.md): `webhook` + the sender's option name. */
@@ -92,6 +93,8 @@ export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | 'api
   apiKey: string | null;
   /** Token auth (docs/AUTH.md): null when no key option was given. */
   auth: ResolvedAuthOptions | null;
+  /** The `info` bound (docs/AUTH.md), also for an authenticate hook's info when token auth is off. */
+  maxInfoBytes: number;
 };
 
 interface Spec {
@@ -172,6 +175,7 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (auth !== undefined && typeof auth !== 'function') throw new OptionError('authenticate', 'must be a function');
   out.authenticate = auth ?? null;
   out.auth = resolveAuthOptions(opts);
+  out.maxInfoBytes = opts.maxInfoBytes ?? DEFAULT_MAX_INFO_BYTES; // its type and range checked by resolveAuthOptions
   const apiKey = opts.apiKey;
   if (apiKey !== undefined && (typeof apiKey !== 'string' || Buffer.byteLength(apiKey) < 16)) throw new OptionError('apiKey', 'must be a string of at least 16 bytes');
   out.apiKey = apiKey ?? null;
@@ -188,6 +192,10 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   }
   if (r.maxFrameBytes * 4 > r.ringBytes) {
     throw new OptionError('maxFrameBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxFrameBytes}`);
+  }
+  // A join record carries the info and a presence frame shows it: both must fit a ring record.
+  if (r.maxInfoBytes * 4 > r.ringBytes) {
+    throw new OptionError('maxInfoBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxInfoBytes}`);
   }
   return r;
 }

@@ -98,6 +98,8 @@ test('publish reaches a joined client; history, presence, rooms and broadcast an
   const who = await post(engine.port, 'presence', { room: 'api-room' });
   assert.deepEqual(who.body.users, ['alice']);
   matchesDoc('presence', who.body);
+  // A second room, so the page of one has a next page (the cursor is null only on the last).
+  assert.equal((await post(engine.port, 'publish', { room: 'api-room-2', body: 1 })).status, 200);
   const rooms = await post(engine.port, 'rooms', { limit: 1 });
   assert.ok((rooms.body.rooms as { room: string }[]).some((r) => r.room === 'api-room'));
   matchesDoc('rooms', rooms.body);
@@ -211,4 +213,77 @@ test('publish with a repeated cid returns the same seq with dup, and stores one 
   const h = await post(engine.port, 'history', { room: 'cid-room' });
   assert.equal((h.body.msgs as unknown[]).length, 2);
   assert.equal((await post(engine.port, 'publish', { room: 'cid-room', body: 1, cid: 'bad cid!' })).status, 400);
+});
+
+test('presence pages through a room\'s users with a cursor, each page within maxHistBytes, info with its own page', async (t) => {
+  // info from the hook: 3000 B each, so a 16 KiB page holds at most five users with theirs. The
+  // rings are 64 KiB: a reply listing all twelve (36 KB) would not fit one (at most 32 KiB).
+  const engine = await startEngine(t, {
+    apiKey: KEY, maxHistBytes: 16 << 10, maxInfoBytes: 4096, ringBytes: 1 << 16, maxFrameBytes: 16 << 10,
+    authenticate: ({ query }) => {
+      const user = new URLSearchParams(query).get('user') ?? '';
+      return user.startsWith('big') ? { user, info: { pad: 'p'.repeat(3000) } } : { user };
+    },
+  });
+  const names = ['u3', 'u1', 'u5', 'u2', 'u4'];
+  for (const u of names) await joinRoom(await openClient(t, engine, u), 'page-room');
+  const pages: string[][] = [];
+  let cursor: unknown = null;
+  do {
+    const p = await post(engine.port, 'presence', { room: 'page-room', limit: 2, cursor });
+    assert.equal(p.status, 200, JSON.stringify(p.body));
+    assert.equal(p.body.connections, 5, 'connections counts the whole room');
+    pages.push(p.body.users as string[]);
+    cursor = p.body.cursor;
+  } while (cursor !== null && pages.length < 10);
+  assert.deepEqual(pages, [['u1', 'u2'], ['u3', 'u4'], ['u5']], 'sorted by name, limit per page, cursor null at the end');
+  const all = await post(engine.port, 'presence', { room: 'page-room' });
+  assert.deepEqual(all.body.users, ['u1', 'u2', 'u3', 'u4', 'u5']);
+  assert.equal(all.body.cursor, null);
+  matchesDoc('presence', all.body);
+  assert.equal((await post(engine.port, 'presence', { room: 'page-room', limit: 0 })).status, 400);
+  assert.equal((await post(engine.port, 'presence', { room: 'page-room', cursor: 5 })).status, 400);
+
+  // Twelve users with 3000 B of info each: pages are cut by bytes, not by the default limit.
+  for (let i = 10; i < 22; i++) await joinRoom(await openClient(t, engine, `big${i}`), 'big-room');
+  const seen: string[] = [];
+  cursor = null;
+  let n = 0;
+  do {
+    const p = await post(engine.port, 'presence', { room: 'big-room', cursor });
+    assert.equal(p.status, 200, JSON.stringify(p.body));
+    const users = p.body.users as string[];
+    assert.ok(users.length >= 1 && users.length <= 5, `a page within 16 KiB holds 1..5 of them (${users.length})`);
+    assert.deepEqual(Object.keys(p.body.info as object).sort(), [...users].sort(), 'each page carries the info of its own users');
+    seen.push(...users);
+    cursor = p.body.cursor;
+    n++;
+  } while (cursor !== null && n < 20);
+  assert.ok(n >= 3, `several pages (${n})`);
+  assert.deepEqual(seen, Array.from({ length: 12 }, (_, i) => `big${i + 10}`));
+});
+
+test('rooms pages stay within maxHistBytes per shard, so a page of long names fits a 64 KiB ring; the cursor still finds every room once', async (t) => {
+  const engine = await startEngine(t, { apiKey: KEY, ringBytes: 1 << 16, maxHistBytes: 4096, maxFrameBytes: 4096 });
+  // 600 rooms of 100-byte names: all of a shard's in one reply would be ~35 KB, more than a ring record (32 KiB).
+  const names = Array.from({ length: 600 }, (_, i) => `r${String(i).padStart(4, '0')}-${'n'.repeat(94)}`);
+  for (let i = 0; i < names.length; i += 100) {
+    const r = await post(engine.port, 'broadcast', { rooms: names.slice(i, i + 100), body: 1 });
+    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+  }
+  const seen: string[] = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const r = await post(engine.port, 'rooms', { limit: 1000, cursor });
+    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+    const page = (r.body.rooms as { room: string }[]).map((x) => x.room);
+    assert.ok(page.length >= 1);
+    seen.push(...page);
+    cursor = r.body.cursor as string | null;
+    pages++;
+  } while (cursor !== null && pages < 100);
+  assert.ok(pages > 1, `several pages (${pages})`);
+  assert.deepEqual(seen, names, 'every room once, in name order');
+  assert.equal(engine.stats().shards.reduce((a, s) => a + Number(s.restarts), 0), 0, 'no shard restarted');
 });

@@ -7,7 +7,7 @@ import {
   type Identity, type RoomAction,
 } from '../engine/auth/index.js';
 
-const ident = (rooms: unknown): Identity => ({ user: 'u', exp: 2e9, rooms: rooms === null ? null : compileRooms(rooms), info: null });
+const ident = (rooms: unknown): Identity => ({ user: 'u', exp: 2e9, rooms: rooms === null ? null : compileRooms(rooms), info: null, infoBytes: null });
 
 test('allows(): a table of patterns, actions and rooms', () => {
   const claim = [
@@ -115,7 +115,7 @@ test('extractToken(): Sec-WebSocket-Protocol and ?token=', () => {
 });
 
 test('TokenCache: bounded by entries and bytes, least recently used out, never past exp', () => {
-  const id = (exp: number): Identity => ({ user: 'u', exp, rooms: null, info: null });
+  const id = (exp: number): Identity => ({ user: 'u', exp, rooms: null, info: null, infoBytes: null });
   const c = new TokenCache(3, 1000);
   c.set('t1', id(100), 0);
   c.set('t2', id(100), 0);

@@ -7,6 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { createHmac } from 'node:crypto';
 import { guardHandles } from './helpers/leaks.js';
 import { joinRoom, openClient, pubTo, startEngine } from './helpers/engine.js';
 import { httpGet, waitFor } from './helpers/client.js';
@@ -61,6 +62,13 @@ test('events reach a receiver that answers 500, 500, 200: delivered once, same i
   const member = all.find((e) => e.type === 'member.joined')!;
   assert.deepEqual([member.room, member.user, member.conn], ['hook-room', 'alice', alice.hello?.conn]);
   for (const g of got) assert.equal(verifySignature(SECRET, g.signature, g.raw, 300).ok, true, 'every attempt is signed');
+  // The documented format, computed here by hand: t=<unix seconds>,v1=<hex of HMAC-SHA256(secret, t + "." + body)>.
+  for (const g of got) {
+    const m = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(g.signature);
+    assert.ok(m, `header as documented: ${g.signature}`);
+    assert.ok(Math.abs(Number(m[1]) - Date.now() / 1000) < 60, 't is now, in seconds');
+    assert.equal(m[2], createHmac('sha256', SECRET).update(`${m[1]}.`).update(g.raw).digest('hex'));
+  }
 
   const metrics = await httpGet(engine.port, '/metrics');
   assert.match(metrics.body, /shardchat_webhook_events_total\{outcome="delivered"\} 5/);

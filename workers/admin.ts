@@ -21,7 +21,10 @@ import type { Store, StoredMessage } from './store/index.js';
 /** Most room names one `rooms` page returns. */
 export const MAX_ROOMS_PAGE = 1000;
 
-interface AdminArgs { room?: unknown; before?: unknown; after?: unknown; limit?: unknown; seq?: unknown }
+interface AdminArgs { room?: unknown; before?: unknown; after?: unknown; limit?: unknown; seq?: unknown; cursor?: unknown }
+
+/** Most users one `presence` page lists (and its default). */
+export const MAX_PRESENCE_PAGE = 1000;
 
 const sz = new MsgSizer();
 const w = new MsgWriter();
@@ -39,18 +42,12 @@ export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number,
   } catch {
     return reply(out, req, (m) => error(m, 'bad_request', 'arguments are not JSON'));
   }
-  if (op === 'rooms') return listRooms(out, rooms, req, args);
+  if (op === 'rooms') return listRooms(out, rooms, req, args, maxHistBytes);
   const name = typeof args.room === 'string' ? args.room : '';
   const r = rooms.get(name);
   switch (op) {
     case 'history': return store === null ? history(out, rooms, maxHistBytes, req, r, args) : storeHistory(out, store, maxHistBytes, req, name, r, args);
-    case 'presence':
-      return reply(out, req, (m) => {
-        const users = r === undefined ? [] : [...r.users.keys()];
-        m.mapHeader(2).str('users').arrayHeader(users.length);
-        for (const u of users) m.str(u);
-        m.str('connections').uint(r === undefined ? 0 : r.members.size);
-      });
+    case 'presence': return presence(out, req, r, args, maxHistBytes);
     case 'redact': return redact(out, rooms, req, r, args, store, name);
     default: return reply(out, req, (m) => error(m, 'bad_request', `unknown op ${op}`));
   }
@@ -140,25 +137,83 @@ function storeHistory(out: RingWriter, store: Store, maxHistBytes: number, req: 
   });
 }
 
-function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs): number {
+/** The `limit` smallest of `names` past `after`, sorted, kept as found: O(n log limit) compares, O(limit) memory. */
+function smallestPast(names: Iterable<string>, after: string, limit: number, into: string[]): void {
+  for (const n of names) {
+    if (n <= after || (into.length === limit && n >= into[limit - 1]!)) continue;
+    let lo = 0; let hi = into.length;
+    while (lo < hi) { const mid = (lo + hi) >>> 1; if (into[mid]! < n) lo = mid + 1; else hi = mid; }
+    into.splice(lo, 0, n);
+    if (into.length > limit) into.length = limit;
+  }
+}
+
+/**
+ * `presence`: a page of the room's users sorted by name, past `cursor`, at most `limit` and at
+ * most maxHistBytes of names and infos (at least one user), so a reply always fits the ring;
+ * `cursor` is the last name when more may follow, else nil. `info` maps the page's users that
+ * have one to it. `connections` counts the whole room.
+ */
+function presence(out: RingWriter, req: number, r: Room | undefined, args: AdminArgs, maxBytes: number): number {
+  const after = typeof args.cursor === 'string' ? args.cursor : '';
+  const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_PRESENCE_PAGE) : MAX_PRESENCE_PAGE;
+  const names = scratch.names;
+  names.length = 0;
+  if (r !== undefined) smallestPast(r.users.keys(), after, limit + 1, names);
+  let more = names.length > limit;
+  if (more) names.length = limit;
+  let bytes = 0; let infos = 0; let n = 0;
+  for (; n < names.length; n++) {
+    const info = r!.infos.get(names[n]!);
+    const cost = names[n]!.length + 2 + (info === undefined ? 0 : names[n]!.length + 2 + info.byteLength);
+    if (n > 0 && bytes + cost > maxBytes) { more = true; break; }
+    bytes += cost;
+    if (info !== undefined) infos++;
+  }
+  names.length = n;
+  const cursor = more && n > 0 ? names[n - 1]! : null;
+  const res = reply(out, req, (m) => {
+    m.mapHeader(infos > 0 ? 4 : 3).str('users').arrayHeader(names.length);
+    for (const u of names) m.str(u);
+    m.str('connections').uint(r === undefined ? 0 : r.members.size);
+    if (cursor === null) m.str('cursor').nil(); else m.str('cursor').str(cursor);
+    if (infos > 0) {
+      m.str('info').mapHeader(infos);
+      for (const u of names) { const info = r!.infos.get(u); if (info !== undefined) m.str(u).raw(info, 0, info.byteLength); }
+    }
+  });
+  names.length = 0;
+  return res;
+}
+
+/**
+ * `rooms`: the shard's `limit` smallest room names past `after` with their connection counts,
+ * cut to maxHistBytes of names (at least one) so the reply always fits the ring; `more` when
+ * the shard holds names past the page's last (the API merges the shards' pages up to the
+ * smallest such last name).
+ */
+function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs, maxBytes: number): number {
   const after = typeof args.after === 'string' ? args.after : '';
   const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_ROOMS_PAGE) : 100;
   const names = scratch.names;
   names.length = 0;
-  // The `limit` smallest names past `after`, kept sorted as they are found: O(rooms x log limit)
-  // compares and O(limit) memory, so a page costs the shard no sort of all its rooms.
-  for (const r of rooms.rooms.values()) {
-    const n = r.name;
-    if (n <= after || (names.length === limit && n >= names[limit - 1]!)) continue;
-    let lo = 0; let hi = names.length;
-    while (lo < hi) { const mid = (lo + hi) >>> 1; if (names[mid]! < n) lo = mid + 1; else hi = mid; }
-    names.splice(lo, 0, n);
-    if (names.length > limit) names.length = limit;
+  // The `limit` + 1 smallest names past `after` (one more tells whether more follow): a page
+  // costs the shard no sort of all its rooms.
+  smallestPast(rooms.rooms.keys(), after, limit + 1, names);
+  let more = names.length > limit;
+  if (more) names.length = limit;
+  let bytes = 0; let n = 0;
+  for (; n < names.length; n++) {
+    const cost = names[n]!.length + 32; // the name, its map and the count
+    if (n > 0 && bytes + cost > maxBytes) { more = true; break; }
+    bytes += cost;
   }
-  const counts = names.map((n) => rooms.get(n)!.members.size);
+  names.length = n;
+  const counts = names.map((x) => rooms.get(x)!.members.size);
   const res = reply(out, req, (m) => {
-    m.mapHeader(1).str('rooms').arrayHeader(names.length);
+    m.mapHeader(2).str('rooms').arrayHeader(names.length);
     for (let i = 0; i < names.length; i++) m.mapHeader(2).str('room').str(names[i]!).str('connections').uint(counts[i]!);
+    m.str('more').bool(more);
   });
   names.length = 0;
   return res;

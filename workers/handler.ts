@@ -25,7 +25,7 @@ import {
   isAbsent, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_INFO, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
   IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
@@ -34,7 +34,7 @@ import { CreationLimiter } from './creation.js';
 import { CidWindow } from './cids.js';
 import type { Store } from './store/index.js';
 import { handleAdmin } from './admin.js';
-import { messageEvent, presenceEvent } from './events.js';
+import { ShardEvents } from './events.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -52,6 +52,9 @@ export interface HandlerOptions {
   cidWindowMs: number;
   /** Webhooks are on: emit OUT_EVENT records (workers/events.ts). */
   events?: boolean;
+  /** Bounds of the events waiting for outbound room (default PENDING_EVENT_ENTRIES / _BYTES; tests lower them). */
+  eventQueueEntries?: number;
+  eventQueueBytes?: number;
 }
 
 /** Principals whose room-creation buckets a shard keeps (LRU beyond it). */
@@ -64,6 +67,8 @@ const TRUNCATED = -1;
 export class Handler {
   readonly rooms: Rooms;
   readonly creation: CreationLimiter;
+  /** Webhook events (workers/events.ts), when opts.events; null otherwise. */
+  readonly events: ShardEvents | null;
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
@@ -97,6 +102,15 @@ export class Handler {
     this.rooms.trackDropped = store !== null;
     this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
     this.stored = store === null ? undefined : (name) => store.room(name);
+    this.events = opts.events === true ? new ShardEvents(out, opts.eventQueueEntries, opts.eventQueueBytes) : null;
+  }
+
+  /**
+   * Writes webhook events still waiting for outbound room (the shard loop calls it before it
+   * parks): 0 when none is left, else the free outbound bytes the next one needs.
+   */
+  flushEvents(): number {
+    return this.events === null || this.events.pending === 0 ? 0 : this.events.flush();
   }
 
   /**
@@ -114,6 +128,9 @@ export class Handler {
   /** Handles one inbound record at b[off, off+len). Returns 0 when done, else outbound bytes needed. */
   handle(b: Uint8Array, off: number, len: number): number {
     const end = off + len;
+    // Events a previous record left waiting go out before anything new (workers/events.ts).
+    const waiting = this.flushEvents();
+    if (waiting > 0) return waiting;
     if (this.store !== null && !this.store.inBatch) this.store.beginBatch();
     switch (b[off]) {
       case IN_FRAME: return this.onFrame(b, off, end);
@@ -241,9 +258,11 @@ export class Handler {
     }
   }
 
-  private putPresence(w: MsgWriter, r: Room, user: string, state: 'join' | 'leave'): void {
-    writeHead(w, 'presence', this.nb, 0, this.nbLen, -1, 2);
+  /** `info`: the joining identity's (a MessagePack map), on a join only. */
+  private putPresence(w: MsgWriter, r: Room, user: string, state: 'join' | 'leave', info: Uint8Array | null = null): void {
+    writeHead(w, 'presence', this.nb, 0, this.nbLen, -1, info === null ? 2 : 3);
     w.str('user').str(user).str('state').str(state);
+    if (info !== null) w.str('info').raw(info, 0, info.byteLength);
   }
 
   private putLeft(w: MsgWriter, r: Room, ref: number): void {
@@ -331,10 +350,18 @@ export class Handler {
     return a;
   }
 
-  private putWho(w: MsgWriter, r: Room, ref: number, users: readonly string[], truncated: boolean): void {
-    writeHead(w, 'who', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
+  /** `infos`: how many of `users` have info in r (then an `info` map user -> info follows the list). */
+  private putWho(w: MsgWriter, r: Room, ref: number, users: readonly string[], truncated: boolean, infos: number): void {
+    writeHead(w, 'who', this.nb, 0, this.nbLen, ref, (truncated ? 2 : 1) + (infos > 0 ? 1 : 0));
     w.str('users').arrayHeader(users.length);
     for (const u of users) w.str(u);
+    if (infos > 0) {
+      w.str('info').mapHeader(infos);
+      for (const u of users) {
+        const info = r.infos.get(u);
+        if (info !== undefined) w.str(u).raw(info, 0, info.byteLength);
+      }
+    }
     if (truncated) w.str('truncated').bool(true);
   }
 
@@ -344,7 +371,10 @@ export class Handler {
     const conn = getU32(b, off + 4);
     const stamp = getU32(b, off + 8);
     const fs = off + IN_FRAME_BODY;
-    const fe = end - b[off + 1]!;
+    const ue = end - b[off + 1]!; // where the user starts (and the frame, or the info, ends)
+    // A join's identity info (records.ts): the frame, the info, its u32 length, then the user.
+    const infoLen = (b[off + 2]! & IN_FRAME_INFO) === 0 ? -1 : getU32(b, ue - 4);
+    const fe = infoLen < 0 ? ue : ue - 4 - infoLen;
     const f = this.frame;
     if (f.scan(b, fs, fe, this.opts.maxBodyDepth) !== 0) {
       // The main thread validated the frame already; a failure here is still answered, never dropped.
@@ -353,7 +383,7 @@ export class Handler {
     const name = asciiString(b, f.roomStart, f.roomEnd);
     if (f.type === T_JOIN) {
       const anon = (b[off + 2]! & IN_FRAME_ANON) !== 0;
-      const user = asciiString(b, fe, end);
+      const user = asciiString(b, ue, end);
       if (this.rooms.get(name) === undefined) {
         this.useRoom(name);
         // A room the store keeps (it has messages) exists: loading it takes no creation token, only memory.
@@ -363,7 +393,8 @@ export class Handler {
         if (refused === 0) this.rooms.forget(name);
         if (refused >= 0) return refused;
       }
-      return this.join(conn, user, anon, name, f, b, false);
+      // Copied out of the ring: the room keeps it while the user is present.
+      return this.join(conn, user, anon, name, f, b, false, infoLen < 0 ? null : b.slice(fe, fe + infoLen));
     }
     const r = this.rooms.get(name);
     const user = r?.members.get(conn);
@@ -405,7 +436,7 @@ export class Handler {
     return wait === 0 ? -1 : this.sendErr(conn, E_ROOM_LIMIT, errMsg, ref, wait, true);
   }
 
-  private join(conn: number, user: string, anon: boolean, name: string, f: ClientFrame | null, b: Uint8Array, replay: boolean): number {
+  private join(conn: number, user: string, anon: boolean, name: string, f: ClientFrame | null, b: Uint8Array, replay: boolean, info: Uint8Array | null): number {
     const r = this.rooms.room(name, this.stored);
     this.useRoom(r.name);
     let missedFrom = NO_SINCE;
@@ -429,7 +460,7 @@ export class Handler {
     const unread = r.seq - (cursor ?? r.seq);
     this.plan();
     const presence = firstOfUser && !replay;
-    if (presence) { this.putPresence(this.size(), r, user, 'join'); this.add(this.sz.pos, this.nbLen); }
+    if (presence) { this.putPresence(this.size(), r, user, 'join', info); this.add(this.sz.pos, this.nbLen); }
     this.putJoined(this.size(), r, ref, unread, members, missedFrom);
     const joinedLen = this.sz.pos;
     const need = this.add(joinedLen, this.nbLen).need();
@@ -439,21 +470,24 @@ export class Handler {
       this.rooms.addMember(r, conn, user, anon, cursor ?? r.seq);
       if (newCursor) this.store!.setCursor(r.name, user, r.seq);
     }
+    // The latest join's info is the user's in this room (docs/PROTOCOL.md).
+    this.rooms.setInfo(r, r.members.get(conn)!, info);
     // Presence goes out before `joined`: the joiner is subscribed only when `joined` reaches
     // the main thread, so it never sees its own presence; everyone else does.
-    if (presence) this.presence(r, user, 'join', conn);
+    if (presence) this.presence(r, user, 'join', conn, info);
     this.putJoined(this.begin(OUT_JOINED, conn, this.nbLen, joinedLen), r, ref, unread, members, missedFrom);
     this.end();
     this.clearPage();
+    // Events after the planned records, never between them (workers/events.ts).
+    if (presence) this.events?.presence(r, user, 'join', conn, info);
     return 0;
   }
 
   /** Writes a presence record (its room was planned by the caller). */
-  private presence(r: Room, user: string, state: 'join' | 'leave', conn: number): void {
-    this.putPresence(this.size(), r, user, state);
-    this.putPresence(this.begin(OUT_PUBLISH, 0, this.nbLen, this.sz.pos), r, user, state);
+  private presence(r: Room, user: string, state: 'join' | 'leave', conn: number, info: Uint8Array | null = null): void {
+    this.putPresence(this.size(), r, user, state, info);
+    this.putPresence(this.begin(OUT_PUBLISH, 0, this.nbLen, this.sz.pos), r, user, state, info);
     this.end();
-    if (this.opts.events === true) presenceEvent(this.out, r, user, state, conn);
   }
 
   /** Plans the records of a member leaving: `extra` (a `left`, or none) and maybe a presence leave. */
@@ -475,7 +509,7 @@ export class Handler {
     // `left` first: the main thread unsubscribes before sending it, so no `msg` follows it.
     this.putLeft(this.begin(OUT_LEFT, conn, this.nbLen, leftLen), r, ref);
     this.end();
-    if (last !== null) this.presence(r, last, 'leave', conn);
+    if (last !== null) { this.presence(r, last, 'leave', conn); this.events?.presence(r, last, 'leave', conn); }
     return 0;
   }
 
@@ -542,7 +576,7 @@ export class Handler {
     }
     this.published++;
     this.delivered += r.members.size;
-    if (this.opts.events === true) messageEvent(this.out, r, seq, from, ts, b, bs, be);
+    this.events?.message(r, seq, from, ts, b, bs, be);
     return 0;
   }
 
@@ -652,17 +686,22 @@ export class Handler {
     users.length = 0;
     let bytes = 0;
     let truncated = false;
+    let infos = 0;
     for (const u of r.users.keys()) {
-      if (bytes + u.length + 2 > this.opts.maxHistBytes) { truncated = true; break; }
+      // A user with info costs its name twice (list and map) and the info: all within maxHistBytes.
+      const info = r.infos.get(u);
+      const cost = u.length + 2 + (info === undefined ? 0 : u.length + 2 + info.byteLength);
+      if (bytes + cost > this.opts.maxHistBytes) { truncated = true; break; }
       users.push(u);
-      bytes += u.length + 2;
+      bytes += cost;
+      if (info !== undefined) infos++;
     }
-    this.putWho(this.size(), r, ref, users, truncated);
+    this.putWho(this.size(), r, ref, users, truncated, infos);
     const bodyLen = this.sz.pos;
     const need = this.plan().add(bodyLen, 0).need();
     const fits = this.fits(need);
     if (fits) {
-      this.putWho(this.begin(OUT_SEND, conn, 0, bodyLen), r, ref, users, truncated);
+      this.putWho(this.begin(OUT_SEND, conn, 0, bodyLen), r, ref, users, truncated, infos);
       this.end();
     }
     users.length = 0;
@@ -676,11 +715,14 @@ export class Handler {
     const c = this.rooms.conns.get(conn);
     if (c === undefined) return 0;
     for (const r of [...c.rooms]) {
+      // The events of the room before go out first (a connection may be in many rooms).
+      const waiting = this.flushEvents();
+      if (waiting > 0) return waiting;
       this.useRoom(r.name);
       const need = this.planLeave(r, conn, -1);
       if (!this.fits(need)) return need;
       const last = this.rooms.removeMember(r, conn);
-      if (last !== null) this.presence(r, last, 'leave', conn);
+      if (last !== null) { this.presence(r, last, 'leave', conn); this.events?.presence(r, last, 'leave', conn); }
     }
     return 0;
   }
@@ -710,7 +752,9 @@ export class Handler {
     const name = asciiString(b, p, p + roomLen);
     p += roomLen;
     // The trailing flags byte (IN_FRAME_ANON) is there since anonymous cursors are dropped on leave.
-    const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
-    return this.join(conn, user, anon, name, null, b, true);
+    const flags = p < end ? b[p]! : 0;
+    const anon = (flags & IN_FRAME_ANON) !== 0;
+    const info = (flags & IN_FRAME_INFO) === 0 ? null : b.slice(p + 5, p + 5 + getU32(b, p + 1));
+    return this.join(conn, user, anon, name, null, b, true, info);
   }
 }

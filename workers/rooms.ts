@@ -18,6 +18,16 @@ import type { CidWindow } from './cids.js';
 const NO_MEMBERS: ReadonlyMap<number, string> = new Map();
 const NO_USERS: ReadonlyMap<string, number> = new Map();
 const NO_CURSORS: ReadonlyMap<string, number> = new Map();
+const NO_INFOS: ReadonlyMap<string, Uint8Array> = new Map();
+
+/**
+ * Bytes of identity `info` a shard keeps (docs/LIMITS.md): each present (room, user) with info is
+ * charged its MessagePack bytes (at most maxInfoBytes) + INFO_ENTRY_OVERHEAD. A join that would
+ * pass it keeps the user without info (counted in `infoSkipped`).
+ */
+export const INFO_BUDGET_BYTES = 16 << 20;
+/** Bytes charged per kept info beside its payload (the Uint8Array, its buffer, the map entry). */
+export const INFO_ENTRY_OVERHEAD = 256;
 
 /**
  * One room. Its maps exist only while they hold something (an empty Map costs ~190 B of heap,
@@ -34,6 +44,7 @@ export class Room {
   private memberMap: Map<number, string> | null = null;
   private userMap: Map<string, number> | null = null;
   private cursorMap: Map<string, number> | null = null;
+  private infoMap: Map<string, Uint8Array> | null = null;
 
   constructor(readonly name: string, readonly epoch: string, now: number, seq = 0) {
     this.emptySince = now;
@@ -46,6 +57,8 @@ export class Room {
   get users(): ReadonlyMap<string, number> { return this.userMap ?? NO_USERS; }
   /** user -> read cursor: present users', and absent named users' within the cursor bounds. */
   get cursors(): ReadonlyMap<string, number> { return this.cursorMap ?? NO_CURSORS; }
+  /** user -> the identity `info` (MessagePack map) of that user's latest join here; present users with info only. */
+  get infos(): ReadonlyMap<string, Uint8Array> { return this.infoMap ?? NO_INFOS; }
 
   setMember(conn: number, user: string): void { (this.memberMap ??= new Map()).set(conn, user); }
   deleteMember(conn: number): void {
@@ -63,6 +76,15 @@ export class Room {
     return true;
   }
   clearCursors(): void { this.cursorMap = null; }
+  setInfo(user: string, info: Uint8Array): void { (this.infoMap ??= new Map()).set(user, info); }
+  /** The bytes of the info it removed (0: none). */
+  deleteInfo(user: string): number {
+    const old = this.infoMap?.get(user);
+    if (old === undefined) return 0;
+    this.infoMap!.delete(user);
+    if (this.infoMap!.size === 0) this.infoMap = null;
+    return old.byteLength;
+  }
 }
 
 export interface ConnEntry {
@@ -100,6 +122,12 @@ export class Rooms {
   readonly idle: Cursors;
   memberships = 0;
   presentUsers = 0;
+  /** Bytes charged for kept infos (payload + INFO_ENTRY_OVERHEAD each), at most infoBudgetBytes. */
+  infoBytes = 0;
+  /** Joins whose info was not kept: the shard's info budget was spent. */
+  infoSkipped = 0;
+  /** INFO_BUDGET_BYTES; a test may lower it. */
+  infoBudgetBytes = INFO_BUDGET_BYTES;
   private readonly roomTtlMs: number;
 
   constructor(opts: RoomsOptions) {
@@ -153,6 +181,21 @@ export class Rooms {
     return d;
   }
 
+  /**
+   * The identity info shown for `user` in `r` from now on: this join's (latest join wins), or
+   * none when the join had none or the shard's info budget cannot hold it (counted). `info` is
+   * kept as given: the caller passes a copy it owns, never a view of a ring.
+   */
+  setInfo(r: Room, user: string, info: Uint8Array | null): void {
+    const old = r.deleteInfo(user);
+    if (old > 0) this.infoBytes -= old + INFO_ENTRY_OVERHEAD;
+    if (info === null) return;
+    const cost = info.byteLength + INFO_ENTRY_OVERHEAD;
+    if (this.infoBytes + cost > this.infoBudgetBytes) { this.infoSkipped++; return; }
+    r.setInfo(user, info);
+    this.infoBytes += cost;
+  }
+
   /** Adds conn to room; returns true when this is the user's first connection there (presence join). */
   addMember(r: Room, conn: number, name: string, anon: boolean, cursor = r.seq): boolean {
     const user = r.users.has(name) ? name : flat(name);
@@ -188,6 +231,8 @@ export class Rooms {
     let last: string | null = null;
     if (n === 0) {
       r.deleteUser(user); this.presentUsers--; last = user;
+      const info = r.deleteInfo(user);
+      if (info > 0) this.infoBytes -= info + INFO_ENTRY_OVERHEAD;
       if (anon) { if (r.deleteCursor(user)) this.cursorCount--; }
       else this.cursorCount -= this.idle.park(r, user);
     } else r.setUser(user, n);
@@ -250,6 +295,7 @@ export class Rooms {
   dispose(): void {
     for (const r of [...this.rooms.values()]) this.dropRoom(r);
     this.conns.clear();
+    this.infoBytes = 0;
     this.dropped = [];
   }
 }

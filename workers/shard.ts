@@ -21,11 +21,10 @@
  * nothing of the failed batch was published, the main thread answers its records with
  * `unavailable`, and the restarted shard reloads its rooms from what was committed.
  */
-import { eventCounts } from './events.js';
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
   S_ARRAY_BUFFERS, S_EVENTS_DROPPED, S_CONNS, S_CURSORS, S_CURSORS_EVICTED, S_HEAP_USED, S_HISTORY_EVICTED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_INFO_BYTES, S_INFO_SKIPPED, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 import { SqliteStore, StoreError, type FsyncMode, type Store } from './store/index.js';
@@ -96,9 +95,11 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
   const publishStats = (): void => {
     const rm = h.rooms;
     stats[S_ROOMS] = rm.rooms.size;
-    stats[S_EVENTS_DROPPED] = eventCounts.dropped;
+    stats[S_EVENTS_DROPPED] = h.events?.dropped ?? 0;
     stats[S_MEMBERS] = rm.memberships;
     stats[S_PRESENT_USERS] = rm.presentUsers;
+    stats[S_INFO_BYTES] = rm.infoBytes;
+    stats[S_INFO_SKIPPED] = rm.infoSkipped;
     stats[S_CONNS] = rm.conns.size;
     stats[S_CURSORS] = rm.cursorCount;
     stats[S_HISTORY_MSGS] = rm.historyMessages;
@@ -172,6 +173,18 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
         h.commit();
         publishOutput();
         inbound.syncRead();
+        // Webhook events the batch's last record left waiting for outbound room go out before
+        // the shard parks (workers/events.ts): the main thread frees the room as it reads.
+        if (h.events !== null && h.events.pending > 0) {
+          let need: number;
+          while ((need = h.flushEvents()) > 0) {
+            publishOutput();
+            outWaits++;
+            await out.waitForFree(need);
+            stats[S_HEARTBEAT]! += 1;
+          }
+          publishOutput();
+        }
         publishStats();
       }
       if (h.drained) return { index: task.index, records };

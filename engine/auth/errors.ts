@@ -15,8 +15,12 @@ export type AuthReason = 'missing' | 'expired' | 'invalid' | 'unavailable';
 
 export class AuthError extends Error {
   readonly code = 'SHARDCHAT_UNAUTHORIZED';
-  /** `detail` is for logs (which check failed); clients get `reason` and a fixed message. */
-  constructor(readonly reason: AuthReason, readonly detail: string) {
+  /**
+   * `detail` is for logs (which check failed); clients get `reason` and a fixed message, and
+   * `publicDetail` when set: what is wrong with a claim of a token whose signature verified
+   * (an `info` too large, a bad `rooms` list), safe to tell and needed to fix the issuer.
+   */
+  constructor(readonly reason: AuthReason, readonly detail: string, readonly publicDetail?: string) {
     super(`token ${reason}: ${detail}`);
     this.name = 'AuthError';
   }
@@ -32,6 +36,8 @@ const MESSAGES: Record<AuthReason, string> = {
 /** The HTTP status line and JSON body for a refused token (docs/AUTH.md, "Refusals"). */
 export function refusal(err: AuthError): { status: string; body: string } {
   const status = err.reason === 'unavailable' ? '503 Service Unavailable' : '401 Unauthorized';
-  const body = JSON.stringify({ error: { code: 'unauthorized', reason: err.reason, msg: MESSAGES[err.reason] } });
+  const error: Record<string, string> = { code: 'unauthorized', reason: err.reason, msg: MESSAGES[err.reason] };
+  if (err.publicDetail !== undefined) error.detail = err.publicDetail;
+  const body = JSON.stringify({ error });
   return { status, body };
 }

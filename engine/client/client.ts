@@ -13,9 +13,10 @@ import { Emitter } from './emitter.js';
 import { ClientError, ServerError, TimeoutError } from './errors.js';
 import { Outbox, type Pending } from './outbox.js';
 import { RoomTrack, toMessage } from './room.js';
+import { authCheckUrl, refreshDelay, tokenExp } from './token.js';
 import type {
   Cause, ClientEvents, ClientOptions, ClientState, Frame, HistOptions, HistPage, Limits, Message, RoomState,
-  WebSocketCtor, WebSocketLike,
+  UserInfo, WebSocketCtor, WebSocketLike,
 } from './types.js';
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -48,6 +49,12 @@ export class ShardchatClient {
   private stableTimer: Timer | null = null;
   private connectTimer: Timer | null = null;
   private pumpTimer: Timer | null = null;
+  /** Replaces the token on the open connection before its exp (with getToken only). */
+  private refreshTimer: Timer | null = null;
+  /** The token of the current (or last) attempt. */
+  private token: string | undefined;
+  /** Attempts in a row refused as `expired` (getToken gave an old token again): the second is final. */
+  private expiredRefusals = 0;
   private wire: Uint8Array[] = [];
   private tokens = 0;
   private refilledAt = 0;
@@ -120,6 +127,7 @@ export class ShardchatClient {
     const gen = ++this.gen;
     const open = (token: string | undefined): void => {
       if (gen !== this.gen || this._state !== 'connecting') return;
+      this.token = token;
       let url = this.o.url;
       const q: string[] = [];
       if (this.o.user !== undefined) q.push(`user=${encodeURIComponent(this.o.user)}`);
@@ -223,6 +231,17 @@ export class ShardchatClient {
     return Array.isArray(f.users) ? (f.users as unknown[]).filter((u): u is string => typeof u === 'string') : [];
   }
 
+  /** Users present in `room` now, with the identity info of those who have one (user -> info). */
+  async whoWithInfo(room: string): Promise<{ users: string[]; info: Record<string, UserInfo> }> {
+    const f = await this.request('who', room, { t: 'who', room });
+    const users = Array.isArray(f.users) ? (f.users as unknown[]).filter((u): u is string => typeof u === 'string') : [];
+    const info: Record<string, UserInfo> = {};
+    if (f.info !== null && typeof f.info === 'object') {
+      for (const [u, v] of Object.entries(f.info as Record<string, unknown>)) if (v !== null && typeof v === 'object' && !Array.isArray(v)) info[u] = v as UserInfo;
+    }
+    return { users, info };
+  }
+
   /** Marks `room` read up to `seq` (default: the last delivered); resolves with the cursor. */
   async read(room: string, seq?: number): Promise<number> {
     const r = this.roomsByName.get(room);
@@ -234,22 +253,27 @@ export class ShardchatClient {
 
   /** Closes for good: the socket, every timer, every listener; pending calls reject with `closed`. */
   close(): void {
+    this.shut({ reason: 'closed-by-app' }, () => new ClientError('closed', 'client is closed'));
+  }
+
+  /** Closed for good (by the app, or a token the engine refuses): everything goes, listeners last. */
+  private shut(cause: Cause, error: () => ClientError): void {
     if (this._state === 'closed') return;
     const ws = this.ws;
     this.detach();
     if (ws) { try { ws.close(1000, 'client closed'); } catch { /* a socket still connecting may refuse: it is dropped either way */ } }
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
-    this.reconnectTimer = this.stableTimer = this.connectTimer = this.pumpTimer = null;
-    const closed = (): ClientError => new ClientError('closed', 'client is closed');
+    this.reconnectTimer = this.stableTimer = this.connectTimer = this.pumpTimer = this.refreshTimer = null;
+    const closed = error;
     this.failRequests(closed);
     this.outbox.failAll(closed);
     for (const r of this.roomsByName.values()) {
       for (const w of r.waiters.splice(0)) w.reject(closed());
-      if (r.state !== 'left') this.setRoom(r, 'left', { reason: 'closed-by-app' });
+      if (r.state !== 'left') this.setRoom(r, 'left', cause);
     }
     this.roomsByName.clear();
-    this.setState('closed', { reason: 'closed-by-app' });
+    this.setState('closed', cause);
     this.events.clear();
   }
 
@@ -263,12 +287,15 @@ export class ShardchatClient {
     this.clearTimer('connectTimer');
     this.clearTimer('stableTimer');
     this.clearTimer('pumpTimer');
+    this.clearTimer('refreshTimer');
     this.wire = [];
   }
 
   /** The connection is gone (or never came up): tidy up and schedule the next attempt. */
   private lost(cause: Cause): void {
     if (this._state === 'closed') return;
+    // Closed before any hello with a token: maybe the token was refused (a browser sees only 1006).
+    const refusedMaybe = this._state === 'connecting' && cause.reason === 'close' && this.token !== undefined;
     const ws = this.ws;
     this.detach();
     if (ws && ws.readyState <= 1) { try { ws.close(); } catch { /* connecting sockets may throw; it is abandoned */ } }
@@ -279,6 +306,40 @@ export class ShardchatClient {
       if (r.wanted && r.state === 'joined') this.setRoom(r, 'joining', { reason: 'disconnected', code: cause.code });
     }
     this.setState('disconnected', cause);
+    if (refusedMaybe) { this.checkToken(this.token!, cause); return; }
+    this.retry(cause);
+  }
+
+  /**
+   * Asks the engine's `GET /auth/check` whether `token` is refused (docs/AUTH.md). `missing` or
+   * `invalid` is final: the client closes (cause `unauthorized`) instead of retrying a token that
+   * cannot pass; so is `expired` without getToken, or twice in a row with it (getToken is asked
+   * for a new token at every attempt). Anything else (the engine down, no fetch here) retries.
+   */
+  private checkToken(token: string, cause: Cause): void {
+    const gen = this.gen;
+    const f = (globalThis as { fetch?: (url: string, init: { headers: Record<string, string> }) => Promise<{ status: number; json(): Promise<unknown> }> }).fetch;
+    if (f === undefined) { this.retry(cause); return; }
+    let url: string;
+    try { url = authCheckUrl(this.o.url); } catch { this.retry(cause); return; }
+    f(url, { headers: { authorization: `Bearer ${token}` } }).then(async (res) => {
+      if (res.status !== 401) return null;
+      const body = await res.json() as { error?: { reason?: unknown } };
+      return typeof body.error?.reason === 'string' ? body.error.reason : null;
+    }).then((reason) => {
+      if (gen !== this.gen || this._state !== 'disconnected') return;
+      if (reason === 'expired' && this.o.getToken && ++this.expiredRefusals < 2) { this.retry(cause); return; }
+      if (reason === 'missing' || reason === 'invalid' || reason === 'expired') {
+        const msg = `the engine refused the token (${reason}): not retrying`;
+        this.shut({ reason: 'unauthorized', code: cause.code, error: new ClientError('unauthorized', msg) }, () => new ClientError('unauthorized', msg));
+        return;
+      }
+      this.retry(cause);
+    }, () => { if (gen === this.gen && this._state === 'disconnected') this.retry(cause); });
+  }
+
+  /** Schedules the next attempt (full-jitter back-off). */
+  private retry(cause: Cause): void {
     const n = this.attempt++;
     let delay = backoffDelay(n, { baseMs: this.o.backoffBaseMs, capMs: this.o.backoffCapMs, random: this.o.random });
     if (cause.code === 1001) delay += this.o.random() * this.o.shutdownJitterMs;
@@ -335,9 +396,52 @@ export class ShardchatClient {
     this.tokens = localBucket(this._limits).burst;
     this.refilledAt = performance.now();
     this.stableTimer = this.timer(() => { this.stableTimer = null; this.attempt = 0; }, this.o.stableMs);
+    this.expiredRefusals = 0;
+    this.scheduleRefresh();
     this.setState('connected', { reason: 'hello' });
     this.events.emit('hello', { conn: this._conn, user: this._user, limits: this._limits });
     for (const r of this.roomsByName.values()) if (r.wanted) this.sendJoin(r);
+  }
+
+  // ---- token refresh (docs/AUTH.md: `refresh`, close 4401) ----
+
+  /** With getToken, replaces the token on the open connection at 70..90% of its remaining life. */
+  private scheduleRefresh(): void {
+    this.clearTimer('refreshTimer');
+    const exp = this.token === undefined || !this.o.getToken ? null : tokenExp(this.token);
+    if (exp === null) return;
+    this.refreshTimer = this.timer(() => { this.refreshTimer = null; void this.refreshToken(exp); }, refreshDelay(exp, Date.now(), this.o.random));
+  }
+
+  private async refreshToken(oldExp: number): Promise<void> {
+    const gen = this.gen;
+    try {
+      const token = await this.o.getToken!();
+      if (gen !== this.gen || this._state !== 'connected') return;
+      await this.control({ t: 'refresh', token });
+      if (gen !== this.gen) return;
+      this.token = token;
+      this.scheduleRefresh();
+    } catch (e) {
+      if (gen !== this.gen || this._state !== 'connected') return;
+      this.events.emit('error', { error: e instanceof Error ? e : new Error(String(e)) });
+      // Once more within what is left; past exp the engine closes with 4401 and the reconnect asks getToken.
+      const left = oldExp * 1000 - Date.now();
+      if (left > 2000) this.refreshTimer = this.timer(() => { this.refreshTimer = null; void this.refreshToken(oldExp); }, left / 2);
+    }
+  }
+
+  /** A request about the connection, not a room (`refresh`). */
+  private control(frame: Frame): Promise<Frame> {
+    if (this._state !== 'connected') return Promise.reject(new ClientError('disconnected', 'not connected'));
+    return new Promise((resolve, reject) => {
+      const ref = this.nextRef();
+      const timer = this.timer(() => {
+        if (this.requests.delete(ref)) reject(new TimeoutError(`${String(frame.t)} not answered within ${this.o.requestTimeoutMs} ms`));
+      }, this.o.requestTimeoutMs);
+      this.requests.set(ref, { kind: String(frame.t), room: '', resolve, reject, timer });
+      this.send({ ...frame, ref });
+    });
   }
 
   // ---- rooms ----
@@ -410,7 +514,8 @@ export class ShardchatClient {
     if (typeof f.user !== 'string' || (f.state !== 'join' && f.state !== 'leave')) return;
     if (f.state === 'join') r.users.add(f.user); else r.users.delete(f.user);
     r.presenceLog?.push({ user: f.user, join: f.state === 'join' });
-    this.events.emit('presence', { room: r.name, user: f.user, state: f.state });
+    const info = f.state === 'join' && f.info !== null && typeof f.info === 'object' && !Array.isArray(f.info) ? f.info as UserInfo : undefined;
+    this.events.emit('presence', info === undefined ? { room: r.name, user: f.user, state: f.state } : { room: r.name, user: f.user, state: f.state, info });
     this.events.emit('members', { room: r.name, users: [...r.users] });
   }
 
@@ -549,7 +654,7 @@ export class ShardchatClient {
     return t;
   }
 
-  private clearTimer(name: 'reconnectTimer' | 'stableTimer' | 'connectTimer' | 'pumpTimer'): void {
+  private clearTimer(name: 'reconnectTimer' | 'stableTimer' | 'connectTimer' | 'pumpTimer' | 'refreshTimer'): void {
     const t = this[name];
     if (t) { clearTimeout(t); this.timers.delete(t); this[name] = null; }
   }

@@ -3,7 +3,9 @@
  * also carries the protocol's `err` code and `retryAfterMs` when the engine sent them.
  */
 export type ClientErrorCode =
-  | 'queue_full' | 'timeout' | 'closed' | 'disconnected' | 'too_large' | 'not_joined' | 'server' | 'bad_frame';
+  | 'queue_full' | 'timeout' | 'closed' | 'disconnected' | 'too_large' | 'not_joined' | 'server' | 'bad_frame'
+  /** The engine refused the token (missing, invalid, or expired again): the client closed for good. */
+  | 'unauthorized';
 
 export class ClientError extends Error {
   constructor(readonly code: ClientErrorCode, message: string) {

@@ -7,5 +7,5 @@ export { backoffDelay, seededRandom, type Random, type BackoffOptions } from './
 export { ClientError, QueueFullError, ServerError, TimeoutError, type ClientErrorCode } from './errors.js';
 export type {
   Cause, ClientEvents, ClientOptions, ClientState, HistOptions, HistPage, Limits, Message, RoomState,
-  WebSocketCtor, WebSocketLike,
+  UserInfo, WebSocketCtor, WebSocketLike, WhoFrame,
 } from './types.js';

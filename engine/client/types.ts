@@ -88,13 +88,23 @@ export interface ClientEvents {
   message: Message;
   /** History between the last delivered message and what follows is lost (or a new epoch): messages before what follows may be missing. The latest page follows as `message` events. */
   gap: { room: string; reason: 'truncated' | 'epoch'; epoch: string; seq: number };
-  presence: { room: string; user: string; state: 'join' | 'leave' };
+  /** `info`: on a join, the joining identity's info (the token's `info` claim), when it has one. */
+  presence: { room: string; user: string; state: 'join' | 'leave'; info?: UserInfo };
   /** The room's present users, after a (re)join and after each presence change. */
   members: { room: string; users: string[] };
   unread: { room: string; count: number };
   /** Something the app cannot act on but may log: a bad frame, a listener that threw. */
   error: { error: Error };
 }
+
+/**
+ * An identity's `info` (a token's `info` claim, or what an `authenticate` hook returned): a small
+ * JSON object the server shows with presence and `who` (docs/PROTOCOL.md).
+ */
+export type UserInfo = Record<string, unknown>;
+
+/** A `who` reply as the engine sends it: `info` maps users to their info, present only when some user has one. */
+export interface WhoFrame { t: 'who'; room: string; users: string[]; info?: Record<string, UserInfo>; truncated?: boolean; ref?: number }
 
 export interface HistOptions { before?: number; after?: number; limit?: number }
 export interface HistPage { room: string; msgs: Message[]; truncated: boolean }

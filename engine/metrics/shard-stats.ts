@@ -45,7 +45,11 @@ export const S_IN_HANDLED = 37;
 export const S_OUT_PUBLISH_END = 38;
 /** Webhook events the shard dropped because its outbound ring was full at that instant (workers/events.ts). */
 export const S_EVENTS_DROPPED = 39;
-export const SHARD_STAT_SLOTS = 40;
+/** Bytes of identity info the shard keeps for present users (workers/rooms.ts, INFO_BUDGET_BYTES). */
+export const S_INFO_BYTES = 40;
+/** Joins whose info the shard did not keep: its info budget was spent. */
+export const S_INFO_SKIPPED = 41;
+export const SHARD_STAT_SLOTS = 42;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_ROOMS]: 'rooms', [S_MEMBERS]: 'members', [S_PRESENT_USERS]: 'presentUsers', [S_CONNS]: 'conns',
@@ -54,6 +58,7 @@ export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_LOOP_LAG_MS]: 'loopLagMs', [S_PARKS]: 'parks', [S_OUT_WAITS]: 'outboundWaits', [S_DELIVERED]: 'delivered',
   [S_HISTORY_BYTES]: 'historyBytes', [S_ARRAY_BUFFERS]: 'arrayBuffers', [S_HISTORY_EVICTED]: 'historyEvicted',
   [S_CURSORS_EVICTED]: 'cursorsEvicted', [S_POOL_FREE_BYTES]: 'poolFreeBytes',
+  [S_INFO_BYTES]: 'infoBytes', [S_INFO_SKIPPED]: 'infoSkipped',
 };
 
 export function createShardStats(): SharedArrayBuffer {

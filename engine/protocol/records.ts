@@ -10,11 +10,14 @@
  * Inbound (main -> shard):
  *   IN_FRAME      [0] kind, [1] userLen, [2] flags, [4] conn u32, [8] stamp u32, [12] addr u32,
  *                 [16..] client frame, user (last userLen bytes). flags: IN_FRAME_ANON (the user is
- *                 anonymous); addr: a hash of the client address (the room-creation principal of an
+ *                 anonymous), IN_FRAME_INFO (a join whose identity has `info`: then the frame is
+ *                 followed by the info (one MessagePack map) and its length as u32, before the
+ *                 user); addr: a hash of the client address (the room-creation principal of an
  *                 anonymous user; written for joins, 0 otherwise)
  *   IN_CLOSE      [0] kind, [1..5] conn u32
  *   IN_SERVER_PUB [0] kind, [1..5] req u32, roomLen u8, room, fromLen u8, from, cidLen u8 (0 = no cid), cid, body (one MessagePack value)
- *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room, flags u8 (join after a shard restart)
+ *   IN_REPLAY     [0] kind, [1..5] conn u32, userLen u8, user, roomLen u8, room, flags u8 (join after a shard restart);
+ *                 with IN_FRAME_INFO in flags: infoLen u32, info
  *   IN_DRAIN      [0] kind                    (everything before it is handled; answer OUT_DRAINED)
  *   IN_ADMIN      [0] kind, [1..5] req u32, [5] op (ADMIN_OPS index), [6..] arguments as JSON (HTTP API; workers/admin.ts)
  *   IN_CRASH      [0] kind, [1] mode          (test hook: 1 = throw from the task, 2 = exit the worker, 3 = hang, 4 = exit between a publish and its syncRead)
@@ -65,6 +68,8 @@ export type AdminOp = Exclude<typeof ADMIN_OPS[number], ''>;
 
 /** IN_FRAME / IN_REPLAY flag: the connection's user is anonymous (`anon-<conn>`, no identity). */
 export const IN_FRAME_ANON = 1;
+/** IN_FRAME / IN_REPLAY flag: a join carries the identity's `info` (MessagePack; see the layouts above). */
+export const IN_FRAME_INFO = 2;
 
 /** Offset of the client frame in an IN_FRAME record. */
 export const IN_FRAME_BODY = 16;

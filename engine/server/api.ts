@@ -109,15 +109,26 @@ const METHODS: Record<string, Method> = {
   },
   async presence(e, a) {
     const r = room(a);
-    const res = await e.admin(e.shardOf(r), 'presence', { room: r }) as { users: string[]; connections: number };
-    return { room: r, users: res.users, connections: res.connections };
+    const limit = optInt(a, 'limit', 1, 1000);
+    const cursor = a.cursor === undefined || a.cursor === null ? undefined : typeof a.cursor === 'string' ? a.cursor : (() => { throw new ApiError(400, 'bad_request', 'cursor must be a string'); })();
+    const res = await e.admin(e.shardOf(r), 'presence', { room: r, limit, cursor }) as { users: string[]; connections: number; cursor: string | null; info?: Args };
+    const page = { room: r, users: res.users, connections: res.connections, cursor: res.cursor ?? null };
+    // `info` (user -> identity info) only when some listed user has one, as in `who`.
+    return res.info === undefined ? page : { ...page, info: jsonSafe(res.info) };
   },
   async rooms(e, a) {
     const limit = optInt(a, 'limit', 1, 1000) ?? 100;
     const after = a.cursor === undefined || a.cursor === null ? '' : typeof a.cursor === 'string' ? a.cursor : (() => { throw new ApiError(400, 'bad_request', 'cursor must be a string'); })();
-    const pages = await Promise.all(Array.from({ length: e.shardCount }, (_, s) => e.admin(s, 'rooms', { after, limit }) as Promise<{ rooms: { room: string; connections: number }[] }>));
-    const all = pages.flatMap((p) => p.rooms).sort((x, y) => (x.room < y.room ? -1 : x.room > y.room ? 1 : 0));
-    const more = all.length > limit || pages.some((p) => p.rooms.length === limit);
+    const pages = await Promise.all(Array.from({ length: e.shardCount }, (_, s) => e.admin(s, 'rooms', { after, limit }) as Promise<{ rooms: { room: string; connections: number }[]; more?: boolean }>));
+    // A shard with more rooms past its page (cut by limit or by bytes) listed all of its rooms up
+    // to its page's last: the merged page is complete only up to the smallest such last name.
+    let cut: string | null = null;
+    for (const p of pages) {
+      const last = p.rooms[p.rooms.length - 1]?.room;
+      if ((p.more ?? p.rooms.length === limit) && last !== undefined && (cut === null || last < cut)) cut = last;
+    }
+    const all = pages.flatMap((p) => p.rooms).filter((r) => cut === null || r.room <= cut).sort((x, y) => (x.room < y.room ? -1 : x.room > y.room ? 1 : 0));
+    const more = cut !== null || all.length > limit;
     const page = all.slice(0, limit);
     return { rooms: page, cursor: more && page.length > 0 ? page[page.length - 1]!.room : null };
   },

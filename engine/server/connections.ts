@@ -174,7 +174,7 @@ export class ConnectionRouter {
         if (c.rooms.size >= o.maxRoomsPerConn) { this.limitHit(c, 'too_many_rooms', now); this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
         c.rooms.add(room);
       }
-      if (!link.writeFrame(c.id, c.user, u8, 0, c.anon, c.addr)) {
+      if (!link.writeFrame(c.id, c.user, u8, 0, c.anon, c.addr, c.identity?.infoBytes ?? null)) {
         if (added) c.rooms.delete(room);
         this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       }
@@ -294,7 +294,8 @@ export class ConnectionRouter {
   replay(link: ShardLink): void {
     for (const ws of this.conns.values()) {
       const c = ws.getUserData();
-      for (const room of c.rooms) if (this.host.shardOf(room) === link.index) link.replay(c.id, c.user, room, c.anon);
+      // The identity's info now (a refresh may have changed it since the join: the replay shows the newer one).
+      for (const room of c.rooms) if (this.host.shardOf(room) === link.index) link.replay(c.id, c.user, room, c.anon, c.identity?.infoBytes ?? null);
     }
   }
 

@@ -7,7 +7,7 @@
  */
 import { RingReader, RingWriter, createRing } from '../ring/index.js';
 import { S_DELIVERED, S_ERR_BASE, S_IN_HANDLED, S_OUT_PUBLISH_END, S_PUBLISHED, createShardStats } from '../metrics/shard-stats.js';
-import { IN_ADMIN, IN_CLOSE, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
+import { IN_ADMIN, IN_CLOSE, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_FRAME_INFO, IN_REPLAY, putShortAscii, putU32 } from '../protocol/records.js';
 
 export class ShardLink {
   inbound!: SharedArrayBuffer;
@@ -89,23 +89,30 @@ export class ShardLink {
 
   /**
    * Writes a client frame record; false when it cannot be queued (the client gets `overloaded`).
-   * `anon` and `addr` (a hash of the client address) go with joins: the shard's room-creation principal.
+   * `anon` and `addr` (a hash of the client address) go with joins: the shard's room-creation
+   * principal; so does `info` (the identity's, as MessagePack: shown with presence and `who`).
    */
-  writeFrame(conn: number, user: string | null, frame: Uint8Array, stamp: number, anon = false, addr = 0): boolean {
+  writeFrame(conn: number, user: string | null, frame: Uint8Array, stamp: number, anon = false, addr = 0, info: Uint8Array | null = null): boolean {
     if (this.backlog.length > 0) { this.overloaded++; return false; }
     const userLen = user === null ? 0 : user.length;
+    const infoLen = info === null ? 0 : info.byteLength + 4;
     const w = this.writer;
-    const off = w.reserve(IN_FRAME_BODY + frame.byteLength + userLen);
+    const off = w.reserve(IN_FRAME_BODY + frame.byteLength + infoLen + userLen);
     if (off < 0) { this.overloaded++; return false; }
     const b = w.bytes;
     b[off] = IN_FRAME;
     b[off + 1] = userLen;
-    b[off + 2] = anon ? IN_FRAME_ANON : 0;
+    b[off + 2] = (anon ? IN_FRAME_ANON : 0) | (info === null ? 0 : IN_FRAME_INFO);
     putU32(b, off + 4, conn);
     putU32(b, off + 8, stamp);
     putU32(b, off + 12, addr);
     b.set(frame, off + IN_FRAME_BODY);
-    const u = off + IN_FRAME_BODY + frame.byteLength;
+    let u = off + IN_FRAME_BODY + frame.byteLength;
+    if (info !== null) {
+      b.set(info, u);
+      putU32(b, u + info.byteLength, info.byteLength);
+      u += infoLen;
+    }
     for (let i = 0; i < userLen; i++) b[u + i] = user!.charCodeAt(i);
     w.commit();
     if (w.publishDeferred()) this.owe();
@@ -178,14 +185,18 @@ export class ShardLink {
     this.control(b.subarray(0, 5));
   }
 
-  replay(conn: number, user: string, room: string, anon: boolean): void {
-    const b = this.scratch;
+  replay(conn: number, user: string, room: string, anon: boolean, info: Uint8Array | null = null): void {
+    // user and room are at most 64 + 128 bytes: the scratch holds them; info needs its own buffer.
+    const b = info === null ? this.scratch : new Uint8Array(8 + user.length + room.length + 4 + info.byteLength);
     b[0] = IN_REPLAY;
     putU32(b, 1, conn);
     const p = putShortAscii(b, 5, user);
     const e = putShortAscii(b, p, room);
-    b[e] = anon ? IN_FRAME_ANON : 0;
-    this.control(b.subarray(0, e + 1));
+    b[e] = (anon ? IN_FRAME_ANON : 0) | (info === null ? 0 : IN_FRAME_INFO);
+    if (info === null) { this.control(b.subarray(0, e + 1)); return; }
+    putU32(b, e + 1, info.byteLength);
+    b.set(info, e + 5);
+    this.control(b.subarray(0, e + 5 + info.byteLength));
   }
 
   /** A control record: written now if possible, else kept (copied) and written in order once there is room. */

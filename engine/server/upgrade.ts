@@ -93,7 +93,7 @@ export class UpgradePath {
       let identity: Identity | null = null;
       if (result !== null && typeof result === 'object') {
         try {
-          identity = identityFromHook(result as { user: string }, this.o.auth?.maxInfoBytes);
+          identity = identityFromHook(result as { user: string }, this.o.maxInfoBytes);
         } catch (e) {
           if (!(e instanceof AuthError)) throw e;
           this.host.log.warn({ event: 'auth_error', err: e.detail }, 'authenticate returned a bad identity');

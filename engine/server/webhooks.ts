@@ -16,7 +16,7 @@ export { WEBHOOK_OPTION_SPECS, resolveWebhookOptions, type WebhookOptions, type 
 export type WebhookEvent =
   | { type: 'message.published'; room: string; epoch: string; seq: number; ts: number; from: string; body: unknown }
   | { type: 'room.occupied' | 'room.vacated'; room: string; ts: number }
-  | { type: 'member.joined' | 'member.left'; room: string; user: string; conn: string; ts: number };
+  | { type: 'member.joined' | 'member.left'; room: string; user: string; conn: string; ts: number; info?: Record<string, unknown> };
 
 export type DropReason = 'overflow' | 'expired' | 'rejected' | 'shutdown';
 

@@ -74,8 +74,8 @@ async function main(): Promise<void> {
       arms.push({ name: `${alg} verify, no cache`, op: () => cold.verify(keys[alg]!.token), samples: [] });
       arms.push({ name: `${alg} verify, cache hit`, op: () => warm.verify(keys[alg]!.token), samples: [] });
     }
-    const few: Identity = { user: 'u', exp, rooms: compileRooms(claims.rooms), info: null };
-    const many: Identity = { user: 'u', exp, rooms: compileRooms(Array.from({ length: 256 }, (_, i) => ({ match: `p${i}:*`, allow: ['join'] }))), info: null };
+    const few: Identity = { user: 'u', exp, rooms: compileRooms(claims.rooms), info: null, infoBytes: null };
+    const many: Identity = { user: 'u', exp, rooms: compileRooms(Array.from({ length: 256 }, (_, i) => ({ match: `p${i}:*`, allow: ['join'] }))), info: null, infoBytes: null };
     let sink = 0;
     arms.push({ name: 'allows(), 1 pattern', op: () => { if (allows(few, 'pub', 'team-42:general')) sink++; }, samples: [] });
     arms.push({ name: 'allows(), 256 prefixes', op: () => { if (allows(many, 'join', 'p255:room')) sink++; }, samples: [] });
