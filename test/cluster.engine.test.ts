@@ -152,7 +152,7 @@ test('Redis stopped: a pub is answered unavailable within 1 s and never delivere
   const room = 'outage';
   const ann = await openClient(t, a, 'ann');
   const bob = await openClient(t, b, 'bob');
-  await joinRoom(ann, room);
+  const epoch0 = (await joinRoom(ann, room)).epoch;
   await joinRoom(bob, room);
   assert.equal((await ann.request({ t: 'pub', room, body: 'before' })).t, 'ack');
   await waitFor(async () => (await ready(a)) === 200 && (await ready(b)) === 200, 'both ready');
@@ -177,9 +177,20 @@ test('Redis stopped: a pub is answered unavailable within 1 s and never delivere
   await joinRoom(cy, room);
   const after = await cy.request({ t: 'pub', room, body: 'after' });
   assert.equal(after.t, 'ack', JSON.stringify(after));
-  await waitFor(() => msgs(cy, room).some((f) => f.body === 'after'), 'cy has its message');
+  for (const c of [ann, bob, cy]) await waitFor(() => msgs(c, room).some((f) => f.body === 'after'), `${c.label} has the message sent after the restart`);
   await new Promise((r) => setTimeout(r, 200));
   for (const c of [ann, bob, cy]) assert.ok(!msgs(c, room).some((f) => f.body === 'refused'), `${c.label} never got the refused message`);
+  // Redis came back without its data: the room has a new epoch, and the members on both nodes
+  // were told with an unsolicited joined (no ref) before the new epoch's messages.
+  for (const c of [ann, bob]) {
+    const re = c.framesOf('joined', room).filter((f) => f.ref === undefined);
+    assert.ok(re.length >= 1, `${c.label} got an unsolicited joined: ${JSON.stringify(c.framesOf('joined', room))}`);
+    const last = re[re.length - 1]!;
+    assert.notEqual(last.epoch, epoch0, `${c.label}: a new epoch`);
+    const afterMsg = c.frames.findIndex((f) => f.t === 'msg' && f.body === 'after');
+    assert.ok(c.frames.indexOf(last) < afterMsg, `${c.label}: joined before the new epoch's messages`);
+    assert.equal(msgs(c, room).find((f) => f.body === 'after')!.seq, after.seq);
+  }
 });
 
 test('an engine created while Redis is down listens, answers /readyz 503 and unavailable, and turns ready by itself', async (t) => {

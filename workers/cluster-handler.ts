@@ -31,10 +31,10 @@ import {
 } from '../engine/protocol/frames.js';
 import {
   ADMIN_OPS, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY,
-  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32,
+  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32, readReplay, readServerPub,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
-import { type AdminArgs, MAX_ROOMS_PAGE, pageRange } from './admin.js';
+import { type AdminArgs, MAX_ROOMS_PAGE, adminError, pageRange } from './admin.js';
 import { CreationLimiter } from './creation.js';
 import { eventCounts, messageEvent, presenceEvent } from './events.js';
 import { CREATION_TABLE_ENTRIES, type HandlerOptions } from './handler.js';
@@ -261,32 +261,14 @@ export class ClusterHandler {
   }
 
   private onServerPub(b: Uint8Array, off: number, end: number): void {
-    const req = getU32(b, off + 1);
-    let p = off + 5;
-    const roomLen = b[p++]!;
-    const room = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    const fromLen = b[p++]!;
-    const from = asciiString(b, p, p + fromLen);
-    p += fromLen;
-    const cidLen = b[p++]!;
-    const cid = cidLen === 0 ? null : asciiString(b, p, p + cidLen);
-    p += cidLen;
-    const op = this.pubOp(room, from, -1, b, p, end, cid);
+    const { req, room, from, cid, bodyStart } = readServerPub(b, off);
+    const op = this.pubOp(room, from, -1, b, bodyStart, end, cid);
     this.collect(op, { conn: null, ref: -1, req, from, ts: op.ts, slot: null, body: op.body });
   }
 
   private onReplay(b: Uint8Array, off: number, end: number): void {
-    const id = getU32(b, off + 1);
-    let p = off + 5;
-    const userLen = b[p++]!;
-    const user = asciiString(b, p, p + userLen);
-    p += userLen;
-    const roomLen = b[p++]!;
-    const room = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
-    this.enqueue(this.conn(id), { k: 'join', room, user, anon, ref: -1, since: null, sinceEpoch: null, principal: '', replay: true });
+    const { conn, user, room, anon } = readReplay(b, off, end);
+    this.enqueue(this.conn(conn), { k: 'join', room, user, anon, ref: -1, since: null, sinceEpoch: null, principal: '', replay: true });
   }
 
   // ---- per-connection order -------------------------------------------------------------------
@@ -762,9 +744,6 @@ function refOf(op: Op): number {
   return 'ref' in op ? op.ref : -1;
 }
 
-function adminError(m: MsgWriter, code: string, msg: string): void {
-  m.mapHeader(2).str('error').str(code).str('msg').str(msg);
-}
 
 /** True when maxBytes (not the range) is what ended the page: one more message of its size would not have fit. */
 function cutByBytes(msgs: readonly RedisMessage[], maxBytes: number): boolean {

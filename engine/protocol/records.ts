@@ -42,6 +42,8 @@
  *                  made in the sender's own message handler
  */
 
+import { asciiString } from './msgpack.js';
+
 export const IN_FRAME = 1;
 export const IN_CLOSE = 2;
 export const IN_SERVER_PUB = 3;
@@ -111,4 +113,38 @@ export function addrHash(text: string): number {
     h = Math.imul(h, 0x01000193);
   }
   return h >>> 0;
+}
+
+/** The fields of an IN_SERVER_PUB record at b[off, end): the body is b[bodyStart, end). */
+export interface ServerPubRecord { req: number; room: string; from: string; cid: string | null; bodyStart: number }
+
+export function readServerPub(b: Uint8Array, off: number): ServerPubRecord {
+  const req = getU32(b, off + 1);
+  let p = off + 5;
+  const roomLen = b[p++]!;
+  const room = asciiString(b, p, p + roomLen);
+  p += roomLen;
+  const fromLen = b[p++]!;
+  const from = asciiString(b, p, p + fromLen);
+  p += fromLen;
+  const cidLen = b[p++]!;
+  const cid = cidLen === 0 ? null : asciiString(b, p, p + cidLen);
+  return { req, room, from, cid, bodyStart: p + cidLen };
+}
+
+/** The fields of an IN_REPLAY record at b[off, end). */
+export interface ReplayRecord { conn: number; user: string; room: string; anon: boolean }
+
+export function readReplay(b: Uint8Array, off: number, end: number): ReplayRecord {
+  const conn = getU32(b, off + 1);
+  let p = off + 5;
+  const userLen = b[p++]!;
+  const user = asciiString(b, p, p + userLen);
+  p += userLen;
+  const roomLen = b[p++]!;
+  const room = asciiString(b, p, p + roomLen);
+  p += roomLen;
+  // The trailing flags byte (IN_FRAME_ANON) is there since anonymous cursors are dropped on leave.
+  const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
+  return { conn, user, room, anon };
 }
