@@ -265,3 +265,30 @@ test('a node that drains leaves its members\' presence in Redis (others see the 
   const who = await obs.request({ t: 'who', room });
   assert.deepEqual(who.users, ['obs']);
 });
+
+test('kick and disconnect through one node\'s API reach the connections on the other nodes (control channel)', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { apiKey: KEY }), node(t, redis, 'nb')]);
+  const room = 'ctl-x';
+  const malA = await openClient(t, a, 'mal');
+  const malB = await openClient(t, b, 'mal');
+  const obs = await openClient(t, b, 'obs');
+  for (const c of [malA, malB, obs]) await joinRoom(c, room);
+  const k = await post(a.port, 'kick', { room, user: 'mal', banSec: 60 });
+  assert.equal(k.status, 200, JSON.stringify(k.body));
+  assert.equal(k.body.kicked, 1, 'kicked counts this node\'s connections');
+  for (const c of [malA, malB]) {
+    const left = await c.next((f) => f.t === 'left' && f.room === room);
+    assert.equal(left.ref, undefined, `${c.label}: an unsolicited left`);
+  }
+  // The ban holds on the other node too.
+  const again = await malB.request({ t: 'join', room });
+  assert.equal(again.t, 'err', JSON.stringify(again));
+  assert.equal(again.code, 'forbidden');
+  await obs.next((f) => f.t === 'presence' && f.user === 'mal' && f.state === 'leave');
+  const d = await post(a.port, 'disconnect', { user: 'obs', code: 4000, reason: 'bye' });
+  assert.equal(d.status, 200);
+  assert.equal(d.body.disconnected, 0, 'no obs on node a');
+  assert.equal((await obs.waitClosed()).code, 4000, 'obs on node b was closed');
+});

@@ -36,6 +36,8 @@
  *   OUT_EVENT      id = 0, body = one MessagePack map {type, ...} (a webhook event; only with webhooks on), room
  *   OUT_SERVER_ERR id = req, body = one MessagePack map {error, msg, retryAfterMs?} -> the server-side
  *                  publish failed (cluster mode: `unavailable`, Redis could not be reached in time)
+ *   OUT_CONTROL    id = 0, body = the control channel's JSON payload (cluster mode: a kick or disconnect
+ *                  made on some node, docs/CLUSTER.md §9) -> the main thread applies it to its connections
  *   OUT_PUBLISH_ACK id = conn, body = stamp u32, msgLen u32, msg frame (at +16), ack frame, room
  *                  -> inside conn's cork: app.publish(room, msg), send(ack): the sender's copy of
  *                  its message and its ack leave in one write, as plain uWS does for a publish
@@ -63,9 +65,10 @@ export const OUT_REFUSED = 8;
 export const OUT_ADMIN_REPLY = 9;
 export const OUT_EVENT = 10;
 export const OUT_SERVER_ERR = 11;
+export const OUT_CONTROL = 12;
 
 /** IN_ADMIN operations, by their op byte. */
-export const ADMIN_OPS = ['', 'history', 'presence', 'rooms', 'redact'] as const;
+export const ADMIN_OPS = ['', 'history', 'presence', 'rooms', 'redact', 'control'] as const;
 export type AdminOp = Exclude<typeof ADMIN_OPS[number], ''>;
 
 /** IN_FRAME / IN_REPLAY flag: the connection's user is anonymous (`anon-<conn>`, no identity). */
