@@ -292,3 +292,26 @@ test('kick and disconnect through one node\'s API reach the connections on the o
   assert.equal(d.body.disconnected, 0, 'no obs on node a');
   assert.equal((await obs.waitClosed()).code, 4000, 'obs on node b was closed');
 });
+
+test('a crashed cluster shard is restarted: its members get an unsolicited joined, other nodes see no presence change, messages flow on', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na'), node(t, redis, 'nb')]);
+  const room = 'crash-x';
+  const ann = await openClient(t, a, 'ann');
+  const obs = await openClient(t, b, 'obs');
+  await joinRoom(obs, room);
+  await joinRoom(ann, room);
+  await obs.next((f) => f.t === 'presence' && f.user === 'ann' && f.state === 'join');
+  assert.equal((await ann.request({ t: 'pub', room, body: 'before' })).t, 'ack');
+  a._crashShard(a.shardOf(room), 'throw');
+  const re = await ann.next((f) => f.t === 'joined' && f.room === room && f.ref === undefined, 5000, 'unsolicited joined after the restart');
+  assert.equal(re.seq, 1);
+  const after = await ann.request({ t: 'pub', room, body: 'after' });
+  assert.equal(after.t, 'ack', JSON.stringify(after));
+  assert.equal(after.seq, 2);
+  await waitFor(() => msgs(obs, room).length === 2, 'obs has both messages');
+  const who = await obs.request({ t: 'who', room });
+  assert.deepEqual([...(who.users as string[])].sort(), ['ann', 'obs']);
+  assert.equal(obs.framesOf('presence', room).filter((f) => f.user === 'ann').length, 1, 'no leave/join flap for ann');
+});
