@@ -21,7 +21,7 @@ import type { Store, StoredMessage } from './store/index.js';
 /** Most room names one `rooms` page returns. */
 export const MAX_ROOMS_PAGE = 1000;
 
-interface AdminArgs { room?: unknown; before?: unknown; after?: unknown; limit?: unknown; seq?: unknown; cursor?: unknown }
+export interface AdminArgs { room?: unknown; before?: unknown; after?: unknown; limit?: unknown; seq?: unknown; cursor?: unknown }
 
 /** Most users one `presence` page lists (and its default). */
 export const MAX_PRESENCE_PAGE = 1000;
@@ -40,7 +40,7 @@ export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number,
   try {
     args = JSON.parse(Buffer.from(b.buffer, b.byteOffset + off + 6, end - off - 6).toString('utf8')) as AdminArgs;
   } catch {
-    return reply(out, req, (m) => error(m, 'bad_request', 'arguments are not JSON'));
+    return reply(out, req, (m) => adminError(m, 'bad_request', 'arguments are not JSON'));
   }
   if (op === 'rooms') return listRooms(out, rooms, req, args, maxHistBytes);
   const name = typeof args.room === 'string' ? args.room : '';
@@ -49,11 +49,12 @@ export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number,
     case 'history': return store === null ? history(out, rooms, maxHistBytes, req, r, args) : storeHistory(out, store, maxHistBytes, req, name, r, args);
     case 'presence': return presence(out, req, r, args, maxHistBytes);
     case 'redact': return redact(out, rooms, req, r, args, store, name);
-    default: return reply(out, req, (m) => error(m, 'bad_request', `unknown op ${op}`));
+    default: return reply(out, req, (m) => adminError(m, 'bad_request', `unknown op ${op}`));
   }
 }
 
-function error(m: MsgWriter, code: string, msg: string): void {
+/** An OUT_ADMIN_REPLY body that reports a failure: {error, msg}. */
+export function adminError(m: MsgWriter, code: string, msg: string): void {
   m.mapHeader(2).str('error').str(code).str('msg').str(msg);
 }
 
@@ -85,7 +86,7 @@ function record(out: RingWriter, kind: number, id: number, bodyLen: number, room
  * The seqs a `history` page asks for, as `hist` reads them (before / after / latest, `limit`),
  * clipped to what is kept from `first` on; `truncated` when some of the range existed once.
  */
-function pageRange(args: AdminArgs, seq: number, first: number): { lo: number; hi: number; truncated: boolean } {
+export function pageRange(args: AdminArgs, seq: number, first: number): { lo: number; hi: number; truncated: boolean } {
   const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_HIST_LIMIT) : DEFAULT_HIST_LIMIT;
   let lo: number; let hi: number;
   if (isSeq(args.before)) { hi = Math.min(args.before - 1, seq); lo = hi - limit + 1; }
@@ -238,7 +239,7 @@ function putTombstone(m: MsgWriter, room: string, e: Uint8Array, len: number, se
 
 function redact(out: RingWriter, rooms: Rooms, req: number, r: Room | undefined, args: AdminArgs, store: Store | null, name: string): number {
   const seq = args.seq;
-  const notFound = (): number => reply(out, req, (m) => error(m, 'not_found', `room ${String(args.room)} keeps no message ${String(seq)}`));
+  const notFound = (): number => reply(out, req, (m) => adminError(m, 'not_found', `room ${String(args.room)} keeps no message ${String(seq)}`));
   if (!isSeq(seq)) return notFound();
   // The message: from the memory cache when it is there, else from the durable store.
   const inCache = r !== undefined && seq >= rooms.firstKept(r) && seq <= r.seq && seq >= 1;

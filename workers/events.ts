@@ -28,6 +28,12 @@ export const PENDING_EVENT_ENTRIES = 1024;
 /** Bytes of event records a shard holds waiting for outbound room, at most. */
 export const PENDING_EVENT_BYTES = 8 << 20;
 
+/**
+ * What an event needs of its room: its name, epoch and present-user count (a Room; in cluster
+ * mode a view of the room over all nodes, workers/cluster-handler.ts).
+ */
+export type EventRoom = Pick<Room, 'name' | 'epoch'> & { readonly users: { readonly size: number } };
+
 const sz = new MsgSizer();
 const w = new MsgWriter();
 
@@ -85,7 +91,7 @@ export class ShardEvents {
   }
 
   /** message.published: the stored message (its body copied as the client encoded it). */
-  message(r: Room, seq: number, from: string, ts: number, body: Uint8Array, bs: number, be: number): void {
+  message(r: EventRoom, seq: number, from: string, ts: number, body: Uint8Array, bs: number, be: number): void {
     this.write(r.name, (m) => {
       m.mapHeader(6).str('type').str('message.published').str('epoch').str(r.epoch).str('seq').uint(seq)
         .str('ts').uint(ts).str('from').str(from).str('body').raw(body, bs, be);
@@ -96,7 +102,7 @@ export class ShardEvents {
    * member.joined / member.left, and room.occupied / room.vacated when the user count went 0 <-> 1.
    * `info`: the joining identity's (MessagePack map), on member.joined only.
    */
-  presence(r: Room, user: string, state: 'join' | 'leave', conn: number, info: Uint8Array | null = null): void {
+  presence(r: EventRoom, user: string, state: 'join' | 'leave', conn: number, info: Uint8Array | null = null): void {
     const ts = Date.now();
     const c = `c${conn.toString(36)}`;
     if (state === 'join' && r.users.size === 1) this.write(r.name, (m) => { m.mapHeader(2).str('type').str('room.occupied').str('ts').uint(ts); });

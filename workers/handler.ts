@@ -22,11 +22,11 @@
 import { MsgSizer, MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
 import {
   ClientFrame, E_INTERNAL, E_NOT_JOINED, E_ROOM_LIMIT, T_HIST, T_JOIN, T_LEAVE, T_PUB, T_READ, T_WHO,
-  isAbsent, writeErr, writeHead, writeMsg,
+  isAbsent, writeErr, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
   CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_INFO, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
-  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32,
+  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32, readReplay, readServerPub,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
@@ -35,6 +35,7 @@ import { CidWindow } from './cids.js';
 import type { Store } from './store/index.js';
 import { handleAdmin } from './admin.js';
 import { ShardEvents } from './events.js';
+import { writeAck, writeHist, writeJoined, writeLeft, writePresence, writeServerAck, writeWho } from './replies.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -249,38 +250,28 @@ export class Handler {
   // ---- record bodies: each written by one method, sized by running it over the sizer --------
 
   private putJoined(w: MsgWriter, r: Room, ref: number, unread: number, members: number, missedFrom: number): void {
-    writeHead(w, 'joined', this.nb, 0, this.nbLen, ref, 4 + (missedFrom === NO_SINCE ? 0 : 1));
-    w.str('epoch').str(r.epoch).str('seq').uint(r.seq).str('unread').uint(unread).str('members').uint(members);
-    if (missedFrom === TRUNCATED) w.str('truncated').bool(true);
-    else if (missedFrom >= 0) {
-      w.str('missed');
-      this.putPage(w);
-    }
+    writeJoined(w, this.nb, this.nbLen, ref, r.epoch, r.seq, unread, members, missedFrom === TRUNCATED, missedFrom >= 0 ? this.putPage : null);
   }
 
   /** `info`: the joining identity's (a MessagePack map), on a join only. */
-  private putPresence(w: MsgWriter, r: Room, user: string, state: 'join' | 'leave', info: Uint8Array | null = null): void {
-    writeHead(w, 'presence', this.nb, 0, this.nbLen, -1, info === null ? 2 : 3);
-    w.str('user').str(user).str('state').str(state);
-    if (info !== null) w.str('info').raw(info, 0, info.byteLength);
+  private putPresence(w: MsgWriter, _r: Room, user: string, state: 'join' | 'leave', info: Uint8Array | null = null): void {
+    writePresence(w, this.nb, this.nbLen, user, state, info);
   }
 
-  private putLeft(w: MsgWriter, r: Room, ref: number): void {
-    writeHead(w, 'left', this.nb, 0, this.nbLen, ref, 0);
+  private putLeft(w: MsgWriter, _r: Room, ref: number): void {
+    writeLeft(w, this.nb, this.nbLen, ref);
   }
 
-  private putAck(w: MsgWriter, r: Room, ref: number, seq: number, dup = false): void {
-    writeHead(w, 'ack', this.nb, 0, this.nbLen, ref, dup ? 2 : 1);
-    w.str('seq').uint(seq);
-    if (dup) w.str('dup').bool(true);
+  private putAck(w: MsgWriter, _r: Room, ref: number, seq: number, dup = false): void {
+    writeAck(w, this.nb, this.nbLen, ref, seq, dup);
   }
 
   /** The page's frames as a msgpack array. */
-  private putPage(w: MsgWriter): void {
+  private readonly putPage = (w: MsgWriter): void => {
     const bufs = this.pageBufs; const lens = this.pageLens;
     w.arrayHeader(bufs.length);
     for (let i = 0; i < bufs.length; i++) w.raw(bufs[i]!, 0, lens[i]!);
-  }
+  };
 
   /** OUT_PUBLISH_ACK body: stamp, msg length, the msg frame, the sender's ack. */
   private putPublishAck(w: MsgWriter, r: Room, seq: number, from: string, b: Uint8Array, bs: number, be: number,
@@ -292,16 +283,11 @@ export class Handler {
 
   /** OUT_SERVER_ACK body: seq as two u32 (high, low), the epoch with a u8 length, then dup (0/1). */
   private putServerAck(w: MsgWriter, r: Room, seq: number, dup = false): void {
-    w.u32le(Math.floor(seq / 0x100000000)).u32le(seq >>> 0).byte(r.epoch.length);
-    for (let i = 0; i < r.epoch.length; i++) w.byte(r.epoch.charCodeAt(i));
-    w.byte(dup ? 1 : 0);
+    writeServerAck(w, r.epoch, seq, dup);
   }
 
-  private putHist(w: MsgWriter, r: Room, ref: number, truncated: boolean): void {
-    writeHead(w, 'hist', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
-    w.str('msgs');
-    this.putPage(w);
-    if (truncated) w.str('truncated').bool(true);
+  private putHist(w: MsgWriter, _r: Room, ref: number, truncated: boolean): void {
+    writeHist(w, this.nb, this.nbLen, ref, truncated, this.putPage);
   }
 
   // ---- pages of history: the memory cache, or the store for what is older ----------------
@@ -352,17 +338,7 @@ export class Handler {
 
   /** `infos`: how many of `users` have info in r (then an `info` map user -> info follows the list). */
   private putWho(w: MsgWriter, r: Room, ref: number, users: readonly string[], truncated: boolean, infos: number): void {
-    writeHead(w, 'who', this.nb, 0, this.nbLen, ref, (truncated ? 2 : 1) + (infos > 0 ? 1 : 0));
-    w.str('users').arrayHeader(users.length);
-    for (const u of users) w.str(u);
-    if (infos > 0) {
-      w.str('info').mapHeader(infos);
-      for (const u of users) {
-        const info = r.infos.get(u);
-        if (info !== undefined) w.str(u).raw(info, 0, info.byteLength);
-      }
-    }
-    if (truncated) w.str('truncated').bool(true);
+    writeWho(w, this.nb, this.nbLen, ref, users, truncated, r.infos, infos);
   }
 
   // ---- client frames ------------------------------------------------------------------------
@@ -728,33 +704,13 @@ export class Handler {
   }
 
   private onServerPub(b: Uint8Array, off: number, end: number): number {
-    const req = getU32(b, off + 1);
-    let p = off + 5;
-    const roomLen = b[p++]!;
-    const name = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    const fromLen = b[p++]!;
-    const from = asciiString(b, p, p + fromLen);
-    p += fromLen;
-    const cidLen = b[p++]!;
-    const cid = cidLen === 0 ? null : asciiString(b, p, p + cidLen);
-    p += cidLen;
-    return this.pub(this.rooms.room(name, this.stored), from, b, p, end, -1, -1, req, 0, cid);
+    const { req, room, from, cid, bodyStart } = readServerPub(b, off);
+    return this.pub(this.rooms.room(room, this.stored), from, b, bodyStart, end, -1, -1, req, 0, cid);
   }
 
   private onReplay(b: Uint8Array, off: number, end: number): number {
-    const conn = getU32(b, off + 1);
-    let p = off + 5;
-    const userLen = b[p++]!;
-    const user = asciiString(b, p, p + userLen);
-    p += userLen;
-    const roomLen = b[p++]!;
-    const name = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    // The trailing flags byte (IN_FRAME_ANON) is there since anonymous cursors are dropped on leave.
-    const flags = p < end ? b[p]! : 0;
-    const anon = (flags & IN_FRAME_ANON) !== 0;
-    const info = (flags & IN_FRAME_INFO) === 0 ? null : b.slice(p + 5, p + 5 + getU32(b, p + 1));
-    return this.join(conn, user, anon, name, null, b, true, info);
+    const { conn, user, room, anon, info } = readReplay(b, off, end);
+    return this.join(conn, user, anon, room, null, b, true, info);
   }
+
 }

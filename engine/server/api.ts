@@ -69,7 +69,7 @@ function jsonSafe(v: unknown): unknown {
 
 function shardError(r: unknown): void {
   const e = r as { error?: string; msg?: string };
-  if (typeof e?.error === 'string') throw new ApiError(e.error === 'not_found' ? 404 : 400, e.error, e.msg ?? e.error);
+  if (typeof e?.error === 'string') throw new ApiError(e.error === 'not_found' ? 404 : e.error === 'unavailable' ? 503 : 400, e.error, e.msg ?? e.error);
 }
 
 /**
@@ -112,6 +112,7 @@ const METHODS: Record<string, Method> = {
     const limit = optInt(a, 'limit', 1, 1000);
     const cursor = a.cursor === undefined || a.cursor === null ? undefined : typeof a.cursor === 'string' ? a.cursor : (() => { throw new ApiError(400, 'bad_request', 'cursor must be a string'); })();
     const res = await e.admin(e.shardOf(r), 'presence', { room: r, limit, cursor }) as { users: string[]; connections: number; cursor: string | null; info?: Args };
+    shardError(res);
     const page = { room: r, users: res.users, connections: res.connections, cursor: res.cursor ?? null };
     // `info` (user -> identity info) only when some listed user has one, as in `who`.
     return res.info === undefined ? page : { ...page, info: jsonSafe(res.info) };
@@ -162,6 +163,7 @@ function errorBody(e: unknown): { status: number; error: { code: string; msg: st
     const map: Partial<Record<string, [number, string]>> = {
       SHARDCHAT_SHUTTING_DOWN: [503, 'shutting_down'], SHARDCHAT_OVERLOADED: [503, 'overloaded'], SHARDCHAT_BAD_ROOM: [400, 'bad_room'],
       SHARDCHAT_BAD_BODY: [400, 'bad_request'], SHARDCHAT_SHARD_RESTARTED: [503, 'internal'], SHARDCHAT_SHARD_FAILED: [503, 'internal'],
+      SHARDCHAT_UNAVAILABLE: [503, 'unavailable'],
     };
     const [status, code] = map[e.code] ?? [500, 'internal'];
     return { status, error: { code, msg: e.message } };

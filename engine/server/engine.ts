@@ -120,8 +120,9 @@ export class Engine {
     this.log = logger ?? createLogger(this.options.logLevel, this.options.logPretty);
     const o = this.options;
     // The data directory's lock before any shard opens the store (throws a StoreError: locked, unwritable...).
-    this.dataLock = o.store === 'sqlite' ? lockDataDir(o.dataDir) : null;
-    this.checkpoints = o.store === 'sqlite' && o.checkpointIntervalMs > 0 ? new CheckpointThread(o.dataDir, o.checkpointIntervalMs, this.log) : null;
+    // In cluster mode Redis is the store: no data directory is locked or created.
+    this.dataLock = o.store === 'sqlite' && o.cluster === null ? lockDataDir(o.dataDir) : null;
+    this.checkpoints = o.store === 'sqlite' && o.cluster === null && o.checkpointIntervalMs > 0 ? new CheckpointThread(o.dataDir, o.checkpointIntervalMs, this.log) : null;
     this.links = Array.from({ length: o.shards }, (_, i) => new ShardLink(i, o.ringBytes));
     this.pool = new Piscina({
       filename: new URL('../../workers/shard.js', import.meta.url).href,
@@ -159,6 +160,15 @@ export class Engine {
         const p = this.pending.get(req);
         if (p) { this.pending.delete(req); p.resolve({ seq, epoch, dup }); }
       },
+      serverError: (req, body) => {
+        const p = this.pending.get(req);
+        if (!p) return;
+        this.pending.delete(req);
+        let e: { error?: unknown; msg?: unknown; retryAfterMs?: unknown } = {};
+        try { e = unpack(Buffer.from(body)) as typeof e; } catch { /* answered as internal below */ }
+        const err = new EngineError(e.error === 'unavailable' ? 'SHARDCHAT_UNAVAILABLE' : 'SHARDCHAT_SHARD_RESTARTED', typeof e.msg === 'string' ? e.msg : 'publish failed');
+        p.reject(typeof e.retryAfterMs === 'number' ? Object.assign(err, { retryAfterMs: e.retryAfterMs }) : err);
+      },
       adminReply: (req, body) => {
         const p = this.adminPending.get(req);
         if (!p) return;
@@ -167,6 +177,7 @@ export class Engine {
         try { p.resolve(unpack(Buffer.from(body))); } catch (e) { p.reject(e as Error); }
       },
       event: (room, body) => this.onEvent(room, body),
+      control: (body) => this.onControl(body),
       stopped: () => this.stopped,
     }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
     this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
@@ -178,6 +189,8 @@ export class Engine {
         autoCheckpointPages: this.checkpoints !== null ? CHECKPOINT_BACKSTOP_PAGES : CHECKPOINT_DEFAULT_PAGES,
         cidWindowMessages: o.cidWindowMessages, cidWindowMs: o.cidWindowMs,
         events: o.webhooks !== null,
+        // Cluster mode: each shard's ClusterStore (Redis is the store; `store` is not used).
+        cluster: o.cluster, drainBudgetMs: Math.max(0, Math.floor(o.drainTimeoutMs / 2)),
       }),
       crashCause: (err) => {
         const storeErr = asStoreError(err);
@@ -379,13 +392,52 @@ export class Engine {
    * ban ends. Resolves with the number of connections removed.
    */
   kick(room: string, user: string, banMs = 0): number {
+    this.tellNodes({ op: 'kick', room, user, banMs });
+    return this.kickHere(room, user, banMs);
+  }
+
+  private kickHere(room: string, user: string, banMs: number): number {
     if (banMs > 0) this.bans.ban(room, user, banMs);
     return this.router.kick(room, user);
   }
 
-  /** Closes the connections of `user`, or the one named `conn` (its hello's conn), with `code`. Returns how many. */
+  /**
+   * Closes the connections of `user`, or the one named `conn` (its hello's conn), with `code`.
+   * Returns how many (on this node; in cluster mode the other nodes are told of a `user` target
+   * too; a `conn` names a connection of this node: conn ids are per node).
+   */
   disconnect(target: { user?: string; conn?: string }, code: number, reason: string): number {
+    if (target.user !== undefined) this.tellNodes({ op: 'disconnect', user: target.user, code, reason });
     return this.router.disconnect(target, code, reason);
+  }
+
+  /**
+   * Cluster mode: a kick or disconnect goes to every other node over the control channel (shard 0
+   * publishes it; each node's shard 0 hears it: onControl). Best effort, as Redis pub/sub is: a
+   * node cut off from Redis at that moment is not told; a failure is logged.
+   */
+  private tellNodes(msg: Record<string, unknown>): void {
+    if (this.options.cluster === null) return;
+    this.admin(0, 'control', { ...msg, from: this.options.nodeId }).catch((err: Error) => {
+      this.log.warn({ event: 'control_not_sent', op: msg.op, err: err.message }, 'kick/disconnect not told to the other nodes');
+    });
+  }
+
+  /** A control message from the channel (OUT_CONTROL): applied here unless this node sent it. */
+  private onControl(body: Uint8Array): void {
+    let m: { op?: unknown; from?: unknown; room?: unknown; user?: unknown; conn?: unknown; banMs?: unknown; code?: unknown; reason?: unknown };
+    try { m = JSON.parse(Buffer.from(body).toString('utf8')) as typeof m; } catch { return; }
+    if (m.from === this.options.nodeId) return;
+    const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+    try {
+      if (m.op === 'kick' && typeof m.room === 'string' && typeof m.user === 'string') {
+        this.kickHere(m.room, m.user, typeof m.banMs === 'number' ? m.banMs : 0);
+      } else if (m.op === 'disconnect' && typeof m.user === 'string' && typeof m.code === 'number') {
+        this.router.disconnect({ user: m.user }, m.code, str(m.reason) ?? 'disconnected by the server');
+      }
+    } catch (err) {
+      this.log.warn({ event: 'control_failed', op: m.op, err: (err as Error).message }, 'kick/disconnect from another node not applied');
+    }
   }
 
   /** A shard's OUT_EVENT (only with webhooks on): decoded and queued to the webhook sender. */
