@@ -3,8 +3,10 @@
  * mapping. Every option a user can set is in OPTION_SPECS, so `--help`, the environment
  * variables and the README table come from one list.
  */
-import { availableParallelism } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { OptionError } from './errors.js';
+import { parseRedisUrls } from '../workers/store/redis/keys.js';
+import { validateClusterOptions, type ClusterOptionInput } from '../workers/store/redis/options.js';
 import { AUTH_OPTION_SPECS, resolveAuthOptions, type AuthOptions, type ResolvedAuthOptions } from './auth/options.js';
 import { WEBHOOK_OPTION_SPECS, resolveWebhookOptions, type ResolvedWebhookOptions, type WebhookOptions } from './server/webhook-options.js';
 
@@ -76,6 +78,47 @@ export interface EngineOptions extends AuthOptions, WebhookEngineOptions {
   apiKey?: string;
   apiMaxBodyBytes?: number;
   maxBans?: number;
+  /**
+   * Cluster mode (docs/CLUSTER.md): comma-separated redis:// or rediss:// URLs. Redis is then the
+   * store (history, seq, cursors, presence); `store`, `dataDir`, `fsync` and `historyMaxAgeMs` are not used.
+   */
+  redis?: string;
+  /** This node's id in cluster mode: 1..64 of [A-Za-z0-9_.-], unique among live nodes (default: hostname-pid). */
+  nodeId?: string;
+  redisHeartbeatTtlMs?: number;
+  redisCommandTimeoutMs?: number;
+  redisConnectTimeoutMs?: number;
+  redisSubscribeTimeoutMs?: number;
+  redisProbeIntervalMs?: number;
+  redisProbeTimeoutMs?: number;
+  redisMaxQueued?: number;
+  redisMaxPendingPerRoom?: number;
+  redisFillBatch?: number;
+  redisRecentPerRoom?: number;
+  redisBatchMax?: number;
+}
+
+/**
+ * What each shard's ClusterStore is made from (workers/store/redis ClusterStoreOptions, plain data
+ * so it crosses to the worker): the shard adds `.s<index>` to `node`.
+ */
+export interface ClusterConfig extends ClusterOptionInput {
+  urls: string[];
+  node: string;
+  heartbeatTtlMs: number;
+  maxHistBytes: number;
+  limits: { historyLimit: number; cidWindowMs: number; cidWindowMessages: number; roomTtlMs: number; maxBatch: number };
+  connection: { commandTimeoutMs: number; connectTimeoutMs: number; maxQueued: number };
+  subscriber: {
+    probeIntervalMs: number; probeTimeoutMs: number; subscribeTimeoutMs: number; connectTimeoutMs: number;
+    maxPendingPerRoom: number; fillBatch: number; recentPerRoom: number;
+  };
+}
+
+/** The default node id: hostname-pid, cut to the node id alphabet and to 56 characters (room for `.s<shard>`). */
+export function defaultNodeId(): string {
+  const host = hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 48) || 'node';
+  return `${host}-${process.pid}`.slice(0, 56);
 }
 
 export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | 'apiKey' | keyof AuthOptions | keyof WebhookEngineOptions>> & {
@@ -86,6 +129,8 @@ export type ResolvedOptions = Required<Omit<EngineOptions, 'authenticate' | 'api
   apiKey: string | null;
   /** Token auth (docs/AUTH.md): null when no key option was given. */
   auth: ResolvedAuthOptions | null;
+  /** Cluster mode: the shards' ClusterStore settings; null without `redis` (single node). */
+  cluster: ClusterConfig | null;
 };
 
 interface Spec {
@@ -145,6 +190,19 @@ export const OPTION_SPECS: readonly Spec[] = [
   { key: 'web', flag: 'web', env: 'SHARDCHAT_WEB', kind: 'bool', help: 'serve the chat page at GET / (false: not)', def: () => true },
   { key: 'apiMaxBodyBytes', flag: 'api-max-body-bytes', env: 'SHARDCHAT_API_MAX_BODY_BYTES', kind: 'int', min: 1024, max: 64 << 20, help: 'largest HTTP API request body (HTTP 413 above)', def: () => 1 << 20 },
   { key: 'maxBans', flag: 'max-bans', env: 'SHARDCHAT_MAX_BANS', kind: 'int', min: 1, max: 10_000_000, help: 'room bans (kick with banSec) kept; past it the oldest is forgotten', def: () => 100_000 },
+  { key: 'redis', flag: 'redis', env: 'SHARDCHAT_REDIS_URL', kind: 'string', help: 'cluster mode: comma-separated redis:// URLs (rooms spread over them); Redis is then the store and --store is not used (docs/CLUSTER.md)', def: () => '' },
+  { key: 'nodeId', flag: 'node-id', env: 'SHARDCHAT_NODE_ID', kind: 'string', help: 'cluster mode: this node\'s id, 1..64 of [A-Za-z0-9_.-], unique among live nodes (default: hostname-pid)', def: defaultNodeId },
+  { key: 'redisHeartbeatTtlMs', flag: 'redis-heartbeat-ttl-ms', env: 'SHARDCHAT_REDIS_HEARTBEAT_TTL_MS', kind: 'int', min: 100, max: 3_600_000, help: 'cluster mode: a node silent this long has its presence entries swept', def: () => 15_000 },
+  { key: 'redisCommandTimeoutMs', flag: 'redis-command-timeout-ms', env: 'SHARDCHAT_REDIS_COMMAND_TIMEOUT_MS', kind: 'int', min: 1, max: 60_000, help: 'cluster mode: one Redis command\'s deadline (then err unavailable)', def: () => 800 },
+  { key: 'redisConnectTimeoutMs', flag: 'redis-connect-timeout-ms', env: 'SHARDCHAT_REDIS_CONNECT_TIMEOUT_MS', kind: 'int', min: 1, max: 60_000, help: 'cluster mode: a Redis connect\'s deadline', def: () => 800 },
+  { key: 'redisSubscribeTimeoutMs', flag: 'redis-subscribe-timeout-ms', env: 'SHARDCHAT_REDIS_SUBSCRIBE_TIMEOUT_MS', kind: 'int', min: 1, max: 60_000, help: 'cluster mode: a room\'s SUBSCRIBE deadline (a join; then err unavailable)', def: () => 800 },
+  { key: 'redisProbeIntervalMs', flag: 'redis-probe-interval-ms', env: 'SHARDCHAT_REDIS_PROBE_INTERVAL_MS', kind: 'int', min: 10, max: 600_000, help: 'cluster mode: probe a subscriber connection silent this long', def: () => 2_000 },
+  { key: 'redisProbeTimeoutMs', flag: 'redis-probe-timeout-ms', env: 'SHARDCHAT_REDIS_PROBE_TIMEOUT_MS', kind: 'int', min: 10, max: 600_000, help: 'cluster mode: no probe echo within this = a dead subscription (reconnect + resync)', def: () => 1_000 },
+  { key: 'redisMaxQueued', flag: 'redis-max-queued', env: 'SHARDCHAT_REDIS_MAX_QUEUED', kind: 'int', min: 1, max: 1_000_000, help: 'cluster mode: Redis commands waiting for replies per connection (then err unavailable)', def: () => 10_000 },
+  { key: 'redisMaxPendingPerRoom', flag: 'redis-max-pending-per-room', env: 'SHARDCHAT_REDIS_MAX_PENDING_PER_ROOM', kind: 'int', min: 1, max: 1_000_000, help: 'cluster mode: out-of-order messages buffered per room while a gap is filled', def: () => 1024 },
+  { key: 'redisFillBatch', flag: 'redis-fill-batch', env: 'SHARDCHAT_REDIS_FILL_BATCH', kind: 'int', min: 1, max: 100_000, help: 'cluster mode: messages per gap-fill read', def: () => 500 },
+  { key: 'redisRecentPerRoom', flag: 'redis-recent-per-room', env: 'SHARDCHAT_REDIS_RECENT_PER_ROOM', kind: 'int', min: 0, max: 100_000, help: 'cluster mode: delivered messages kept per followed room for joins', def: () => 64 },
+  { key: 'redisBatchMax', flag: 'redis-batch-max', env: 'SHARDCHAT_REDIS_BATCH_MAX', kind: 'int', min: 1, max: 10_000, help: 'cluster mode: messages per sequencer script call', def: () => 256 },
   { key: 'logPretty', flag: 'log-pretty', env: 'SHARDCHAT_LOG_PRETTY', kind: 'bool', help: 'human-readable log lines instead of JSON', def: () => false },
 ];
 
@@ -182,7 +240,38 @@ export function resolveOptions(opts: EngineOptions = {}): ResolvedOptions {
   if (r.maxFrameBytes * 4 > r.ringBytes) {
     throw new OptionError('maxFrameBytes', `must be at most ringBytes / 4 (${r.ringBytes / 4}), got ${r.maxFrameBytes}`);
   }
+  r.cluster = clusterConfig(r);
   return r;
+}
+
+/** Cluster mode's settings from the resolved options, checked by the store's own validation (null without `redis`). */
+function clusterConfig(r: ResolvedOptions): ClusterConfig | null {
+  if (r.redis === '') return null;
+  let urls: string[];
+  try {
+    urls = parseRedisUrls(r.redis);
+  } catch (e) {
+    throw new OptionError('redis', (e as Error).message.replace(/^redis: /, ''));
+  }
+  const c: ClusterConfig = {
+    urls, node: r.nodeId, heartbeatTtlMs: r.redisHeartbeatTtlMs, maxHistBytes: r.maxHistBytes,
+    limits: { historyLimit: r.historyLimit, cidWindowMs: r.cidWindowMs, cidWindowMessages: r.cidWindowMessages, roomTtlMs: r.roomTtlMs, maxBatch: r.redisBatchMax },
+    connection: { commandTimeoutMs: r.redisCommandTimeoutMs, connectTimeoutMs: r.redisConnectTimeoutMs, maxQueued: r.redisMaxQueued },
+    subscriber: {
+      probeIntervalMs: r.redisProbeIntervalMs, probeTimeoutMs: r.redisProbeTimeoutMs, subscribeTimeoutMs: r.redisSubscribeTimeoutMs,
+      connectTimeoutMs: r.redisConnectTimeoutMs, maxPendingPerRoom: r.redisMaxPendingPerRoom, fillBatch: r.redisFillBatch, recentPerRoom: r.redisRecentPerRoom,
+    },
+  };
+  try {
+    validateClusterOptions(c);
+    // Each shard's store runs as `<nodeId>.s<index>`: that must be a node id too.
+    validateClusterOptions({ ...c, node: `${r.nodeId}.s${r.shards - 1}` });
+  } catch (e) {
+    const m = /^options\.(\w+)/.exec((e as Error).message);
+    const key = m?.[1] ?? 'redis';
+    throw new OptionError(key, (e as Error).message.replace(/^options\.\w+:? ?/, '').replace(/\.s\d+"/, `" (with .s${r.shards - 1} added per shard)`));
+  }
+  return c;
 }
 
 function webhookOptions(opts: EngineOptions): ResolvedWebhookOptions | null {
@@ -239,8 +328,12 @@ export function optionsFromArgs(argv: readonly string[], env: NodeJS.ProcessEnv)
     if (value === undefined) throw new OptionError(spec.key, `needs a value (--${spec.flag} VALUE)`);
     options[spec.key] = parse(spec, value, `--${spec.flag}`);
   }
-  // The command line's own defaults (durable by default): see README, "Durable rooms".
-  for (const s of OPTION_SPECS) if (s.cliDef !== undefined && options[s.key] === undefined) options[s.key] = s.cliDef;
+  // The command line's own defaults (durable by default): see README, "Durable rooms". In cluster
+  // mode Redis is the store: no sqlite default (the CLI then creates no data directory).
+  const cluster = options.redis !== undefined;
+  for (const s of OPTION_SPECS) {
+    if (s.cliDef !== undefined && options[s.key] === undefined && !(cluster && s.key === 'store')) options[s.key] = s.cliDef;
+  }
   return { options: options as EngineOptions, help };
 }
 

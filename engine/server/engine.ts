@@ -117,7 +117,8 @@ export class Engine {
     this.log = logger ?? createLogger(this.options.logLevel, this.options.logPretty);
     const o = this.options;
     // The data directory's lock before any shard opens the store (throws a StoreError: locked, unwritable...).
-    this.dataLock = o.store === 'sqlite' ? lockDataDir(o.dataDir) : null;
+    // In cluster mode Redis is the store: no data directory is locked or created.
+    this.dataLock = o.store === 'sqlite' && o.cluster === null ? lockDataDir(o.dataDir) : null;
     this.links = Array.from({ length: o.shards }, (_, i) => new ShardLink(i, o.ringBytes));
     this.pool = new Piscina({
       filename: new URL('../../workers/shard.js', import.meta.url).href,
