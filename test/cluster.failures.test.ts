@@ -430,14 +430,12 @@ test('9. SIGTERM on one node under load: its clients are closed with 1001 and re
   const pubs = await Promise.all([0, 1, 2].map((i) => cl.open(i, `p${i}`)));
   let epoch: unknown;
   for (const c of [...onN0, ...others, ...pubs]) epoch = (await join(c, room)).epoch;
-  const flags = { closing: false };
-  const pumps = pubs.map((c, i) => new Pump(c, room, c.label, 8, Infinity, i === 0 ? flags : undefined));
+  const pumps = pubs.map((c) => new Pump(c, room, c.label, 8));
   for (const p of pumps) p.retry.add('unavailable');
   pumps.forEach((p) => p.start());
   t.after(async () => { await Promise.all(pumps.map((p) => p.stop())); });
   await waitFor(() => sumAcks(pumps) >= 300, '300 acks under load', 15_000);
 
-  flags.closing = true;
   const exiting = cl.nodes[0]!.stop('SIGTERM', 12_000);
   const closes = await Promise.all([...onN0, pubs[0]!].map((c) => c.waitClosed(10_000)));
   closes.forEach((c, i) => assert.equal(c.code, 1001, `client ${i} of n0 closed with ${c.code} "${c.reason}", want 1001`));
@@ -464,7 +462,8 @@ test('9. SIGTERM on one node under load: its clients are closed with 1001 and re
   const p0 = pumps[0]!;
   p0.assertUnansweredIsATail();
   for (const e of p0.errs) assert.ok(e.code === 'shutting_down' || e.code === 'overloaded' || e.code === 'unavailable', `p0: unexpected err ${JSON.stringify(e)}`);
-  assert.deepEqual(p0.acks.filter((a) => a.afterClose), [], 'p0: a pub sent after SIGTERM must not be acked');
+  // (No check that p0's pubs after the signal were refused: the signal reaches n0 some time after
+  // it is sent, and a pub n0 read before it may be acked. What counts is that every ack is kept.)
   for (const p of pumps.slice(1)) {
     assert.deepEqual(p.errs.filter((e) => e.code !== 'overloaded'), [], `${p.label}: the other nodes never noticed`);
     assert.deepEqual(p.unanswered, []);
