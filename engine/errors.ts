@@ -13,7 +13,8 @@ export type EngineErrorCode =
   | 'SHARDCHAT_BAD_ROOM'
   | 'SHARDCHAT_BAD_BODY'
   | 'SHARDCHAT_SHARD_RESTARTED'
-  | 'SHARDCHAT_SHARD_FAILED';
+  | 'SHARDCHAT_SHARD_FAILED'
+  | 'SHARDCHAT_UNAVAILABLE';
 
 export class EngineError extends Error {
   constructor(readonly code: EngineErrorCode, message: string) {

@@ -21,7 +21,7 @@ import type { Store, StoredMessage } from './store/index.js';
 /** Most room names one `rooms` page returns. */
 export const MAX_ROOMS_PAGE = 1000;
 
-interface AdminArgs { room?: unknown; before?: unknown; after?: unknown; limit?: unknown; seq?: unknown }
+export interface AdminArgs { room?: unknown; before?: unknown; after?: unknown; limit?: unknown; seq?: unknown }
 
 const sz = new MsgSizer();
 const w = new MsgWriter();
@@ -88,7 +88,7 @@ function record(out: RingWriter, kind: number, id: number, bodyLen: number, room
  * The seqs a `history` page asks for, as `hist` reads them (before / after / latest, `limit`),
  * clipped to what is kept from `first` on; `truncated` when some of the range existed once.
  */
-function pageRange(args: AdminArgs, seq: number, first: number): { lo: number; hi: number; truncated: boolean } {
+export function pageRange(args: AdminArgs, seq: number, first: number): { lo: number; hi: number; truncated: boolean } {
   const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_HIST_LIMIT) : DEFAULT_HIST_LIMIT;
   let lo: number; let hi: number;
   if (isSeq(args.before)) { hi = Math.min(args.before - 1, seq); lo = hi - limit + 1; }

@@ -14,6 +14,12 @@ import { OUT_BODY, OUT_EVENT } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import type { Room } from './rooms.js';
 
+/**
+ * What an event needs of its room: its name, epoch and present-user count (a Room; in cluster
+ * mode a view of the room over all nodes, workers/cluster-handler.ts).
+ */
+export type EventRoom = Pick<Room, 'name' | 'epoch'> & { readonly users: { readonly size: number } };
+
 const sz = new MsgSizer();
 const w = new MsgWriter();
 export const eventCounts = { dropped: 0 };
@@ -34,7 +40,7 @@ function write(out: RingWriter, room: string, put: (m: MsgWriter) => void): void
 }
 
 /** message.published: the stored message (its body copied as the client encoded it). */
-export function messageEvent(out: RingWriter, r: Room, seq: number, from: string, ts: number, body: Uint8Array, bs: number, be: number): void {
+export function messageEvent(out: RingWriter, r: EventRoom, seq: number, from: string, ts: number, body: Uint8Array, bs: number, be: number): void {
   write(out, r.name, (m) => {
     m.mapHeader(6).str('type').str('message.published').str('epoch').str(r.epoch).str('seq').uint(seq)
       .str('ts').uint(ts).str('from').str(from).str('body').raw(body, bs, be);
@@ -42,7 +48,7 @@ export function messageEvent(out: RingWriter, r: Room, seq: number, from: string
 }
 
 /** member.joined / member.left, and room.occupied / room.vacated when the user count went 0 <-> 1. */
-export function presenceEvent(out: RingWriter, r: Room, user: string, state: 'join' | 'leave', conn: number): void {
+export function presenceEvent(out: RingWriter, r: EventRoom, user: string, state: 'join' | 'leave', conn: number): void {
   const ts = Date.now();
   const c = `c${conn.toString(36)}`;
   if (state === 'join' && r.users.size === 1) write(out, r.name, (m) => { m.mapHeader(2).str('type').str('room.occupied').str('ts').uint(ts); });

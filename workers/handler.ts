@@ -22,7 +22,7 @@
 import { MsgSizer, MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
 import {
   ClientFrame, E_INTERNAL, E_NOT_JOINED, E_ROOM_LIMIT, T_HIST, T_JOIN, T_LEAVE, T_PUB, T_READ, T_WHO,
-  isAbsent, writeErr, writeHead, writeMsg,
+  isAbsent, writeErr, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
   CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
@@ -35,6 +35,7 @@ import { CidWindow } from './cids.js';
 import type { Store } from './store/index.js';
 import { handleAdmin } from './admin.js';
 import { messageEvent, presenceEvent } from './events.js';
+import { whoPage, writeAck, writeHist, writeJoined, writeLeft, writePresence, writeServerAck, writeWho } from './replies.js';
 
 export interface HandlerOptions {
   historyLimit: number;
@@ -232,36 +233,27 @@ export class Handler {
   // ---- record bodies: each written by one method, sized by running it over the sizer --------
 
   private putJoined(w: MsgWriter, r: Room, ref: number, unread: number, members: number, missedFrom: number): void {
-    writeHead(w, 'joined', this.nb, 0, this.nbLen, ref, 4 + (missedFrom === NO_SINCE ? 0 : 1));
-    w.str('epoch').str(r.epoch).str('seq').uint(r.seq).str('unread').uint(unread).str('members').uint(members);
-    if (missedFrom === TRUNCATED) w.str('truncated').bool(true);
-    else if (missedFrom >= 0) {
-      w.str('missed');
-      this.putPage(w);
-    }
+    writeJoined(w, this.nb, this.nbLen, ref, r.epoch, r.seq, unread, members, missedFrom === TRUNCATED, missedFrom >= 0 ? this.putPage : null);
   }
 
-  private putPresence(w: MsgWriter, r: Room, user: string, state: 'join' | 'leave'): void {
-    writeHead(w, 'presence', this.nb, 0, this.nbLen, -1, 2);
-    w.str('user').str(user).str('state').str(state);
+  private putPresence(w: MsgWriter, _r: Room, user: string, state: 'join' | 'leave'): void {
+    writePresence(w, this.nb, this.nbLen, user, state);
   }
 
-  private putLeft(w: MsgWriter, r: Room, ref: number): void {
-    writeHead(w, 'left', this.nb, 0, this.nbLen, ref, 0);
+  private putLeft(w: MsgWriter, _r: Room, ref: number): void {
+    writeLeft(w, this.nb, this.nbLen, ref);
   }
 
-  private putAck(w: MsgWriter, r: Room, ref: number, seq: number, dup = false): void {
-    writeHead(w, 'ack', this.nb, 0, this.nbLen, ref, dup ? 2 : 1);
-    w.str('seq').uint(seq);
-    if (dup) w.str('dup').bool(true);
+  private putAck(w: MsgWriter, _r: Room, ref: number, seq: number, dup = false): void {
+    writeAck(w, this.nb, this.nbLen, ref, seq, dup);
   }
 
   /** The page's frames as a msgpack array. */
-  private putPage(w: MsgWriter): void {
+  private readonly putPage = (w: MsgWriter): void => {
     const bufs = this.pageBufs; const lens = this.pageLens;
     w.arrayHeader(bufs.length);
     for (let i = 0; i < bufs.length; i++) w.raw(bufs[i]!, 0, lens[i]!);
-  }
+  };
 
   /** OUT_PUBLISH_ACK body: stamp, msg length, the msg frame, the sender's ack. */
   private putPublishAck(w: MsgWriter, r: Room, seq: number, from: string, b: Uint8Array, bs: number, be: number,
@@ -273,16 +265,11 @@ export class Handler {
 
   /** OUT_SERVER_ACK body: seq as two u32 (high, low), the epoch with a u8 length, then dup (0/1). */
   private putServerAck(w: MsgWriter, r: Room, seq: number, dup = false): void {
-    w.u32le(Math.floor(seq / 0x100000000)).u32le(seq >>> 0).byte(r.epoch.length);
-    for (let i = 0; i < r.epoch.length; i++) w.byte(r.epoch.charCodeAt(i));
-    w.byte(dup ? 1 : 0);
+    writeServerAck(w, r.epoch, seq, dup);
   }
 
-  private putHist(w: MsgWriter, r: Room, ref: number, truncated: boolean): void {
-    writeHead(w, 'hist', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
-    w.str('msgs');
-    this.putPage(w);
-    if (truncated) w.str('truncated').bool(true);
+  private putHist(w: MsgWriter, _r: Room, ref: number, truncated: boolean): void {
+    writeHist(w, this.nb, this.nbLen, ref, truncated, this.putPage);
   }
 
   // ---- pages of history: the memory cache, or the store for what is older ----------------
@@ -331,11 +318,8 @@ export class Handler {
     return a;
   }
 
-  private putWho(w: MsgWriter, r: Room, ref: number, users: readonly string[], truncated: boolean): void {
-    writeHead(w, 'who', this.nb, 0, this.nbLen, ref, truncated ? 2 : 1);
-    w.str('users').arrayHeader(users.length);
-    for (const u of users) w.str(u);
-    if (truncated) w.str('truncated').bool(true);
+  private putWho(w: MsgWriter, _r: Room, ref: number, users: readonly string[], truncated: boolean): void {
+    writeWho(w, this.nb, this.nbLen, ref, users, truncated);
   }
 
   // ---- client frames ------------------------------------------------------------------------
@@ -649,14 +633,7 @@ export class Handler {
   private who(r: Room, conn: number, ref: number): number {
     this.useRoom(r.name);
     const users = this.usersScratch;
-    users.length = 0;
-    let bytes = 0;
-    let truncated = false;
-    for (const u of r.users.keys()) {
-      if (bytes + u.length + 2 > this.opts.maxHistBytes) { truncated = true; break; }
-      users.push(u);
-      bytes += u.length + 2;
-    }
+    const truncated = whoPage(r.users.keys(), this.opts.maxHistBytes, users);
     this.putWho(this.size(), r, ref, users, truncated);
     const bodyLen = this.sz.pos;
     const need = this.plan().add(bodyLen, 0).need();

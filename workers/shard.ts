@@ -13,6 +13,9 @@
  * waits for outbound room (waitForFree, async) a ref'd interval keeps the thread alive: on Node
  * 20 a pending waitAsync alone does not (nodejs/node#44729).
  *
+ * In cluster mode (`cluster` set) the task runs cluster-shard.ts's loop instead: Redis is the
+ * store and the worker's event loop must keep running, so that loop never blocks.
+ *
  * With a durable store (`store: 'sqlite'`) the shard opens its own connection at start and
  * commits each batch's writes before it publishes the batch's output (handler.commit()), also
  * where it publishes mid-batch for want of outbound room: an ack, and a msg, mean committed.
@@ -25,10 +28,11 @@ import { eventCounts } from './events.js';
 import { RingReader, RingWriter } from '../engine/ring/index.js';
 import {
   S_ARRAY_BUFFERS, S_EVENTS_DROPPED, S_CONNS, S_CURSORS, S_CURSORS_EVICTED, S_HEAP_USED, S_HISTORY_EVICTED, S_HISTORY_BYTES, S_HISTORY_MSGS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
-  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_UP,
+  S_DELIVERED, S_ERR_BASE, S_HEARTBEAT, S_IN_HANDLED, S_OUT_PUBLISH_END, S_POOL_IN_USE, S_POOL_FREE_BYTES, S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_STORE_HEALTHY, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 import { SqliteStore, StoreError, type FsyncMode, type Store } from './store/index.js';
+import { runClusterShard, type ClusterShardTask } from './cluster-shard.js';
 
 export interface ShardTask extends HandlerOptions {
   index: number;
@@ -40,6 +44,9 @@ export interface ShardTask extends HandlerOptions {
   dataDir: string;
   fsync: FsyncMode;
   historyMaxAgeMs: number;
+  /** Cluster mode (docs/CLUSTER.md): the shard's ClusterStore settings; null = single node (this loop). */
+  cluster: ClusterShardTask['cluster'] | null;
+  drainBudgetMs: number;
 }
 
 export interface ShardResult {
@@ -67,6 +74,7 @@ function storeFailure(e: unknown): unknown {
 }
 
 export async function runShard(task: ShardTask): Promise<ShardResult> {
+  if (task.cluster !== null) return runClusterShard({ ...task, cluster: task.cluster });
   let store: Store | null;
   try {
     store = openStore(task);
@@ -141,6 +149,7 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
     if (h.crashAfterPublishOf >= 0 && h.published > h.crashAfterPublishOf) process.exit(70); // test hook
   };
   const keepAlive = setInterval(() => undefined, 1 << 30);
+  stats[S_STORE_HEALTHY] = 1; // an embedded store is there or the shard is not running
   stats[S_UP] = 1;
   try {
     for (;;) {

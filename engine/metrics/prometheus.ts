@@ -31,6 +31,8 @@ export interface ShardSnapshot {
   overloaded: number;
   /** History bytes charged against historyBudgetBytes. */
   historyBytes: number;
+  /** The shard's store can serve requests (cluster mode: Redis answers and pub/sub delivers; always true single-node). */
+  storeHealthy: boolean;
 }
 
 export interface MetricsSnapshot {
@@ -163,6 +165,7 @@ export class EngineMetrics {
         }
       } });
     perShard('shardchat_shard_up', '1 while the shard runs', (s) => (s.up ? 1 : 0));
+    perShard('shardchat_store_healthy', '1 while the shard\'s store serves requests (cluster mode: Redis answers and pub/sub delivers; /readyz is 503 while any is 0)', (s) => (s.storeHealthy ? 1 : 0));
     perShard('shardchat_rooms', 'Rooms with state, per shard', (s) => s.rooms);
     perShard('shardchat_members', 'Room memberships (connection x room), per shard', (s) => s.members);
     perShard('shardchat_present_users', 'Presence entries (user x room), per shard', (s) => s.presentUsers);

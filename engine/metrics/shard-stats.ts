@@ -45,7 +45,13 @@ export const S_IN_HANDLED = 37;
 export const S_OUT_PUBLISH_END = 38;
 /** Webhook events the shard dropped because its outbound ring was full at that instant (workers/events.ts). */
 export const S_EVENTS_DROPPED = 39;
-export const SHARD_STAT_SLOTS = 40;
+/**
+ * 1 while the shard's store can serve requests: always in single-node mode; in cluster mode the
+ * ClusterStore's `healthy` (every Redis instance answers commands and delivers pub/sub). /readyz
+ * is 503 while any shard's is 0.
+ */
+export const S_STORE_HEALTHY = 40;
+export const SHARD_STAT_SLOTS = 41;
 
 export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_ROOMS]: 'rooms', [S_MEMBERS]: 'members', [S_PRESENT_USERS]: 'presentUsers', [S_CONNS]: 'conns',
@@ -53,7 +59,7 @@ export const SHARD_STAT_NAMES: Record<number, string> = {
   [S_RECORDS_IN]: 'recordsIn', [S_POOL_IN_USE]: 'poolInUse', [S_HEAP_USED]: 'heapUsed',
   [S_LOOP_LAG_MS]: 'loopLagMs', [S_PARKS]: 'parks', [S_OUT_WAITS]: 'outboundWaits', [S_DELIVERED]: 'delivered',
   [S_HISTORY_BYTES]: 'historyBytes', [S_ARRAY_BUFFERS]: 'arrayBuffers', [S_HISTORY_EVICTED]: 'historyEvicted',
-  [S_CURSORS_EVICTED]: 'cursorsEvicted', [S_POOL_FREE_BYTES]: 'poolFreeBytes',
+  [S_CURSORS_EVICTED]: 'cursorsEvicted', [S_POOL_FREE_BYTES]: 'poolFreeBytes', [S_STORE_HEALTHY]: 'storeHealthy',
 };
 
 export function createShardStats(): SharedArrayBuffer {

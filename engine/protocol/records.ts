@@ -34,6 +34,8 @@
  *                  drop room from the connection's rooms, send(frame)
  *   OUT_ADMIN_REPLY id = req, body = one MessagePack map (the result, or {error, msg}) -> the API call's answer
  *   OUT_EVENT      id = 0, body = one MessagePack map {type, ...} (a webhook event; only with webhooks on), room
+ *   OUT_SERVER_ERR id = req, body = one MessagePack map {error, msg, retryAfterMs?} -> the server-side
+ *                  publish failed (cluster mode: `unavailable`, Redis could not be reached in time)
  *   OUT_PUBLISH_ACK id = conn, body = stamp u32, msgLen u32, msg frame (at +16), ack frame, room
  *                  -> inside conn's cork: app.publish(room, msg), send(ack): the sender's copy of
  *                  its message and its ack leave in one write, as plain uWS does for a publish
@@ -58,6 +60,7 @@ export const OUT_PUBLISH_ACK = 7;
 export const OUT_REFUSED = 8;
 export const OUT_ADMIN_REPLY = 9;
 export const OUT_EVENT = 10;
+export const OUT_SERVER_ERR = 11;
 
 /** IN_ADMIN operations, by their op byte. */
 export const ADMIN_OPS = ['', 'history', 'presence', 'rooms', 'redact'] as const;

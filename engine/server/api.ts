@@ -69,7 +69,7 @@ function jsonSafe(v: unknown): unknown {
 
 function shardError(r: unknown): void {
   const e = r as { error?: string; msg?: string };
-  if (typeof e?.error === 'string') throw new ApiError(e.error === 'not_found' ? 404 : 400, e.error, e.msg ?? e.error);
+  if (typeof e?.error === 'string') throw new ApiError(e.error === 'not_found' ? 404 : e.error === 'unavailable' ? 503 : 400, e.error, e.msg ?? e.error);
 }
 
 /**
@@ -110,6 +110,7 @@ const METHODS: Record<string, Method> = {
   async presence(e, a) {
     const r = room(a);
     const res = await e.admin(e.shardOf(r), 'presence', { room: r }) as { users: string[]; connections: number };
+    shardError(res);
     return { room: r, users: res.users, connections: res.connections };
   },
   async rooms(e, a) {
@@ -151,6 +152,7 @@ function errorBody(e: unknown): { status: number; error: { code: string; msg: st
     const map: Partial<Record<string, [number, string]>> = {
       SHARDCHAT_SHUTTING_DOWN: [503, 'shutting_down'], SHARDCHAT_OVERLOADED: [503, 'overloaded'], SHARDCHAT_BAD_ROOM: [400, 'bad_room'],
       SHARDCHAT_BAD_BODY: [400, 'bad_request'], SHARDCHAT_SHARD_RESTARTED: [503, 'internal'], SHARDCHAT_SHARD_FAILED: [503, 'internal'],
+      SHARDCHAT_UNAVAILABLE: [503, 'unavailable'],
     };
     const [status, code] = map[e.code] ?? [500, 'internal'];
     return { status, error: { code, msg: e.message } };

@@ -156,6 +156,15 @@ export class Engine {
         const p = this.pending.get(req);
         if (p) { this.pending.delete(req); p.resolve({ seq, epoch, dup }); }
       },
+      serverError: (req, body) => {
+        const p = this.pending.get(req);
+        if (!p) return;
+        this.pending.delete(req);
+        let e: { error?: unknown; msg?: unknown; retryAfterMs?: unknown } = {};
+        try { e = unpack(Buffer.from(body)) as typeof e; } catch { /* answered as internal below */ }
+        const err = new EngineError(e.error === 'unavailable' ? 'SHARDCHAT_UNAVAILABLE' : 'SHARDCHAT_SHARD_RESTARTED', typeof e.msg === 'string' ? e.msg : 'publish failed');
+        p.reject(typeof e.retryAfterMs === 'number' ? Object.assign(err, { retryAfterMs: e.retryAfterMs }) : err);
+      },
       adminReply: (req, body) => {
         const p = this.adminPending.get(req);
         if (!p) return;
@@ -174,6 +183,8 @@ export class Engine {
         store: o.store, dataDir: o.dataDir, fsync: o.fsync, historyMaxAgeMs: o.historyMaxAgeMs,
         cidWindowMessages: o.cidWindowMessages, cidWindowMs: o.cidWindowMs,
         events: o.webhooks !== null,
+        // Cluster mode: each shard's ClusterStore (Redis is the store; `store` is not used).
+        cluster: o.cluster, drainBudgetMs: Math.max(0, Math.floor(o.drainTimeoutMs / 2)),
       }),
       crashCause: (err) => {
         const storeErr = asStoreError(err);

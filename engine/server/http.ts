@@ -5,7 +5,7 @@
  * decides which routes go on the main app, and its drain closes the metrics listener here.
  */
 import { EngineError } from '../errors.js';
-import { S_UP } from '../metrics/shard-stats.js';
+import { S_STORE_HEALTHY, S_UP } from '../metrics/shard-stats.js';
 import type { ShardLink } from './link.js';
 import type { TemplatedApp, UwsModule, us_listen_socket } from './uws.js';
 
@@ -28,11 +28,14 @@ export class HttpSideRoutes {
     return this.metricsSocket ? this.uws.us_socket_local_port(this.metricsSocket) : -1;
   }
 
-  /** GET /healthz and GET /readyz (503 while draining or while any shard is down or failed). */
+  /**
+   * GET /healthz and GET /readyz (503 while draining, while any shard is down or failed, or while
+   * any shard's store is unhealthy: in cluster mode, Redis not answering or pub/sub not delivering).
+   */
   routeHealth(app: TemplatedApp): void {
     app.get('/healthz', (res) => { res.writeStatus('200 OK').writeHeader('content-type', 'text/plain').end('ok'); });
     app.get('/readyz', (res) => {
-      const ready = !this.host.draining() && this.host.links().every((l) => l.up && l.stats[S_UP] === 1);
+      const ready = !this.host.draining() && this.host.links().every((l) => l.up && l.stats[S_UP] === 1 && l.stats[S_STORE_HEALTHY] === 1);
       res.writeStatus(ready ? '200 OK' : '503 Service Unavailable').writeHeader('content-type', 'text/plain').end(ready ? 'ready' : 'not ready');
     });
   }

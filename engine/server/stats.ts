@@ -69,6 +69,6 @@ export function metricsShard(s: ShardStats): ShardSnapshot {
     presentUsers: Number(s.presentUsers), published: Number(s.published), delivered: Number(s.delivered),
     inboundDepth: s.inboundDepth, outboundDepth: s.outboundDepth, inboundHighWater: s.inboundHighWater,
     outboundHighWater: s.outboundHighWater, loopLagMs: Number(s.loopLagMs), heapUsed: Number(s.heapUsed),
-    overloaded: s.overloaded, historyBytes: Number(s.historyBytes),
+    overloaded: s.overloaded, historyBytes: Number(s.historyBytes), storeHealthy: s.up && Number(s.storeHealthy) === 1,
   };
 }

@@ -10,7 +10,7 @@ import { RedisConnection, type RedisConnectionOptions } from './connection.js';
 import { RedisCursors } from './cursors.js';
 import { RedisUnavailableError } from './errors.js';
 import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
-import { partitionIndex } from './keys.js';
+import { metaKey, partitionIndex, presenceKey } from './keys.js';
 import { validateClusterOptions } from './options.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
@@ -39,6 +39,8 @@ export interface JoinResult {
   /** The missed frames (replayable as is), ascending seq; null with truncated or without since. */
   readonly missed: MissedMessage[] | null;
   readonly truncated: boolean;
+  /** This join moved the user's connection count in the room from 0 to 1 over all nodes (it published the `join` event). */
+  readonly first: boolean;
 }
 
 export interface MissedMessage { readonly seq: number; readonly frame: Buffer }
@@ -167,14 +169,16 @@ export class ClusterStore {
         return r;
       })();
       ready = firstRead.then(() => undefined);
+      // The first join reports a failure itself; a concurrent one awaiting `ready` sees it too.
+      ready.catch(() => undefined);
       this.following.set(room, ready);
     }
     try {
-      const [r] = await Promise.all([firstRead ?? ready.then(() => p.history.read(room, opts)), p.presence.join(room, conn, user)]);
+      const [r, count] = await Promise.all([firstRead ?? ready.then(() => p.history.read(room, opts)), p.presence.join(room, conn, user)]);
       const conns = this.local.get(room) ?? new Map<string, string>();
       this.local.set(room, conns);
       conns.set(conn, user);
-      return await this.answer(p, room, r, since);
+      return { ...await this.answer(p, room, r, since), first: count === 1 };
     } catch (err) {
       if (firstRead !== null && (this.local.get(room)?.size ?? 0) === 0) {
         this.following.delete(room);
@@ -186,7 +190,7 @@ export class ClusterStore {
   }
 
   /** The join reply from the read and the subscriber's position, extending `missed` up to that position. */
-  private async answer(p: Partition, room: string, r: RoomRead, since: number | null): Promise<JoinResult> {
+  private async answer(p: Partition, room: string, r: RoomRead, since: number | null): Promise<Omit<JoinResult, 'first'>> {
     const members = await p.presence.who(room);
     let missed: MissedMessage[] | null = r.missed;
     let truncated = r.truncated;
@@ -211,18 +215,35 @@ export class ClusterStore {
     }
   }
 
-  /** A local connection leaves; the last one unsubscribes the node from the room. */
-  async leave(room: string, conn: string, user: string): Promise<void> {
+  /**
+   * A local connection leaves; the last one unsubscribes the node from the room. Resolves with the
+   * user's connections left in the room over all nodes (0: this leave published the `leave` event).
+   * The local bookkeeping is undone first, so a leave that fails (unavailable) still stops delivery.
+   */
+  async leave(room: string, conn: string, user: string): Promise<number> {
     const p = this.part(room);
     const conns = this.local.get(room);
     conns?.delete(conn);
+    let unsubscribed: Promise<void> = Promise.resolve();
     if (conns !== undefined && conns.size === 0) {
       this.local.delete(room);
       this.following.delete(room);
-      await p.sub.remove(room);
+      unsubscribed = p.sub.remove(room);
     }
-    await p.presence.leave(room, conn, user);
+    const [, left] = await Promise.all([unsubscribed, p.presence.leave(room, conn, user)]);
+    return left;
   }
+
+  /** The room's epoch and latest seq as Redis has them now (epoch null: no such room). Creates nothing. */
+  async meta(room: string): Promise<{ epoch: string | null; seq: number }> {
+    const r = await this.part(room).conn.call(['HMGET', metaKey(room), 'e', 's'], `read the state of ${room}`);
+    const [e, s] = Array.isArray(r) ? r : [];
+    if (!Buffer.isBuffer(e)) return { epoch: null, seq: 0 };
+    return { epoch: e.toString('latin1'), seq: Buffer.isBuffer(s) ? Number(s.toString('latin1')) : 0 };
+  }
+
+  /** True while this node delivers the room (a local member joined it and has not left). */
+  follows(room: string): boolean { return this.local.has(room); }
 
   /** `read`: the user's cursor after the update (null: the room or epoch is gone). */
   read(room: string, user: string, seq: number, epoch: string | null = null): Promise<number | null> {
@@ -238,6 +259,12 @@ export class ClusterStore {
   }
 
   who(room: string): Promise<string[]> { return this.part(room).presence.who(room); }
+
+  /** Connections present in the room over all nodes. */
+  async connections(room: string): Promise<number> {
+    const n = await this.part(room).conn.call(['HLEN', presenceKey(room)], `count the connections of ${room}`);
+    return typeof n === 'number' ? n : 0;
+  }
 
   /** Heartbeat, then sweep dead nodes' presence (bounded per call). Failures wait for the next tick. */
   private async housekeeping(): Promise<void> {

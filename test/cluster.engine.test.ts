@@ -1,0 +1,228 @@
+/**
+ * Cluster mode at engine level (issue 12, docs/CLUSTER.md §9): two or three in-process engines
+ * with `redis` on one real redis-server, real WebSocket clients on each. One order per room
+ * across nodes, acks after their msg, dup cids across nodes, presence and `who` over all nodes,
+ * shared cursors, Redis going away (`unavailable`, /readyz) and coming back, an engine started
+ * while Redis is down, and the HTTP API publishing from one node to members on another.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { guardHandles } from './helpers/leaks.js';
+import { startRedis, type RedisServer } from './helpers/redis-server.js';
+import { openClient, joinRoom, startEngine } from './helpers/engine.js';
+import { httpGet, waitFor, type Frame, type TestClient } from './helpers/client.js';
+import type { Engine, EngineOptions } from '../engine/index.js';
+
+guardHandles();
+
+const KEY = 'an-api-key-for-cluster-tests-0123';
+
+function node(t: TestContext, redis: RedisServer, id: string, opts: EngineOptions = {}): Promise<Engine> {
+  return startEngine(t, { redis: redis.url, nodeId: id, shards: 2, drainTimeoutMs: 3000, ...opts });
+}
+
+const msgs = (c: TestClient, room: string): Frame[] => c.framesOf('msg', room);
+const seqs = (c: TestClient, room: string): number[] => msgs(c, room).map((f) => Number(f.seq));
+const range = (a: number, b: number): number[] => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+
+function post(port: number, method: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const data = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const headers = { connection: 'close', 'content-type': 'application/json', 'content-length': Buffer.byteLength(data), authorization: `Bearer ${KEY}` };
+    const req = http.request({ host: '127.0.0.1', port, path: `/api/v1/${method}`, method: 'POST', agent: false, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        res.socket?.destroy();
+        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown> }); } catch (e) { reject(e); }
+      });
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+async function ready(e: Engine): Promise<number> {
+  return (await httpGet(e.port, '/readyz')).status;
+}
+
+test('a room has one order across nodes: every member on every node gets every message once, in seq order; acks follow their msg', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b, c] = await Promise.all([node(t, redis, 'na'), node(t, redis, 'nb'), node(t, redis, 'nc')]);
+  const room = 'one-order';
+  const clients = [await openClient(t, a, 'ann'), await openClient(t, b, 'bob'), await openClient(t, c, 'cy'), await openClient(t, b, 'bea')];
+  for (const cl of clients) await joinRoom(cl, room);
+  const N = 60;
+  // Mixed senders on three nodes, sent without waiting: Redis orders them.
+  const acks: Promise<Frame>[] = [];
+  for (let i = 0; i < N; i++) acks.push(clients[i % 3]!.request({ t: 'pub', room, body: { i } }));
+  const got = await Promise.all(acks);
+  for (const ack of got) assert.equal(ack.t, 'ack', JSON.stringify(ack));
+  assert.deepEqual([...got.map((x) => Number(x.seq))].sort((x, y) => x - y), range(1, N), 'each pub got its own seq');
+  for (const cl of clients) await waitFor(() => msgs(cl, room).length >= N, `${cl.label} has ${N} messages`);
+  const order = msgs(clients[0]!, room).map((f) => `${String(f.seq)}:${JSON.stringify(f.body)}`);
+  for (const cl of clients) {
+    assert.deepEqual(seqs(cl, room), range(1, N), `${cl.label}: seqs 1..${N}, each once, in order`);
+    assert.deepEqual(msgs(cl, room).map((f) => `${String(f.seq)}:${JSON.stringify(f.body)}`), order, `${cl.label}: the same message at each seq`);
+  }
+  // A sender's ack of seq s comes after its copy of msg s.
+  for (const cl of clients.slice(0, 3)) {
+    for (const ack of cl.framesOf('ack', room)) {
+      const ackAt = cl.frames.indexOf(ack);
+      const msgAt = cl.frames.findIndex((f) => f.t === 'msg' && f.seq === ack.seq);
+      assert.ok(msgAt >= 0 && msgAt < ackAt, `${cl.label}: msg ${String(ack.seq)} (at ${msgAt}) before its ack (at ${ackAt})`);
+    }
+  }
+  await new Promise((r) => setTimeout(r, 100));
+  for (const cl of clients) assert.equal(msgs(cl, room).length, N, `${cl.label}: no message twice`);
+});
+
+test('a cid repeated on another node gets the original seq with dup: true, and no second message', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na'), node(t, redis, 'nb')]);
+  const room = 'dup-cid';
+  const tabA = await openClient(t, a, 'ann');
+  const tabB = await openClient(t, b, 'ann');
+  const watcher = await openClient(t, b, 'wat');
+  for (const c of [tabA, tabB, watcher]) await joinRoom(c, room);
+  const first = await tabA.request({ t: 'pub', room, body: 'once', cid: 'c-1' });
+  assert.equal(first.t, 'ack');
+  assert.equal(first.dup, undefined);
+  const again = await tabB.request({ t: 'pub', room, body: 'once', cid: 'c-1' });
+  assert.equal(again.t, 'ack', JSON.stringify(again));
+  assert.equal(again.seq, first.seq);
+  assert.equal(again.dup, true);
+  const next = await tabB.request({ t: 'pub', room, body: 'next', cid: 'c-2' });
+  assert.equal(next.seq, Number(first.seq) + 1);
+  await waitFor(() => msgs(watcher, room).length >= 2, 'watcher has both messages');
+  assert.deepEqual(msgs(watcher, room).map((f) => f.body), ['once', 'next']);
+});
+
+test('presence across nodes: one event per user over tabs on two nodes; who lists every node\'s members; read on A is unread on B', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na'), node(t, redis, 'nb')]);
+  const room = 'presence-x';
+  const obs = await openClient(t, a, 'obs');
+  await joinRoom(obs, room);
+  const ann1 = await openClient(t, a, 'ann');
+  const ann2 = await openClient(t, b, 'ann');
+  await joinRoom(ann1, room);
+  await obs.next((f) => f.t === 'presence' && f.user === 'ann' && f.state === 'join');
+  await joinRoom(ann2, room);
+  const who = await ann2.request({ t: 'who', room });
+  assert.equal(who.t, 'who');
+  assert.deepEqual([...(who.users as string[])].sort(), ['ann', 'obs'], 'who on B lists the members on A');
+  // ann's second tab (on B) made no second join event; her first tab leaving makes no leave event.
+  const left = await ann1.request({ t: 'leave', room });
+  assert.equal(left.t, 'left');
+  const bob = await openClient(t, b, 'bob');
+  await joinRoom(bob, room);
+  await obs.next((f) => f.t === 'presence' && f.user === 'bob' && f.state === 'join');
+  assert.equal(obs.framesOf('presence', room).filter((f) => f.user === 'ann').length, 1, 'ann: one presence event so far');
+  await ann2.close();
+  await obs.next((f) => f.t === 'presence' && f.user === 'ann' && f.state === 'leave');
+  assert.equal(obs.framesOf('presence', room).filter((f) => f.user === 'ann').length, 2, 'ann: join once, leave once');
+
+  // Shared cursors: 5 messages, rd reads up to 3 on A; a tab of rd on B joins with unread 2.
+  const rdA = await openClient(t, a, 'rd');
+  await joinRoom(rdA, room);
+  for (let i = 0; i < 5; i++) assert.equal((await bob.request({ t: 'pub', room, body: i })).t, 'ack');
+  const top = Number((await bob.request({ t: 'pub', room, body: 'last' })).seq);
+  await waitFor(() => seqs(rdA, room).includes(top), 'rd on A saw the last message');
+  const r = await rdA.request({ t: 'read', room, seq: top - 2 });
+  assert.equal(r.t, 'ack');
+  assert.equal(r.seq, top - 2);
+  const rdB = await openClient(t, b, 'rd');
+  const j = await joinRoom(rdB, room);
+  assert.equal(j.unread, 2, `joined.unread on B after read on A: ${JSON.stringify(j)}`);
+  assert.equal(j.seq, top);
+  // A stale read never moves the cursor back.
+  const stale = await rdB.request({ t: 'read', room, seq: 1 });
+  assert.equal(stale.seq, top - 2);
+});
+
+test('Redis stopped: a pub is answered unavailable within 1 s and never delivered; /readyz 503, then 200 after the restart', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na'), node(t, redis, 'nb')]);
+  const room = 'outage';
+  const ann = await openClient(t, a, 'ann');
+  const bob = await openClient(t, b, 'bob');
+  await joinRoom(ann, room);
+  await joinRoom(bob, room);
+  assert.equal((await ann.request({ t: 'pub', room, body: 'before' })).t, 'ack');
+  await waitFor(async () => (await ready(a)) === 200 && (await ready(b)) === 200, 'both ready');
+
+  await redis.stop('SIGKILL');
+  const t0 = performance.now();
+  const refused = await ann.request({ t: 'pub', room, body: 'refused', cid: 'r-1' });
+  const ms = performance.now() - t0;
+  assert.equal(refused.t, 'err', JSON.stringify(refused));
+  assert.equal(refused.code, 'unavailable');
+  assert.ok(Number(refused.retryAfterMs) > 0, 'retryAfterMs given');
+  assert.ok(ms < 1000, `answered after ${ms.toFixed(0)} ms`);
+  await waitFor(async () => (await ready(a)) === 503 && (await ready(b)) === 503, '/readyz 503 on both nodes while Redis is down');
+  const metrics = await httpGet(a.port, '/metrics');
+  assert.match(metrics.body, /shardchat_store_healthy\{shard="0"\} 0/);
+
+  await redis.start();
+  await waitFor(async () => (await ready(a)) === 200 && (await ready(b)) === 200, '/readyz 200 on both nodes after the restart', 10_000);
+  assert.match((await httpGet(a.port, '/metrics')).body, /shardchat_store_healthy\{shard="0"\} 1/);
+  // The rooms live on: a new join and pub work; the refused message never shows up anywhere.
+  const cy = await openClient(t, b, 'cy');
+  await joinRoom(cy, room);
+  const after = await cy.request({ t: 'pub', room, body: 'after' });
+  assert.equal(after.t, 'ack', JSON.stringify(after));
+  await waitFor(() => msgs(cy, room).some((f) => f.body === 'after'), 'cy has its message');
+  await new Promise((r) => setTimeout(r, 200));
+  for (const c of [ann, bob, cy]) assert.ok(!msgs(c, room).some((f) => f.body === 'refused'), `${c.label} never got the refused message`);
+});
+
+test('an engine created while Redis is down listens, answers /readyz 503 and unavailable, and turns ready by itself', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  await redis.stop('SIGKILL');
+  const a = await node(t, redis, 'na', { apiKey: KEY });
+  assert.equal(await ready(a), 503);
+  const ann = await openClient(t, a, 'ann');
+  const j = await ann.request({ t: 'join', room: 'late' });
+  assert.equal(j.t, 'err', JSON.stringify(j));
+  assert.equal(j.code, 'unavailable', JSON.stringify(j));
+  const p = await post(a.port, 'publish', { room: 'late', body: 'x' });
+  assert.equal(p.status, 503, JSON.stringify(p.body));
+  assert.equal((p.body.error as { code: string }).code, 'unavailable');
+  await redis.start();
+  await waitFor(async () => (await ready(a)) === 200, '/readyz 200 once Redis is up', 10_000);
+  await joinRoom(ann, 'late');
+  assert.equal((await ann.request({ t: 'pub', room: 'late', body: 'ok' })).t, 'ack');
+});
+
+test('the HTTP API on one node publishes to members on another; history and presence span the nodes', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { apiKey: KEY }), node(t, redis, 'nb')]);
+  const room = 'api-x';
+  const bob = await openClient(t, b, 'bob');
+  await joinRoom(bob, room);
+  const res = await post(a.port, 'publish', { room, body: { hi: 1 }, from: 'server', cid: 'api-1' });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  assert.equal(res.body.seq, 1);
+  assert.equal(typeof res.body.ts, 'number');
+  const m = await bob.next((f) => f.t === 'msg' && f.room === room);
+  assert.deepEqual(m.body, { hi: 1 });
+  assert.equal(m.from, 'server');
+  const dup = await post(a.port, 'publish', { room, body: { hi: 1 }, from: 'server', cid: 'api-1' });
+  assert.equal(dup.body.seq, 1);
+  const h = await post(a.port, 'history', { room });
+  assert.equal(h.status, 200, JSON.stringify(h.body));
+  assert.equal((h.body.msgs as unknown[]).length, 1);
+  const pr = await post(a.port, 'presence', { room });
+  assert.deepEqual(pr.body.users, ['bob']);
+  assert.equal(pr.body.connections, 1);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(msgs(bob, room).length, 1, 'the repeated cid made no second message');
+});
