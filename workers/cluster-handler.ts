@@ -776,8 +776,9 @@ function cutByBytes(msgs: readonly RedisMessage[], maxBytes: number): boolean {
  * but the stream no longer has it, told apart from a page that maxHistBytes cut short.
  */
 function histTruncated(msgs: readonly RedisMessage[], limit: number, seq: number, before: number, after: number, maxBytes: number): boolean {
-  if (msgs.length >= limit || cutByBytes(msgs, maxBytes)) return false;
+  // After an anchor: truncated when the page does not start right after it (trimmed), full or not.
   if (!isAbsent(after)) return msgs.length > 0 ? msgs[0]!.seq > after + 1 : after + 1 <= seq;
+  if (msgs.length >= limit || cutByBytes(msgs, maxBytes)) return false;
   const hi = isAbsent(before) ? seq : Math.min(before - 1, seq);
   const lo = Math.max(1, hi - limit + 1);
   return lo <= hi && (msgs.length === 0 || msgs[0]!.seq > lo);
