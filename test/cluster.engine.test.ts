@@ -9,10 +9,10 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { guardHandles } from './helpers/leaks.js';
-import { startRedis, type RedisServer } from './helpers/redis-server.js';
+import { connectRedis, startRedis, type RedisServer } from './helpers/redis-server.js';
 import { openClient, joinRoom, startEngine } from './helpers/engine.js';
-import { httpGet, waitFor, type Frame, type TestClient } from './helpers/client.js';
-import type { Engine, EngineOptions } from '../engine/index.js';
+import { TestClient, httpGet, waitFor, type Frame } from './helpers/client.js';
+import { createEngine, type Engine, type EngineOptions } from '../engine/index.js';
 
 guardHandles();
 
@@ -225,4 +225,32 @@ test('the HTTP API on one node publishes to members on another; history and pres
   assert.equal(pr.body.connections, 1);
   await new Promise((r) => setTimeout(r, 100));
   assert.equal(msgs(bob, room).length, 1, 'the repeated cid made no second message');
+});
+
+test('a node that drains leaves its members\' presence in Redis (others see the leave) and deletes its heartbeats', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const a = await node(t, redis, 'na');
+  const b = await createEngine({ port: 0, host: '127.0.0.1', shards: 2, logLevel: 'silent', redis: redis.url, nodeId: 'nb', drainTimeoutMs: 3000 });
+  let closed = false;
+  t.after(async () => { if (!closed) await b.close(); });
+  await b.listen();
+  const room = 'drain-x';
+  const obs = await openClient(t, a, 'obs');
+  await joinRoom(obs, room);
+  const gone = await TestClient.connect(b.port, { user: 'gone' });
+  await joinRoom(gone, room);
+  await obs.next((f) => f.t === 'presence' && f.user === 'gone' && f.state === 'join');
+  const conn = await connectRedis(t, redis.url);
+  const alive = async (): Promise<number> => Number(await conn.call(['EXISTS', 'sc:node:nb.s0', 'sc:node:nb.s1'], 'test'));
+  assert.equal(await alive(), 2, 'both shards of nb beat');
+  const t0 = performance.now();
+  await b.close();
+  closed = true;
+  assert.ok(performance.now() - t0 < 3000, 'the drain ended within its deadline');
+  assert.equal((await gone.waitClosed()).code, 1001);
+  await obs.next((f) => f.t === 'presence' && f.user === 'gone' && f.state === 'leave');
+  assert.equal(await alive(), 0, 'heartbeats deleted by the graceful close');
+  const who = await obs.request({ t: 'who', room });
+  assert.deepEqual(who.users, ['obs']);
 });

@@ -151,9 +151,12 @@ export class ClusterHandler {
     });
   }
 
-  /** Connects to Redis; a Redis that is down now is retried in the background (the store turns healthy by itself). */
-  start(): void {
-    this.store.start().catch(() => { /* unavailable now: `healthy` stays false until it connects */ });
+  /**
+   * Connects to Redis; resolves (never rejects) once the first attempt settled. A Redis that is
+   * down now is retried in the background: the store turns healthy by itself.
+   */
+  start(): Promise<void> {
+    return this.store.start().catch(() => { /* unavailable now: `healthy` stays false until it connects */ });
   }
 
   /** True when the loop must stop reading its ring for now (back-pressure). */

@@ -67,7 +67,10 @@ export async function runClusterShard(task: ClusterShardTask): Promise<{ index: 
   // The store's health reaches /readyz within a tick whatever the loop does.
   const health = setInterval(() => { stats[S_STORE_HEALTHY] = h.store.healthy ? 1 : 0; stats[S_HEARTBEAT]! += 1; }, TICK_MS);
   stats[S_STORE_HEALTHY] = 0;
-  h.start();
+  // Up once the first connect settled (it is bounded by redisConnectTimeoutMs): an engine started
+  // with Redis up is ready at once; one started while Redis is down starts anyway, not ready.
+  await h.start();
+  stats[S_STORE_HEALTHY] = h.store.healthy ? 1 : 0;
   stats[S_UP] = 1;
   try {
     for (;;) {
