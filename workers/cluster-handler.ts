@@ -73,6 +73,8 @@ interface CConn {
   closed: boolean;
   /** An anonymous connection (IN_FRAME_ANON): no cursor of its own is kept. */
   anon: boolean;
+  /** The connection's user, from its joins: the main thread sends it with joins only, not with pubs. */
+  user: string;
 }
 
 interface AckWait { readonly epoch: string; readonly seq: number; readonly release: () => void }
@@ -214,7 +216,7 @@ export class ClusterHandler {
   private conn(id: number): CConn {
     let c = this.conns.get(id);
     if (c === undefined) {
-      c = { id, rooms: new Set(), slots: [], waiting: [], busy: false, closed: false, anon: false };
+      c = { id, rooms: new Set(), slots: [], waiting: [], busy: false, closed: false, anon: false, user: '' };
       this.conns.set(id, c);
     }
     return c;
@@ -234,12 +236,13 @@ export class ClusterHandler {
         const anon = (b[off + 2]! & IN_FRAME_ANON) !== 0;
         const since = isAbsent(f.since) ? null : f.since;
         const sinceEpoch = since === null || f.epochStart < 0 ? null : asciiString(b, f.epochStart, f.epochEnd);
+        if (user !== '') c.user = user;
         this.enqueue(c, { k: 'join', room, user, anon, ref: f.ref, since, sinceEpoch, principal: anon ? `a${getU32(b, off + 12)}` : `u${user}`, replay: false });
         return;
       }
       case T_PUB: {
         const cid = f.cidStart < 0 ? null : asciiString(b, f.cidStart, f.cidEnd);
-        this.enqueue(c, this.pubOp(room, user, f.ref, b, f.bodyStart, f.bodyEnd, cid));
+        this.enqueue(c, this.pubOp(room, user === '' ? c.user : user, f.ref, b, f.bodyStart, f.bodyEnd, cid));
         return;
       }
       case T_LEAVE: this.enqueue(c, { k: 'leave', room, ref: f.ref }); return;
@@ -286,7 +289,9 @@ export class ClusterHandler {
     const room = asciiString(b, p, p + roomLen);
     p += roomLen;
     const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
-    this.enqueue(this.conn(id), { k: 'join', room, user, anon, ref: -1, since: null, sinceEpoch: null, principal: '', replay: true });
+    const c = this.conn(id);
+    if (user !== '') c.user = user;
+    this.enqueue(c, { k: 'join', room, user, anon, ref: -1, since: null, sinceEpoch: null, principal: '', replay: true });
   }
 
   // ---- per-connection order -------------------------------------------------------------------
