@@ -56,7 +56,7 @@ async function cluster(t: TestContext, opts: Parameters<typeof startCluster>[1] 
   return startCluster(t, opts);
 }
 
-/** Every message each client got in `room` agrees with what was acked: same seq -> same sender and body. */
+/** Every message each client got in `room` agrees with what was acked: same seq -> same sender (`from`, the user of the label `user@node`) and body. */
 function assertSameContent(clients: TestClient[], room: string, pumps: Pump[]): void {
   const bySeq = new Map<number, { p: string; n: number }>();
   for (const p of pumps) for (const a of p.acks) bySeq.set(a.seq, { p: p.label, n: a.n });
@@ -65,6 +65,7 @@ function assertSameContent(clients: TestClient[], room: string, pumps: Pump[]): 
       const want = bySeq.get(m.seq as number);
       if (want === undefined) continue; // published but not acked (a pub in flight at a close): checked by seq only
       assert.deepEqual(m.body, want, `${c.label}: body of seq ${String(m.seq)}`);
+      assert.equal(m.from, want.p.split('@')[0], `${c.label}: from of seq ${String(m.seq)} (the publisher's user)`);
     }
   }
 }
@@ -155,7 +156,8 @@ test('3. disconnect at seq k, keep publishing, resume on another node: k+1.. exa
   await pump.stop();
   assert.deepEqual(pump.errs, [], 'no errors');
   const max = pump.maxAckedSeq();
-  await r2.next((f) => f.t === 'msg' && f.room === room && f.seq === max, 10_000, `msg ${max}`);
+  // (Not next(): the frame of seq max may be the one the wait above consumed.)
+  await waitFor(() => r2.framesOf('msg', room).some((f) => f.seq === max), `msg ${max} at rita@n2`, 10_000);
   const live = seqsOf(r2.framesOf('msg', room));
   assertContiguous(live, s + 1, max, 'live after the resume (nothing of missed again)');
   assertContiguous([...before, ...missed, ...live], 1, max, 'before + missed + live');
