@@ -14,8 +14,9 @@
  * Scenarios: the load suite's fanout-10x100 (10 rooms x 100 members, 10 senders each) and
  * chat-1to1 (500 rooms x 2 members, both send), 128 B bodies, closed loop, window 1.
  * The C generator (native-bench/load/loadgen) checks order and completeness as in the suite.
- * Redis CPU per published message: redis-server's main-thread CPU (INFO cpu) over a whole
- * generator run (setup, warmup, window, drain) divided by the acks of that run.
+ * Redis CPU per published message: redis-server's main-thread CPU (INFO cpu) from the end of the
+ * generator's setup (all members joined) to the end of its run, divided by the acks of that run
+ * (every pub's script, PUBLISH fan-out to the nodes, plus the nodes' heartbeats and probes).
  * Nothing is pinned: Redis, the nodes and the generator share the machine's cores (2 here), so
  * the figures are ratios within one run, not capacities. Results: a table on stdout and JSON in
  * native-bench/results/local/cluster-<time>.json (git-ignored).
@@ -154,7 +155,8 @@ function httpStatus(port, path) {
   });
 }
 
-function runGen(ports, sc, serverPid) {
+/** Runs the generator once; `onReady` is called when its connections are set up (joined), before any pub. */
+function runGen(ports, sc, serverPid, onReady = () => undefined) {
   const a = ['--port', String(ports[0]), ...(ports[1] ? ['--port2', String(ports[1])] : []), '--host', '127.0.0.1', '--proto', 'shardchat',
     '--rooms', String(sc.rooms), '--members', String(sc.members), '--senders', String(sc.senders), '--size', String(sc.size),
     '--window', String(sc.window), '--warmup', String(warmup), '--duration', String(duration), '--drain', '10', '--server-pid', String(serverPid)];
@@ -163,7 +165,11 @@ function runGen(ports, sc, serverPid) {
     let out = '';
     let err = '';
     g.stdout.on('data', (x) => { out += x; });
-    g.stderr.on('data', (x) => { err += x; });
+    let ready = false;
+    g.stderr.on('data', (x) => {
+      err += x;
+      if (!ready && /connections ready/.test(err)) { ready = true; onReady(); }
+    });
     const timer = setTimeout(() => g.kill('SIGKILL'), (warmup + duration + 90) * 1000);
     g.once('exit', (code) => {
       clearTimeout(timer);
@@ -187,8 +193,10 @@ async function runArm(arm, sc) {
       procs.push(n);
       nodes.push(n);
     }
-    const cpu0 = redis ? await redisCpuS(redis.port) : null;
-    const g = await runGen(nodes.map((n) => n.port), sc, nodes[0].pid);
+    // Redis CPU from the end of setup (every member joined) to the end of the run: the pubs' share, not the joins'.
+    let cpu0 = null;
+    const g = await runGen(nodes.map((n) => n.port), sc, nodes[0].pid, () => { if (redis) cpu0 = redisCpuS(redis.port); });
+    cpu0 = cpu0 === null ? null : await cpu0;
     const cpu1 = redis ? await redisCpuS(redis.port) : null;
     if (!g.json) throw new Error(`loadgen failed (exit ${g.code}): ${g.err.split('\n').slice(-3).join(' | ')}`);
     const j = g.json;
@@ -197,6 +205,8 @@ async function runArm(arm, sc) {
     if (t.missing !== 0) problems.push(`missing ${t.missing}`);
     if (t.gaps || t.repeats || t.wrong_room || t.seq_gaps) problems.push(`order: gaps ${t.gaps} repeats ${t.repeats} wrong room ${t.wrong_room} seq gaps ${t.seq_gaps}`);
     for (const [k, v] of Object.entries(t.errors)) if (v) problems.push(`err ${k} ${v}`);
+    const errLines = g.err.split('\n').filter((l) => /got err/.test(l));
+    if (errLines.length) problems.push(`loadgen saw: ${[...new Set(errLines.map((l) => l.replace(/conn \d+ /, '')))].slice(0, 3).join(' | ')}`);
     return {
       deliveredPerSec: j.delivered_per_s,
       p50ms: j.latency_us.p50 / 1000,
