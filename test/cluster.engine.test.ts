@@ -152,7 +152,7 @@ test('Redis stopped: a pub is answered unavailable within 1 s and never delivere
   const room = 'outage';
   const ann = await openClient(t, a, 'ann');
   const bob = await openClient(t, b, 'bob');
-  await joinRoom(ann, room);
+  const epoch0 = (await joinRoom(ann, room)).epoch;
   await joinRoom(bob, room);
   assert.equal((await ann.request({ t: 'pub', room, body: 'before' })).t, 'ack');
   await waitFor(async () => (await ready(a)) === 200 && (await ready(b)) === 200, 'both ready');
@@ -177,9 +177,20 @@ test('Redis stopped: a pub is answered unavailable within 1 s and never delivere
   await joinRoom(cy, room);
   const after = await cy.request({ t: 'pub', room, body: 'after' });
   assert.equal(after.t, 'ack', JSON.stringify(after));
-  await waitFor(() => msgs(cy, room).some((f) => f.body === 'after'), 'cy has its message');
+  for (const c of [ann, bob, cy]) await waitFor(() => msgs(c, room).some((f) => f.body === 'after'), `${c.label} has the message sent after the restart`);
   await new Promise((r) => setTimeout(r, 200));
   for (const c of [ann, bob, cy]) assert.ok(!msgs(c, room).some((f) => f.body === 'refused'), `${c.label} never got the refused message`);
+  // Redis came back without its data: the room has a new epoch, and the members on both nodes
+  // were told with an unsolicited joined (no ref) before the new epoch's messages.
+  for (const c of [ann, bob]) {
+    const re = c.framesOf('joined', room).filter((f) => f.ref === undefined);
+    assert.ok(re.length >= 1, `${c.label} got an unsolicited joined: ${JSON.stringify(c.framesOf('joined', room))}`);
+    const last = re[re.length - 1]!;
+    assert.notEqual(last.epoch, epoch0, `${c.label}: a new epoch`);
+    const afterMsg = c.frames.findIndex((f) => f.t === 'msg' && f.body === 'after');
+    assert.ok(c.frames.indexOf(last) < afterMsg, `${c.label}: joined before the new epoch's messages`);
+    assert.equal(msgs(c, room).find((f) => f.body === 'after')!.seq, after.seq);
+  }
 });
 
 test('an engine created while Redis is down listens, answers /readyz 503 and unavailable, and turns ready by itself', async (t) => {
@@ -253,4 +264,31 @@ test('a node that drains leaves its members\' presence in Redis (others see the 
   assert.equal(await alive(), 0, 'heartbeats deleted by the graceful close');
   const who = await obs.request({ t: 'who', room });
   assert.deepEqual(who.users, ['obs']);
+});
+
+test('kick and disconnect through one node\'s API reach the connections on the other nodes (control channel)', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { apiKey: KEY }), node(t, redis, 'nb')]);
+  const room = 'ctl-x';
+  const malA = await openClient(t, a, 'mal');
+  const malB = await openClient(t, b, 'mal');
+  const obs = await openClient(t, b, 'obs');
+  for (const c of [malA, malB, obs]) await joinRoom(c, room);
+  const k = await post(a.port, 'kick', { room, user: 'mal', banSec: 60 });
+  assert.equal(k.status, 200, JSON.stringify(k.body));
+  assert.equal(k.body.kicked, 1, 'kicked counts this node\'s connections');
+  for (const c of [malA, malB]) {
+    const left = await c.next((f) => f.t === 'left' && f.room === room);
+    assert.equal(left.ref, undefined, `${c.label}: an unsolicited left`);
+  }
+  // The ban holds on the other node too.
+  const again = await malB.request({ t: 'join', room });
+  assert.equal(again.t, 'err', JSON.stringify(again));
+  assert.equal(again.code, 'forbidden');
+  await obs.next((f) => f.t === 'presence' && f.user === 'mal' && f.state === 'leave');
+  const d = await post(a.port, 'disconnect', { user: 'obs', code: 4000, reason: 'bye' });
+  assert.equal(d.status, 200);
+  assert.equal(d.body.disconnected, 0, 'no obs on node a');
+  assert.equal((await obs.waitClosed()).code, 4000, 'obs on node b was closed');
 });

@@ -37,7 +37,7 @@ export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number,
   try {
     args = JSON.parse(Buffer.from(b.buffer, b.byteOffset + off + 6, end - off - 6).toString('utf8')) as AdminArgs;
   } catch {
-    return reply(out, req, (m) => error(m, 'bad_request', 'arguments are not JSON'));
+    return reply(out, req, (m) => adminError(m, 'bad_request', 'arguments are not JSON'));
   }
   if (op === 'rooms') return listRooms(out, rooms, req, args);
   const name = typeof args.room === 'string' ? args.room : '';
@@ -52,11 +52,12 @@ export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number,
         m.str('connections').uint(r === undefined ? 0 : r.members.size);
       });
     case 'redact': return redact(out, rooms, req, r, args, store, name);
-    default: return reply(out, req, (m) => error(m, 'bad_request', `unknown op ${op}`));
+    default: return reply(out, req, (m) => adminError(m, 'bad_request', `unknown op ${op}`));
   }
 }
 
-function error(m: MsgWriter, code: string, msg: string): void {
+/** An OUT_ADMIN_REPLY body that reports a failure: {error, msg}. */
+export function adminError(m: MsgWriter, code: string, msg: string): void {
   m.mapHeader(2).str('error').str(code).str('msg').str(msg);
 }
 
@@ -183,7 +184,7 @@ function putTombstone(m: MsgWriter, room: string, e: Uint8Array, len: number, se
 
 function redact(out: RingWriter, rooms: Rooms, req: number, r: Room | undefined, args: AdminArgs, store: Store | null, name: string): number {
   const seq = args.seq;
-  const notFound = (): number => reply(out, req, (m) => error(m, 'not_found', `room ${String(args.room)} keeps no message ${String(seq)}`));
+  const notFound = (): number => reply(out, req, (m) => adminError(m, 'not_found', `room ${String(args.room)} keeps no message ${String(seq)}`));
   if (!isSeq(seq)) return notFound();
   // The message: from the memory cache when it is there, else from the durable store.
   const inCache = r !== undefined && seq >= rooms.firstKept(r) && seq <= r.seq && seq >= 1;

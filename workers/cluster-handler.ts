@@ -31,10 +31,10 @@ import {
 } from '../engine/protocol/frames.js';
 import {
   ADMIN_OPS, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY,
-  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32,
+  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_CONTROL, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32, readReplay, readServerPub,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
-import { type AdminArgs, MAX_ROOMS_PAGE, pageRange } from './admin.js';
+import { type AdminArgs, MAX_ROOMS_PAGE, adminError, pageRange } from './admin.js';
 import { CreationLimiter } from './creation.js';
 import { eventCounts, messageEvent, presenceEvent } from './events.js';
 import { CREATION_TABLE_ENTRIES, type HandlerOptions } from './handler.js';
@@ -70,7 +70,6 @@ interface CConn {
   readonly slots: Slot[];
   readonly waiting: Op[];
   busy: boolean;
-  closed: boolean;
   /** An anonymous connection (IN_FRAME_ANON): no cursor of its own is kept. */
   anon: boolean;
   /** The connection's user, from its joins: the main thread sends it with joins only, not with pubs. */
@@ -144,12 +143,14 @@ export class ClusterHandler {
   constructor(private readonly ring: RingWriter, private readonly opts: ClusterHandlerOptions) {
     this.out = new OutQueue(ring);
     this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
-    this.store = new ClusterStore({ ...opts.cluster, node: `${opts.cluster.node}.s${opts.index}` }, {
+    // Shard 0's store hears the control channel for the node (kick, disconnect from any node's API).
+    this.store = new ClusterStore({ ...opts.cluster, node: `${opts.cluster.node}.s${opts.index}`, control: opts.index === 0 }, {
       message: (room, seq, frame) => this.onMessage(room, seq, frame),
       epoch: (room, epoch) => this.onEpoch(room, epoch),
       lost: (room, _from, to) => this.onLost(room, to),
       presence: (room, user, state) => this.onPresence(room, user, state),
       health: () => { this.notifyIdle(); },
+      control: (payload) => { this.out.emit(OUT_CONTROL, 0, '', (m) => { m.raw(payload, 0, payload.byteLength); }); },
     });
   }
 
@@ -196,7 +197,7 @@ export class ClusterHandler {
       case IN_FRAME: this.onFrame(b, off, end); return;
       case IN_CLOSE: {
         const c = this.conns.get(getU32(b, off + 1));
-        if (c !== undefined) { c.closed = true; this.enqueue(c, { k: 'close' }); }
+        if (c !== undefined) this.enqueue(c, { k: 'close' });
         return;
       }
       case IN_SERVER_PUB: this.onServerPub(b, off, end); return;
@@ -216,7 +217,7 @@ export class ClusterHandler {
   private conn(id: number): CConn {
     let c = this.conns.get(id);
     if (c === undefined) {
-      c = { id, rooms: new Set(), slots: [], waiting: [], busy: false, closed: false, anon: false, user: '' };
+      c = { id, rooms: new Set(), slots: [], waiting: [], busy: false, anon: false, user: '' };
       this.conns.set(id, c);
     }
     return c;
@@ -264,32 +265,14 @@ export class ClusterHandler {
   }
 
   private onServerPub(b: Uint8Array, off: number, end: number): void {
-    const req = getU32(b, off + 1);
-    let p = off + 5;
-    const roomLen = b[p++]!;
-    const room = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    const fromLen = b[p++]!;
-    const from = asciiString(b, p, p + fromLen);
-    p += fromLen;
-    const cidLen = b[p++]!;
-    const cid = cidLen === 0 ? null : asciiString(b, p, p + cidLen);
-    p += cidLen;
-    const op = this.pubOp(room, from, -1, b, p, end, cid);
+    const { req, room, from, cid, bodyStart } = readServerPub(b, off);
+    const op = this.pubOp(room, from, -1, b, bodyStart, end, cid);
     this.collect(op, { conn: null, ref: -1, req, from, ts: op.ts, slot: null, body: op.body });
   }
 
   private onReplay(b: Uint8Array, off: number, end: number): void {
-    const id = getU32(b, off + 1);
-    let p = off + 5;
-    const userLen = b[p++]!;
-    const user = asciiString(b, p, p + userLen);
-    p += userLen;
-    const roomLen = b[p++]!;
-    const room = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
-    const c = this.conn(id);
+    const { conn, user, room, anon } = readReplay(b, off, end);
+    const c = this.conn(conn);
     if (user !== '') c.user = user;
     this.enqueue(c, { k: 'join', room, user, anon, ref: -1, since: null, sinceEpoch: null, principal: '', replay: true });
   }
@@ -307,6 +290,7 @@ export class ClusterHandler {
       return;
     }
     this.admit(c, op);
+    this.forgetIfIdle(c);
   }
 
   /** Runs the queued requests of `c` that may run now. */
@@ -317,7 +301,16 @@ export class ClusterHandler {
       c.waiting.shift();
       this.admit(c, op);
     }
-    if (!c.busy && c.waiting.length === 0 && c.slots.length === 0 && c.closed && c.rooms.size === 0) this.conns.delete(c.id);
+    this.forgetIfIdle(c);
+  }
+
+  /**
+   * Drops the state of a connection with no rooms here and nothing in flight: the main thread
+   * sends IN_CLOSE only to shards it has rooms on, so a connection that only ever got an error
+   * from this shard would otherwise stay forever. It is made again by its next request.
+   */
+  private forgetIfIdle(c: CConn): void {
+    if (!c.busy && c.waiting.length === 0 && c.slots.length === 0 && c.rooms.size === 0) this.conns.delete(c.id);
   }
 
   private admit(c: CConn, op: Op): void {
@@ -720,6 +713,11 @@ export class ClusterHandler {
       case 'redact':
         this.adminReply(req, (m) => adminError(m, 'not_supported', 'redact is not available in cluster mode (docs/CLUSTER.md)'));
         return;
+      case 'control':
+        // A kick or disconnect for every node: published as the main thread wrote it.
+        await this.store.publishControl(JSON.stringify(args));
+        this.adminReply(req, (m) => { m.mapHeader(1).str('ok').bool(true); });
+        return;
       default:
         this.adminReply(req, (m) => adminError(m, 'bad_request', `unknown op ${op}`));
     }
@@ -767,9 +765,6 @@ function refOf(op: Op): number {
   return 'ref' in op ? op.ref : -1;
 }
 
-function adminError(m: MsgWriter, code: string, msg: string): void {
-  m.mapHeader(2).str('error').str(code).str('msg').str(msg);
-}
 
 /** True when maxBytes (not the range) is what ended the page: one more message of its size would not have fit. */
 function cutByBytes(msgs: readonly RedisMessage[], maxBytes: number): boolean {

@@ -26,7 +26,7 @@ import {
 } from '../engine/protocol/frames.js';
 import {
   CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
-  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32,
+  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32, readReplay, readServerPub,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
@@ -663,31 +663,13 @@ export class Handler {
   }
 
   private onServerPub(b: Uint8Array, off: number, end: number): number {
-    const req = getU32(b, off + 1);
-    let p = off + 5;
-    const roomLen = b[p++]!;
-    const name = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    const fromLen = b[p++]!;
-    const from = asciiString(b, p, p + fromLen);
-    p += fromLen;
-    const cidLen = b[p++]!;
-    const cid = cidLen === 0 ? null : asciiString(b, p, p + cidLen);
-    p += cidLen;
-    return this.pub(this.rooms.room(name, this.stored), from, b, p, end, -1, -1, req, 0, cid);
+    const { req, room, from, cid, bodyStart } = readServerPub(b, off);
+    return this.pub(this.rooms.room(room, this.stored), from, b, bodyStart, end, -1, -1, req, 0, cid);
   }
 
   private onReplay(b: Uint8Array, off: number, end: number): number {
-    const conn = getU32(b, off + 1);
-    let p = off + 5;
-    const userLen = b[p++]!;
-    const user = asciiString(b, p, p + userLen);
-    p += userLen;
-    const roomLen = b[p++]!;
-    const name = asciiString(b, p, p + roomLen);
-    p += roomLen;
-    // The trailing flags byte (IN_FRAME_ANON) is there since anonymous cursors are dropped on leave.
-    const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
-    return this.join(conn, user, anon, name, null, b, true);
+    const { conn, user, room, anon } = readReplay(b, off, end);
+    return this.join(conn, user, anon, room, null, b, true);
   }
+
 }

@@ -36,11 +36,15 @@
  *   OUT_EVENT      id = 0, body = one MessagePack map {type, ...} (a webhook event; only with webhooks on), room
  *   OUT_SERVER_ERR id = req, body = one MessagePack map {error, msg, retryAfterMs?} -> the server-side
  *                  publish failed (cluster mode: `unavailable`, Redis could not be reached in time)
+ *   OUT_CONTROL    id = 0, body = the control channel's JSON payload (cluster mode: a kick or disconnect
+ *                  made on some node, docs/CLUSTER.md §9) -> the main thread applies it to its connections
  *   OUT_PUBLISH_ACK id = conn, body = stamp u32, msgLen u32, msg frame (at +16), ack frame, room
  *                  -> inside conn's cork: app.publish(room, msg), send(ack): the sender's copy of
  *                  its message and its ack leave in one write, as plain uWS does for a publish
  *                  made in the sender's own message handler
  */
+
+import { asciiString } from './msgpack.js';
 
 export const IN_FRAME = 1;
 export const IN_CLOSE = 2;
@@ -61,9 +65,10 @@ export const OUT_REFUSED = 8;
 export const OUT_ADMIN_REPLY = 9;
 export const OUT_EVENT = 10;
 export const OUT_SERVER_ERR = 11;
+export const OUT_CONTROL = 12;
 
 /** IN_ADMIN operations, by their op byte. */
-export const ADMIN_OPS = ['', 'history', 'presence', 'rooms', 'redact'] as const;
+export const ADMIN_OPS = ['', 'history', 'presence', 'rooms', 'redact', 'control'] as const;
 export type AdminOp = Exclude<typeof ADMIN_OPS[number], ''>;
 
 /** IN_FRAME / IN_REPLAY flag: the connection's user is anonymous (`anon-<conn>`, no identity). */
@@ -111,4 +116,38 @@ export function addrHash(text: string): number {
     h = Math.imul(h, 0x01000193);
   }
   return h >>> 0;
+}
+
+/** The fields of an IN_SERVER_PUB record at b[off, end): the body is b[bodyStart, end). */
+export interface ServerPubRecord { req: number; room: string; from: string; cid: string | null; bodyStart: number }
+
+export function readServerPub(b: Uint8Array, off: number): ServerPubRecord {
+  const req = getU32(b, off + 1);
+  let p = off + 5;
+  const roomLen = b[p++]!;
+  const room = asciiString(b, p, p + roomLen);
+  p += roomLen;
+  const fromLen = b[p++]!;
+  const from = asciiString(b, p, p + fromLen);
+  p += fromLen;
+  const cidLen = b[p++]!;
+  const cid = cidLen === 0 ? null : asciiString(b, p, p + cidLen);
+  return { req, room, from, cid, bodyStart: p + cidLen };
+}
+
+/** The fields of an IN_REPLAY record at b[off, end). */
+export interface ReplayRecord { conn: number; user: string; room: string; anon: boolean }
+
+export function readReplay(b: Uint8Array, off: number, end: number): ReplayRecord {
+  const conn = getU32(b, off + 1);
+  let p = off + 5;
+  const userLen = b[p++]!;
+  const user = asciiString(b, p, p + userLen);
+  p += userLen;
+  const roomLen = b[p++]!;
+  const room = asciiString(b, p, p + roomLen);
+  p += roomLen;
+  // The trailing flags byte (IN_FRAME_ANON) is there since anonymous cursors are dropped on leave.
+  const anon = p < end && (b[p]! & IN_FRAME_ANON) !== 0;
+  return { conn, user, room, anon };
 }

@@ -173,6 +173,7 @@ export class Engine {
         try { p.resolve(unpack(Buffer.from(body))); } catch (e) { p.reject(e as Error); }
       },
       event: (room, body) => this.onEvent(room, body),
+      control: (body) => this.onControl(body),
       stopped: () => this.stopped,
     }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
     this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
@@ -385,13 +386,52 @@ export class Engine {
    * ban ends. Resolves with the number of connections removed.
    */
   kick(room: string, user: string, banMs = 0): number {
+    this.tellNodes({ op: 'kick', room, user, banMs });
+    return this.kickHere(room, user, banMs);
+  }
+
+  private kickHere(room: string, user: string, banMs: number): number {
     if (banMs > 0) this.bans.ban(room, user, banMs);
     return this.router.kick(room, user);
   }
 
-  /** Closes the connections of `user`, or the one named `conn` (its hello's conn), with `code`. Returns how many. */
+  /**
+   * Closes the connections of `user`, or the one named `conn` (its hello's conn), with `code`.
+   * Returns how many (on this node; in cluster mode the other nodes are told of a `user` target
+   * too; a `conn` names a connection of this node: conn ids are per node).
+   */
   disconnect(target: { user?: string; conn?: string }, code: number, reason: string): number {
+    if (target.user !== undefined) this.tellNodes({ op: 'disconnect', user: target.user, code, reason });
     return this.router.disconnect(target, code, reason);
+  }
+
+  /**
+   * Cluster mode: a kick or disconnect goes to every other node over the control channel (shard 0
+   * publishes it; each node's shard 0 hears it: onControl). Best effort, as Redis pub/sub is: a
+   * node cut off from Redis at that moment is not told; a failure is logged.
+   */
+  private tellNodes(msg: Record<string, unknown>): void {
+    if (this.options.cluster === null) return;
+    this.admin(0, 'control', { ...msg, from: this.options.nodeId }).catch((err: Error) => {
+      this.log.warn({ event: 'control_not_sent', op: msg.op, err: err.message }, 'kick/disconnect not told to the other nodes');
+    });
+  }
+
+  /** A control message from the channel (OUT_CONTROL): applied here unless this node sent it. */
+  private onControl(body: Uint8Array): void {
+    let m: { op?: unknown; from?: unknown; room?: unknown; user?: unknown; conn?: unknown; banMs?: unknown; code?: unknown; reason?: unknown };
+    try { m = JSON.parse(Buffer.from(body).toString('utf8')) as typeof m; } catch { return; }
+    if (m.from === this.options.nodeId) return;
+    const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+    try {
+      if (m.op === 'kick' && typeof m.room === 'string' && typeof m.user === 'string') {
+        this.kickHere(m.room, m.user, typeof m.banMs === 'number' ? m.banMs : 0);
+      } else if (m.op === 'disconnect' && typeof m.user === 'string' && typeof m.code === 'number') {
+        this.router.disconnect({ user: m.user }, m.code, str(m.reason) ?? 'disconnected by the server');
+      }
+    } catch (err) {
+      this.log.warn({ event: 'control_failed', op: m.op, err: (err as Error).message }, 'kick/disconnect from another node not applied');
+    }
   }
 
   /** A shard's OUT_EVENT (only with webhooks on): decoded and queued to the webhook sender. */

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { Histogram } from 'prom-client';
 import { asciiString } from '../protocol/msgpack.js';
 import {
-  OUT_BODY, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_ADMIN_REPLY, OUT_EVENT, OUT_SERVER_ERR, getU32,
+  OUT_BODY, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_PUBLISH_ACK, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_ADMIN_REPLY, OUT_EVENT, OUT_SERVER_ERR, OUT_CONTROL, getU32,
 } from '../protocol/records.js';
 import type { ShardLink } from './link.js';
 import type { SlowConsumerGuard, Subscribed } from './slow-consumers.js';
@@ -39,6 +39,8 @@ export interface OutboundHost<C> {
   serverAck(req: number, seq: number, epoch: string, dup: boolean): void;
   /** A server-side publish failed (OUT_SERVER_ERR: cluster mode's `unavailable`): `body` is a view of the ring, copy it. */
   serverError(req: number, body: Uint8Array): void;
+  /** Cluster mode: a kick or disconnect from the control channel (OUT_CONTROL): `body` is a view of the ring, copy it. */
+  control(body: Uint8Array): void;
   /** A shard answered an HTTP API request (OUT_ADMIN_REPLY): `body` is a view of the ring, copy it. */
   adminReply(req: number, body: Uint8Array): void;
   /** A shard's webhook event (OUT_EVENT, only with webhooks on): `body` is a view of the ring, copy it. */
@@ -183,6 +185,9 @@ export class OutboundDispatcher<C extends Subscribed> {
         return;
       case OUT_ADMIN_REPLY:
         this.host.adminReply(getU32(b, off + 4), b.subarray(off + OUT_BODY, rs));
+        return;
+      case OUT_CONTROL:
+        this.host.control(b.subarray(off + OUT_BODY, rs));
         return;
       case OUT_SERVER_ERR:
         this.host.serverError(getU32(b, off + 4), b.subarray(off + OUT_BODY, rs));

@@ -10,7 +10,7 @@ import { RedisConnection, type RedisConnectionOptions } from './connection.js';
 import { RedisCursors } from './cursors.js';
 import { RedisUnavailableError } from './errors.js';
 import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
-import { metaKey, partitionIndex, presenceKey } from './keys.js';
+import { CONTROL_CHANNEL, metaKey, partitionIndex, presenceKey } from './keys.js';
 import { validateClusterOptions } from './options.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
@@ -27,7 +27,9 @@ export interface ClusterStoreOptions {
   /** A node whose heartbeat is older than this is swept from presence. */
   heartbeatTtlMs?: number;
   connection?: Partial<Omit<RedisConnectionOptions, 'url'>>;
-  subscriber?: Partial<Omit<SubscriberOptions, 'url' | 'node'>>;
+  subscriber?: Partial<Omit<SubscriberOptions, 'url' | 'node' | 'control'>>;
+  /** This store hears the control channel (events.control): one store per node sets it. */
+  control?: boolean;
 }
 
 export interface JoinResult {
@@ -86,7 +88,7 @@ export class ClusterStore {
       return {
         url, conn, history, seq: new RedisSequencer(conn, this.limits), cursors: new RedisCursors(conn),
         presence: new RedisPresence(conn, o.node, this.heartbeatTtlMs),
-        sub: new RedisSubscriber({ url, node: o.node, roomTtlMs: this.limits.roomTtlMs, ...o.subscriber }, conn, history, {
+        sub: new RedisSubscriber({ url, node: o.node, roomTtlMs: this.limits.roomTtlMs, ...o.subscriber, control: o.control === true && url === o.urls[0] }, conn, history, {
           ...events,
           health: (h) => {
             if (h) this.reassert(url);
@@ -259,6 +261,11 @@ export class ClusterStore {
   }
 
   who(room: string): Promise<string[]> { return this.part(room).presence.who(room); }
+
+  /** Publishes `payload` on the control channel (first instance): every node whose store has `control` hears it, this one too. */
+  async publishControl(payload: string): Promise<void> {
+    await this.parts[0]!.conn.call(['PUBLISH', CONTROL_CHANNEL, payload], 'publish a control message');
+  }
 
   /** Connections present in the room over all nodes. */
   async connections(room: string): Promise<number> {

@@ -28,6 +28,8 @@ export function cidKey(room: string, user: string, cid: string): string {
 export function roomChannel(room: string): string { return `${PREFIX}r:${room}`; }
 /** A node's own service channel (the idle probe of its subscriber). */
 export function nodeChannel(node: string): string { return `${PREFIX}n:${node}`; }
+/** The control channel: the HTTP API's kick and disconnect, told to every node (docs/CLUSTER.md §9). */
+export const CONTROL_CHANNEL = `${PREFIX}ctl`;
 /** The node's heartbeat: exists while the node is alive (TTL). */
 export function nodeAliveKey(node: string): string { return `${PREFIX}node:${node}`; }
 /** Set of rooms in which the node has presence entries (what a sweep of a dead node visits). */

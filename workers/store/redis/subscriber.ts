@@ -17,11 +17,13 @@ import { backoffMs, type RedisConnection } from './connection.js';
 import { RedisUnavailableError } from './errors.js';
 import type { RedisHistory } from './history.js';
 import { RoomFeeds, type FeedEvents } from './continuity.js';
-import { nodeChannel, roomChannel, roomOfChannel } from './keys.js';
+import { CONTROL_CHANNEL, nodeChannel, roomChannel, roomOfChannel } from './keys.js';
 import { decodeRoomEvent, WireError, type ChannelEvent } from './wire.js';
 
 export interface SubscriberEvents extends FeedEvents {
   presence(room: string, user: string, state: 'join' | 'leave'): void;
+  /** A payload on the control channel (only with `control` set). */
+  control?(payload: Buffer): void;
   health(healthy: boolean): void;
 }
 
@@ -42,11 +44,13 @@ export interface SubscriberOptions {
   connectTimeoutMs?: number;
   /** A SUBSCRIBE's deadline, ms (then the join gets `unavailable`). */
   subscribeTimeoutMs?: number;
+  /** Also subscribe CONTROL_CHANNEL (one store per node does) and report its payloads as `control`. */
+  control?: boolean;
 }
 
 export const DEFAULT_SUBSCRIBER = {
   probeIntervalMs: 2_000, probeTimeoutMs: 1_000, maxPendingPerRoom: 1024, fillBatch: 500, recentPerRoom: 64, roomTtlMs: 0,
-  reconnectMinMs: 50, reconnectMaxMs: 2_000, connectTimeoutMs: 800, subscribeTimeoutMs: 800,
+  reconnectMinMs: 50, reconnectMaxMs: 2_000, connectTimeoutMs: 800, subscribeTimeoutMs: 800, control: false,
 } as const;
 
 function createPubSubClient(url: string, connectTimeoutMs: number) {
@@ -162,6 +166,7 @@ export class RedisSubscriber {
     try {
       await client.connect();
       await client.subscribe(nodeChannel(this.o.node), this.listener, true);
+      if (this.o.control) await client.subscribe(CONTROL_CHANNEL, this.listener, true);
       const channels = [...this.feeds.names()].map(roomChannel);
       for (let i = 0; i < channels.length; i += 1000) await client.subscribe(channels.slice(i, i + 1000), this.listener, true);
     } catch (err) {
@@ -231,6 +236,7 @@ export class RedisSubscriber {
       }
       return;
     }
+    if (channel === CONTROL_CHANNEL) { if (this.o.control) this.events.control?.(payload); return; }
     const room = roomOfChannel(channel);
     if (room === null || !this.feeds.has(room)) return;
     let ev: ChannelEvent;
