@@ -63,7 +63,7 @@ export interface ClusterOptions {
   /** Extra CLI arguments for every node (after the defaults, so they win). */
   args?: string[];
   shards?: number;
-  /** How long each node may take to answer /readyz 200 (default 15 s). */
+  /** How long each node may take to listen and answer /readyz 200 (default 30 s: a loaded 2-core machine starts 3 nodes slowly). */
   readyMs?: number;
 }
 
@@ -193,7 +193,7 @@ export async function startCluster(t: TestContext, opts: ClusterOptions = {}): P
   if (redis === null) return null;
   const shards = opts.shards ?? 2;
   const args = opts.args ?? [];
-  const readyMs = opts.readyMs ?? 15_000;
+  const readyMs = opts.readyMs ?? 30_000;
   const nodes: ClusterNode[] = [];
   let admin: RedisConnection | null = null;
 
