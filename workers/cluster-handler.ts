@@ -559,7 +559,7 @@ export class ClusterHandler {
     };
     this.aim(op.room);
     this.out.emit(OUT_JOINED, c.id, op.room, (m) => writeJoined(m, this.nb, this.nbLen, op.ref, res.epoch, res.seq, res.unread, res.members.length, res.truncated, page));
-    if (o.events === true && res.first) {
+    if (o.events === true && res.first && !op.replay) {
       presenceEvent(this.ring, { name: op.room, epoch: res.epoch, users: { size: res.members.length } }, op.user, 'join', c.id);
       this.out.written();
     }

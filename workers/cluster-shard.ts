@@ -102,7 +102,9 @@ export async function runClusterShard(task: ClusterShardTask): Promise<{ index: 
     clearInterval(keepAlive);
     clearInterval(health);
     stats[S_UP] = 0;
-    await h.store.close().catch(() => undefined);
+    // After a drain the store is closed already (gracefully); after a crash it closes without
+    // leaving presence: the restarted shard rejoins the same connections under the same node id.
+    await h.store.close(false).catch(() => undefined);
     publishStats();
   }
 }

@@ -286,17 +286,25 @@ export class ClusterStore {
     }));
   }
 
-  /** Leaves every local presence entry (their leave events go out), then closes. Safe to call twice. */
-  async close(): Promise<void> {
+  /**
+   * Leaves every local presence entry (their leave events go out) and deletes the heartbeat, then
+   * closes. Safe to call twice. `graceful` false (a crashed shard about to be restarted under the
+   * same node id): entries and heartbeat stay, so the restarted store's joins of the same
+   * connections change no count and make no events; should it not come back, the entries go with
+   * the heartbeat's TTL like a dead node's.
+   */
+  async close(graceful = true): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.timer !== null) clearInterval(this.timer);
-    const leaves: Promise<unknown>[] = [];
-    for (const [room, conns] of this.local) {
-      for (const [conn, user] of conns) leaves.push(this.part(room).presence.leave(room, conn, user));
+    if (graceful) {
+      const leaves: Promise<unknown>[] = [];
+      for (const [room, conns] of this.local) {
+        for (const [conn, user] of conns) leaves.push(this.part(room).presence.leave(room, conn, user));
+      }
+      await Promise.allSettled(leaves);
+      await Promise.allSettled(this.parts.map((p) => p.presence.retire()));
     }
-    await Promise.allSettled(leaves);
-    await Promise.allSettled(this.parts.map((p) => p.presence.retire()));
     this.local.clear();
     this.following.clear();
     for (const p of this.parts) {
