@@ -72,6 +72,8 @@ interface CConn {
   busy: boolean;
   /** An anonymous connection (IN_FRAME_ANON): no cursor of its own is kept. */
   anon: boolean;
+  /** The connection's user, from its joins: the main thread sends it with joins only, not with pubs. */
+  user: string;
 }
 
 interface AckWait { readonly epoch: string; readonly seq: number; readonly release: () => void }
@@ -218,7 +220,7 @@ export class ClusterHandler {
   private conn(id: number): CConn {
     let c = this.conns.get(id);
     if (c === undefined) {
-      c = { id, rooms: new Set(), slots: [], waiting: [], busy: false, anon: false };
+      c = { id, rooms: new Set(), slots: [], waiting: [], busy: false, anon: false, user: '' };
       this.conns.set(id, c);
     }
     return c;
@@ -238,12 +240,13 @@ export class ClusterHandler {
         const anon = (b[off + 2]! & IN_FRAME_ANON) !== 0;
         const since = isAbsent(f.since) ? null : f.since;
         const sinceEpoch = since === null || f.epochStart < 0 ? null : asciiString(b, f.epochStart, f.epochEnd);
+        if (user !== '') c.user = user;
         this.enqueue(c, { k: 'join', room, user, anon, ref: f.ref, since, sinceEpoch, principal: anon ? `a${getU32(b, off + 12)}` : `u${user}`, replay: false });
         return;
       }
       case T_PUB: {
         const cid = f.cidStart < 0 ? null : asciiString(b, f.cidStart, f.cidEnd);
-        this.enqueue(c, this.pubOp(room, user, f.ref, b, f.bodyStart, f.bodyEnd, cid));
+        this.enqueue(c, this.pubOp(room, user === '' ? c.user : user, f.ref, b, f.bodyStart, f.bodyEnd, cid));
         return;
       }
       case T_LEAVE: this.enqueue(c, { k: 'leave', room, ref: f.ref }); return;
@@ -272,7 +275,9 @@ export class ClusterHandler {
 
   private onReplay(b: Uint8Array, off: number, end: number): void {
     const { conn, user, room, anon } = readReplay(b, off, end);
-    this.enqueue(this.conn(conn), { k: 'join', room, user, anon, ref: -1, since: null, sinceEpoch: null, principal: '', replay: true });
+    const c = this.conn(conn);
+    if (user !== '') c.user = user;
+    this.enqueue(c, { k: 'join', room, user, anon, ref: -1, since: null, sinceEpoch: null, principal: '', replay: true });
   }
 
   // ---- per-connection order -------------------------------------------------------------------
@@ -788,8 +793,9 @@ function cutByBytes(msgs: readonly RedisMessage[], maxBytes: number): boolean {
  * but the stream no longer has it, told apart from a page that maxHistBytes cut short.
  */
 function histTruncated(msgs: readonly RedisMessage[], limit: number, seq: number, before: number, after: number, maxBytes: number): boolean {
-  if (msgs.length >= limit || cutByBytes(msgs, maxBytes)) return false;
+  // After an anchor: truncated when the page does not start right after it (trimmed), full or not.
   if (!isAbsent(after)) return msgs.length > 0 ? msgs[0]!.seq > after + 1 : after + 1 <= seq;
+  if (msgs.length >= limit || cutByBytes(msgs, maxBytes)) return false;
   const hi = isAbsent(before) ? seq : Math.min(before - 1, seq);
   const lo = Math.max(1, hi - limit + 1);
   return lo <= hi && (msgs.length === 0 || msgs[0]!.seq > lo);

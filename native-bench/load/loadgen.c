@@ -122,6 +122,8 @@ typedef struct thread {
 static int cfg_proto = PROTO_SHARDCHAT;
 static const char *cfg_host = "127.0.0.1";
 static int cfg_port = 0;
+/* Cross-node runs (native-bench/cluster): members with an odd index connect to this port instead. */
+static int cfg_port2 = 0;
 static int cfg_rooms = 10, cfg_members = 100, cfg_senders = 10, cfg_size = 128, cfg_window = 8, cfg_threads = 1;
 static double cfg_warmup = 2.0, cfg_duration = 5.0, cfg_drain = 5.0, cfg_setup_timeout = 30.0;
 static int cfg_connect_inflight = 200;
@@ -689,6 +691,8 @@ static void flush_out(conn_t *c) {
   if (c->want_out) { c->want_out = 0; set_events(c, EPOLLIN); }
 }
 
+static int port_of(const conn_t *c) { return cfg_port2 > 0 && (c->member & 1) ? cfg_port2 : cfg_port; }
+
 static void handshake(conn_t *c) {
   char req[512];
   char rn[16];
@@ -696,7 +700,7 @@ static void handshake(conn_t *c) {
   int n = snprintf(req, sizeof req,
                    "GET %s%cuser=u%d_%d&room=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: c2hhcmRjaGF0LWxvYWRnZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                   cfg_path, strchr(cfg_path, '?') ? '&' : '?', c->room, c->member, rn, cfg_host, cfg_port);
+                   cfg_path, strchr(cfg_path, '?') ? '&' : '?', c->room, c->member, rn, cfg_host, port_of(c));
   out_append(c, (const uint8_t *)req, (size_t)n);
   c->state = ST_HANDSHAKE;
 }
@@ -712,7 +716,7 @@ static int start_connect(conn_t *c) {
   }
   c->cycle_t0 = now_ns();
   c->recycle = 0;
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg_port)};
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port_of(c))};
   inet_pton(AF_INET, cfg_host, &a.sin_addr);
   c->fd = fd;
   c->state = ST_CONNECTING;
@@ -1037,7 +1041,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: loadgen --port P [--host 127.0.0.1] [--proto plain|shardchat] [--rooms 10] [--members 100]\n"
           "  [--senders 10] [--size 128] [--window 8] [--threads 1] [--warmup 2] [--duration 5] [--drain 5]\n"
-          "  [--server-pid PID] [--cores 0,1] [--connect-inflight 200] [--path /ws] [--setup-timeout 30]\n"
+          "  [--port2 P (members with an odd index connect there: a cross-node run)] [--server-pid PID] [--cores 0,1] [--connect-inflight 200] [--path /ws] [--setup-timeout 30]\n"
           "  [--proto socketio (--path /socket.io/?EIO=4&transport=websocket)]\n"
           "  [--rate MSGS_PER_S (open loop: sends per second, all senders)] [--idle-hold S (no sends; server RSS)]\n"
           "  [--churn 1 (close every connection once ready, reconnect)] [--stall N (last member of rooms 0..N-1 stops reading)]\n");
@@ -1050,6 +1054,7 @@ int main(int argc, char **argv) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name) (strcmp(a, name) == 0 && v && (i++, 1))
     if (OPT("--port")) cfg_port = atoi(v);
+    else if (OPT("--port2")) cfg_port2 = atoi(v);
     else if (OPT("--host")) cfg_host = v;
     else if (OPT("--proto")) cfg_proto = strcmp(v, "plain") == 0 ? PROTO_PLAIN : strcmp(v, "shardchat") == 0 ? PROTO_SHARDCHAT : strcmp(v, "socketio") == 0 ? PROTO_SOCKETIO : (usage(), 0);
     else if (OPT("--rate")) cfg_rate = atof(v);

@@ -67,6 +67,8 @@ export class RedisConnection {
   private closed = false;
   /** The last error the socket reported (for logs and /readyz bodies). */
   lastError: Error | null = null;
+  /** +1 each time the socket becomes ready (a reconnect may reach a Redis with an empty script cache). */
+  generation = 0;
 
   constructor(readonly options: RedisConnectionOptions) {
     this.client = createRedisClient(options);
@@ -75,6 +77,7 @@ export class RedisConnection {
     // node-redis emits 'error' for every failed socket and reconnects by itself: record it,
     // never let it become an uncaught exception.
     this.client.on('error', (err: Error) => { this.lastError = err; });
+    this.client.on('ready', () => { this.generation++; });
   }
 
   /**

@@ -1,7 +1,7 @@
 /**
  * The Lua scripts of cluster mode. Each runs atomically in Redis, so no node owns a room: the
  * script that sequences a message also stores it and publishes it, in one step. Scripts are sent
- * with EVALSHA and fall back to EVAL on NOSCRIPT (a restarted Redis has an empty script cache).
+ * with EVAL until one succeeded on the connection since it (re)connected, then EVALSHA (Script.run).
  *
  * Wire formats the scripts produce (decoded by wire.ts):
  * - room channel, message:  'm' | seq (8 bytes BE) | epoch length (1 byte) | epoch | frame
@@ -14,16 +14,33 @@ import type { RedisConnection, Reply } from './connection.js';
 
 export class Script {
   readonly sha: string;
+  /** The connection generation in which an EVAL of this script succeeded (then EVALSHA is safe). */
+  private readonly loaded = new WeakMap<RedisConnection, number>();
   constructor(readonly name: string, readonly source: string) {
     this.sha = createHash('sha1').update(source).digest('hex');
   }
 
+  /**
+   * EVAL until one EVAL has succeeded on this connection since it (re)connected, EVALSHA after.
+   * Calls of one connection run in order only if none takes the NOSCRIPT detour: an EVALSHA
+   * answered NOSCRIPT and re-sent as EVAL ran after an EVALSHA sent later that found the script
+   * (another connection had loaded it meanwhile), so a room's later batch got the lower seqs
+   * (seen on a fresh Redis: one connection's pubs acked out of send order).
+   */
   async run(conn: RedisConnection, keys: readonly RedisArgument[], args: readonly RedisArgument[], operation: string): Promise<Reply> {
     const tail = [String(keys.length), ...keys, ...args];
+    const gen = conn.generation;
+    if (this.loaded.get(conn) !== gen) {
+      const r = await conn.call(['EVAL', this.source, ...tail], operation);
+      this.loaded.set(conn, gen);
+      return r;
+    }
     try {
       return await conn.call(['EVALSHA', this.sha, ...tail], operation);
     } catch (err) {
+      // Only after a SCRIPT FLUSH on a live connection.
       if (!(err instanceof ErrorReply) || !err.message.startsWith('NOSCRIPT')) throw err;
+      this.loaded.delete(conn);
       return conn.call(['EVAL', this.source, ...tail], operation);
     }
   }
