@@ -27,14 +27,15 @@
 import { MsgSizer, MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
 import {
   ClientFrame, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_ROOM_LIMIT, E_UNAVAILABLE, T_HIST, T_JOIN, T_LEAVE, T_PUB, T_READ, T_WHO,
-  DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, isAbsent, writeErr, writeMsg,
+  isAbsent, writeErr, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
   ADMIN_OPS, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY,
   IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_CONTROL, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32, readReplay, readServerPub,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
-import { type AdminArgs, MAX_ROOMS_PAGE, adminError, pageRange } from './admin.js';
+import { type AdminArgs, adminError } from './admin.js';
+import { clusterAdmin, cutByBytes } from './cluster-admin.js';
 import { CreationLimiter } from './creation.js';
 import { ShardEvents } from './events.js';
 import { CREATION_TABLE_ENTRIES, type HandlerOptions } from './handler.js';
@@ -112,8 +113,6 @@ type Op =
   | { k: 'hist'; room: string; ref: number; before: number; after: number; limit: number }
   | { k: 'who'; room: string; ref: number }
   | { k: 'close' };
-
-const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
 export class ClusterHandler {
   readonly store: ClusterStore;
@@ -660,7 +659,7 @@ export class ClusterHandler {
       return;
     }
     this.opsInFlight++;
-    this.admin(req, op, args).catch((err: unknown) => {
+    clusterAdmin({ store: this.store, out: this.out, rooms: this.rooms, maxHistBytes: this.opts.maxHistBytes }, req, op, args).catch((err: unknown) => {
       const e = err as Error;
       this.adminReply(req, (m) => adminError(m, err instanceof RedisUnavailableError ? 'unavailable' : 'internal', e.message));
     }).finally(() => { this.opsInFlight--; this.notifyIdle(); });
@@ -670,61 +669,6 @@ export class ClusterHandler {
     this.out.emit(OUT_ADMIN_REPLY, req, '', put);
   }
 
-  private async admin(req: number, op: string, args: AdminArgs): Promise<void> {
-    const name = typeof args.room === 'string' ? args.room : '';
-    switch (op) {
-      case 'rooms': {
-        // This shard's rooms on this node (the rooms it has members in), as in single-node mode.
-        const after = typeof args.after === 'string' ? args.after : '';
-        const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_ROOMS_PAGE) : 100;
-        const names = [...this.rooms.keys()].filter((n) => n > after).sort().slice(0, limit);
-        this.adminReply(req, (m) => {
-          m.mapHeader(1).str('rooms').arrayHeader(names.length);
-          for (const n of names) m.mapHeader(2).str('room').str(n).str('connections').uint(this.rooms.get(n)!.members.size);
-        });
-        return;
-      }
-      case 'presence': {
-        const [users, connections] = await Promise.all([this.store.who(name), this.store.connections(name)]);
-        this.adminReply(req, (m) => {
-          m.mapHeader(2).str('users').arrayHeader(users.length);
-          for (const u of users) m.str(u);
-          m.str('connections').uint(connections);
-        });
-        return;
-      }
-      case 'history': {
-        const meta = await this.store.meta(name);
-        if (meta.epoch === null || meta.seq === 0) {
-          this.adminReply(req, (m) => { m.mapHeader(3).str('epoch').nil().str('seq').uint(0).str('msgs').arrayHeader(0); });
-          return;
-        }
-        const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_HIST_LIMIT) : DEFAULT_HIST_LIMIT;
-        const before = isSeq(args.before) ? args.before : undefined;
-        const after = isSeq(args.after) ? args.after : undefined;
-        const msgs = await this.store.hist(name, { limit, ...(before === undefined ? {} : { before }), ...(after === undefined ? {} : { after }) });
-        const { lo, hi } = pageRange(args, meta.seq, 1);
-        const truncated = lo <= hi && (msgs.length === 0 || msgs[0]!.seq > lo) && !cutByBytes(msgs, this.opts.maxHistBytes);
-        const epoch = meta.epoch;
-        this.adminReply(req, (m) => {
-          m.mapHeader(4).str('epoch').str(epoch).str('seq').uint(meta.seq).str('truncated').bool(truncated);
-          m.str('msgs').arrayHeader(msgs.length);
-          for (const x of msgs) m.raw(x.frame, 0, x.frame.byteLength);
-        });
-        return;
-      }
-      case 'redact':
-        this.adminReply(req, (m) => adminError(m, 'not_supported', 'redact is not available in cluster mode (docs/CLUSTER.md)'));
-        return;
-      case 'control':
-        // A kick or disconnect for every node: published as the main thread wrote it.
-        await this.store.publishControl(JSON.stringify(args));
-        this.adminReply(req, (m) => { m.mapHeader(1).str('ok').bool(true); });
-        return;
-      default:
-        this.adminReply(req, (m) => adminError(m, 'bad_request', `unknown op ${op}`));
-    }
-  }
 
   // ---- drain ----------------------------------------------------------------------------------
 
@@ -779,14 +723,6 @@ function refOf(op: Op): number {
   return 'ref' in op ? op.ref : -1;
 }
 
-
-/** True when maxBytes (not the range) is what ended the page: one more message of its size would not have fit. */
-function cutByBytes(msgs: readonly RedisMessage[], maxBytes: number): boolean {
-  let bytes = 0;
-  let largest = 0;
-  for (const m of msgs) { bytes += m.frame.byteLength; if (m.frame.byteLength > largest) largest = m.frame.byteLength; }
-  return bytes + largest > maxBytes;
-}
 
 /**
  * `hist`'s `truncated` from a Redis page: some of the range asked for existed once (seq >= 1)

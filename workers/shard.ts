@@ -31,7 +31,7 @@ import {
 } from '../engine/metrics/shard-stats.js';
 import { Handler, type HandlerOptions } from './handler.js';
 import { SqliteStore, StoreError, type FsyncMode, type Store } from './store/index.js';
-import { runClusterShard, type ClusterShardTask } from './cluster-shard.js';
+import type { ClusterShardTask } from './cluster-shard.js';
 
 export interface ShardTask extends HandlerOptions {
   index: number;
@@ -75,7 +75,11 @@ function storeFailure(e: unknown): unknown {
 }
 
 export async function runShard(task: ShardTask): Promise<ShardResult> {
-  if (task.cluster !== null) return runClusterShard({ ...task, cluster: task.cluster });
+  if (task.cluster !== null) {
+    // Loaded only in cluster mode: a single-node shard never loads the Redis client.
+    const { runClusterShard } = await import('./cluster-shard.js');
+    return runClusterShard({ ...task, cluster: task.cluster });
+  }
   let store: Store | null;
   try {
     store = openStore(task);
