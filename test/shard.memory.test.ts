@@ -10,6 +10,7 @@ import { openClient, startEngine } from './helpers/engine.js';
 import { httpGet, waitFor } from './helpers/client.js';
 import { ShardBench, inClose } from './helpers/handler.js';
 import { Histories, History } from '../workers/history.js';
+import { seededRandom } from '../engine/client/backoff.js';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 /** Heap + ArrayBuffer bytes of this thread after a full GC (tests run with --expose-gc). */
@@ -222,4 +223,48 @@ test('over the budget, the least recently published room loses its oldest messag
   assert.equal(hs.messages, a.count + b.count + c.count);
   hs.clear(a); hs.clear(b); hs.clear(c);
   assert.deepEqual([hs.bytes, hs.messages, hs.buffersHeld], [0, 0, 0]);
+});
+
+test('histories under a small budget: random frames, limits, evictions, shrinks and replaces keep every room equal to a model of what it keeps', () => {
+  for (const seed of [1, 2, 3]) {
+    const rnd = seededRandom(seed);
+    const limit = 40;
+    const hs = new Histories(limit, 96 << 10);
+    const rooms = Array.from({ length: 12 }, () => ({ h: new History(), kept: [] as Uint8Array[] }));
+    let evictedSeen = 0;
+    for (let step = 0; step < 6000; step++) {
+      const room = rooms[Math.floor(rnd() * rnd() * rooms.length)]!; // uneven: low rooms busier
+      const x = rnd();
+      if (x < 0.02 && room.kept.length > 0) {
+        // a redaction's tombstone, shorter or longer, in a ring entry or a pooled one
+        const i = Math.floor(rnd() * room.kept.length);
+        const t = new Uint8Array(1 + Math.floor(rnd() * 400)).fill(step & 0xff);
+        hs.replace(room.h, i, t, 0, t.byteLength);
+        room.kept[i] = t;
+      } else {
+        const len = x < 0.06 ? 4097 + Math.floor(rnd() * 9000) : 1 + Math.floor(rnd() * 700);
+        const f = new Uint8Array(len);
+        for (let k = 0; k < len; k += 61) f[k] = (step + k) & 0xff;
+        if (hs.push(room.h, f, 0, len)) room.kept.push(f); else room.kept.length = 0;
+        if (room.kept.length > limit) room.kept.shift();
+      }
+      // evictions drop the oldest of some room: bring the models down to what each room keeps
+      for (const r of rooms) while (r.kept.length > r.h.count) r.kept.shift();
+      assert.ok(hs.bytes <= hs.budgetBytes, `step ${step}: ${hs.bytes} charged over ${hs.budgetBytes}`);
+      if (step % 50 === 0 || hs.evicted !== evictedSeen) {
+        evictedSeen = hs.evicted;
+        let charged = 0; let msgs = 0;
+        for (const r of rooms) {
+          assert.equal(r.h.count, r.kept.length);
+          for (let i = 0; i < r.kept.length; i++) assert.deepEqual(r.h.at(i).subarray(0, r.h.len(i)), r.kept[i], `seed ${seed} step ${step} entry ${i}`);
+          charged += r.h.charge(); msgs += r.h.count;
+        }
+        assert.equal(hs.bytes, charged);
+        assert.equal(hs.messages, msgs);
+      }
+    }
+    assert.ok(hs.evicted > 0, 'the budget evicted');
+    for (const r of rooms) hs.clear(r.h);
+    assert.deepEqual([hs.bytes, hs.messages, hs.buffersHeld], [0, 0, 0]);
+  }
 });

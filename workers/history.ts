@@ -101,6 +101,11 @@ export class History {
     return this.buf.byteLength;
   }
 
+  /** Bytes of the ring in use: entries, gaps of shortened ones, a skipped tail. */
+  get ringUsed(): number {
+    return this.used;
+  }
+
   /** Frame bytes of the pooled entries, and of the ring's. */
   private pooledLive = 0;
   get ringLive(): number {
@@ -202,6 +207,7 @@ export class History {
    */
   resize(cap: number, ri = -1, src: Uint8Array = EMPTY, start = 0, len = 0): void {
     const nb = cap === 0 ? EMPTY : new Uint8Array(cap);
+    if (ri < 0 && this.ringCount > 0 && this.moveRing(nb)) return;
     const offs: number[] = [];
     const lens: number[] = [];
     let p = 0;
@@ -225,6 +231,44 @@ export class History {
     this.tb = p;
     this.used = p;
     this.live = live;
+  }
+
+  /**
+   * resize() without a replacement: the ring's bytes move in one copy, or two when it wraps
+   * ([hb, the end of the last entry before the wrap), then [0, tb)), gaps of shortened entries
+   * and all; only the offsets are rewritten. False (nothing done) when those gaps make it not fit.
+   */
+  private moveRing(nb: Uint8Array): boolean {
+    const hb = this.hb;
+    const tb = this.tb;
+    const n = this.count;
+    let e1 = tb; // end of the part that starts at hb
+    if (tb <= hb) {
+      e1 = hb;
+      for (let i = 0; i < n; i++) {
+        const o = this.offs[this.head + i]!;
+        if (o >= hb) { const e = o + this.lens[this.head + i]!; if (e > e1) e1 = e; }
+      }
+    }
+    const second = e1 - hb;
+    if (second + (tb <= hb ? tb : 0) > nb.byteLength) return false;
+    nb.set(this.buf.subarray(hb, e1), 0);
+    if (tb <= hb) nb.set(this.buf.subarray(0, tb), second);
+    const offs: number[] = new Array<number>(n);
+    const lens: number[] = new Array<number>(n);
+    for (let i = 0; i < n; i++) {
+      const o = this.offs[this.head + i]!;
+      offs[i] = o < 0 ? -1 : o >= hb ? o - hb : o + second;
+      lens[i] = this.lens[this.head + i]!;
+    }
+    this.buf = nb;
+    this.offs = offs;
+    this.lens = lens;
+    this.head = 0;
+    this.hb = 0;
+    this.tb = tb <= hb ? second + tb : tb - hb;
+    this.used = this.tb;
+    return true;
   }
 
   /** True when the i-th kept entry is a pooled frame. */
@@ -335,9 +379,10 @@ export class Histories {
       h.appendPooled(b, len);
     } else if (!h.append(src, start, len)) {
       // Full: grow to 1.25x what it must hold, within the budget (the evictions below make room).
-      const need = h.ringLive + len;
+      // What it holds is counted as the bytes in use (gaps of shortened entries move with them).
+      const need = h.ringUsed + len;
       h.resize(Math.max(need, Math.min(capFor(need), this.budgetBytes - BUFFER_OVERHEAD)));
-      h.append(src, start, len);
+      if (!h.append(src, start, len)) throw new Error(`history: a ${len} B frame did not fit the ${h.capacity} B buffer grown for it`);
     }
     this.messages++;
     if (h.count > this.historyLimit) this.dropOldest(h, 3);
