@@ -7,9 +7,10 @@
  * the tail, the oldest leaves from the head, and an entry that does not fit before the end of the
  * buffer starts at 0 (the tail is skipped, as in engine/ring). So storing a message allocates
  * nothing but two array slots (its offset and length): no buffer per message, no pool lookup, no
- * ArrayBuffer for the GC to track. A buffer that is full grows to 1.25x what it must hold
- * (copying the entries, compacted); one left holding much less than its size shrinks to 1.25x what
- * it holds (see shrinkIfSparse); an empty history holds no buffer. Measured before this
+ * ArrayBuffer for the GC to track. A buffer that is full grows (copying the entries, compacted):
+ * it doubles up to about 1.25x what the room's historyLimit of such frames takes, then by 1.25x;
+ * one left holding much less than its size shrinks to 1.25x what it holds (see shrinkIfSparse);
+ * an empty history holds no buffer. Measured before this
  * (many-small-2000x2): a pooled buffer per message (WeakMap entry, ArrayBuffer, backing store)
  * took about 40% of the shard's CPU while histories filled, in `acquire` and the GC.
  *
@@ -77,8 +78,8 @@ export class History {
   private shifted = 0;
   /** Pooled frames by entry number (null until the first). */
   private ext: Map<number, Uint8Array> | null = null;
-  /** Entries in the ring (not pooled). */
-  private ringCount = 0;
+  /** Entries in the ring (not pooled); read-only outside. */
+  ringCount = 0;
   /** Where the oldest ring entry starts, where the next one goes, and the bytes between them (entries + a skipped tail). */
   private hb = 0;
   private tb = 0;
@@ -378,10 +379,15 @@ export class Histories {
       b.set(src.subarray(start, start + len));
       h.appendPooled(b, len);
     } else if (!h.append(src, start, len)) {
-      // Full: grow to 1.25x what it must hold, within the budget (the evictions below make room).
-      // What it holds is counted as the bytes in use (gaps of shortened entries move with them).
+      // Full: grow, within the budget (the evictions below make room). What it holds is counted
+      // as the bytes in use (gaps of shortened entries move with them). A room on its way to its
+      // historyLimit doubles, up to 1.25x the size its limit's worth of such frames takes: a
+      // filling room then leaves behind about its final size in old buffers for the GC, not the
+      // 4x that growing by 1.25x each time would. Past that it grows by 1.25x.
       const need = h.ringUsed + len;
-      h.resize(Math.max(need, Math.min(capFor(need), this.budgetBytes - BUFFER_OVERHEAD)));
+      const full = Math.ceil(((this.historyLimit + 1) * (h.ringLive + len)) / (h.ringCount + 1) * 1.25) + len;
+      const cap = Math.max(capFor(need), Math.min(2 * h.capacity, full));
+      h.resize(Math.max(need, Math.min(cap, this.budgetBytes - BUFFER_OVERHEAD)));
       if (!h.append(src, start, len)) throw new Error(`history: a ${len} B frame did not fit the ${h.capacity} B buffer grown for it`);
     }
     this.messages++;
