@@ -213,8 +213,9 @@ test('a message too large for the whole budget empties its room history rather t
 
 test('over the budget, the least recently published room loses its oldest messages first, and every room keeps its newest longest', () => {
   // Frames of 60 B. A room's charge is its buffer (at least 256 B) + 256 B + 32 B per entry:
-  // 4, 3 and 2 entries in 256 B buffers are 1,824 B; a 5th entry doubles a's buffer to 512 B (2,112 B).
-  const hs = new Histories(1000, 2048);
+  // 4, 3 and 2 entries in 256 B buffers are 1,824 B; a 5th entry grows a's buffer by 1.25x to
+  // 376 B (1,976 B; doubling it would not fit the budget).
+  const hs = new Histories(1000, 1920);
   const [a, b, c] = [new History(), new History(), new History()];
   const frame = new Uint8Array(60);
   const push = (h: History, n: number): void => { for (let i = 0; i < n; i++) assert.ok(hs.push(h, frame, 0, 60)); };

@@ -8,7 +8,8 @@
  * buffer starts at 0 (the tail is skipped, as in engine/ring). So storing a message allocates
  * nothing but two array slots (its offset and length): no buffer per message, no pool lookup, no
  * ArrayBuffer for the GC to track. A buffer that is full grows (copying the entries, compacted):
- * it doubles up to about 1.25x what the room's historyLimit of such frames takes, then by 1.25x;
+ * it doubles up to about 1.25x what the room's historyLimit of such frames takes (while the shard
+ * is under its budget), then by 1.25x;
  * one left holding much less than its size shrinks to 1.25x what it holds (see shrinkIfSparse);
  * an empty history holds no buffer. Measured before this
  * (many-small-2000x2): a pooled buffer per message (WeakMap entry, ArrayBuffer, backing store)
@@ -384,9 +385,13 @@ export class Histories {
       // historyLimit doubles, up to 1.25x the size its limit's worth of such frames takes: a
       // filling room then leaves behind about its final size in old buffers for the GC, not the
       // 4x that growing by 1.25x each time would. Past that it grows by 1.25x.
+      // Doubling only while the shard has the budget for it: at the budget it would take the bytes
+      // from other rooms, whose buffers would shrink (a copy) only for this one to outgrow what it
+      // got; 1.25x keeps the churn of rooms sharing a full budget small.
       const need = h.ringUsed + len;
       const full = Math.ceil(((this.historyLimit + 1) * (h.ringLive + len)) / (h.ringCount + 1) * 1.25) + len;
-      const cap = Math.max(capFor(need), Math.min(2 * h.capacity, full));
+      const doubled = Math.min(2 * h.capacity, full);
+      const cap = Math.max(capFor(need), this.bytes - h.capacity + doubled <= this.budgetBytes ? doubled : 0);
       h.resize(Math.max(need, Math.min(cap, this.budgetBytes - BUFFER_OVERHEAD)));
       if (!h.append(src, start, len)) throw new Error(`history: a ${len} B frame did not fit the ${h.capacity} B buffer grown for it`);
     }
