@@ -12,6 +12,7 @@ import { guardHandles } from './helpers/leaks.js';
 import { connectRedis, startRedis, type RedisServer } from './helpers/redis-server.js';
 import { openClient, joinRoom, startEngine } from './helpers/engine.js';
 import { TestClient, httpGet, waitFor, type Frame } from './helpers/client.js';
+import { SignJWT } from 'jose';
 import { createEngine, type Engine, type EngineOptions } from '../engine/index.js';
 
 guardHandles();
@@ -351,4 +352,24 @@ test('webhooks in cluster mode: message.published once per message cluster-wide,
   const joins = events.filter((e) => e.type === 'member.joined').map((e) => e.user).sort();
   assert.deepEqual(joins, ['ann', 'bob'], 'member.joined once per user, whatever the tabs and nodes');
   assert.equal(events.filter((e) => e.type === 'room.occupied').length, 1, 'room.occupied once');
+});
+
+test('a token with an info claim joins, publishes and is listed in cluster mode (info itself is not shown across nodes yet)', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const secret = 'a-test-secret-of-at-least-32-bytes!!';
+  const token = (claims: Record<string, unknown>): Promise<string> =>
+    new SignJWT({ exp: Math.floor(Date.now() / 1000) + 300, ...claims }).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(secret));
+  const [a, b] = await Promise.all([node(t, redis, 'ia', { jwtSecret: secret }), node(t, redis, 'ib', { jwtSecret: secret })]);
+  const room = 'with-info';
+  const alice = await openClient(t, a, undefined, { path: `/ws?token=${encodeURIComponent(await token({ sub: 'alice', info: { name: 'Alice' } }))}` });
+  const bob = await openClient(t, b, undefined, { path: `/ws?token=${encodeURIComponent(await token({ sub: 'bob' }))}` });
+  await joinRoom(alice, room);
+  await joinRoom(bob, room);
+  const ack = await alice.request({ t: 'pub', room, body: 'hi' });
+  assert.equal(ack.t, 'ack', JSON.stringify(ack));
+  await waitFor(() => msgs(bob, room).length === 1, 'bob got alice\'s message');
+  assert.equal(msgs(bob, room)[0]!.from, 'alice');
+  const who = await bob.request({ t: 'who', room });
+  assert.deepEqual([...(who.users as string[])].sort(), ['alice', 'bob']);
 });
