@@ -9,6 +9,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { guardHandles } from './helpers/leaks.js';
+import { apiPost, type ApiReply } from './helpers/api.js';
 import { connectRedis, startRedis, type RedisServer } from './helpers/redis-server.js';
 import { openClient, joinRoom, startEngine } from './helpers/engine.js';
 import { TestClient, httpGet, waitFor, type Frame } from './helpers/client.js';
@@ -27,22 +28,7 @@ const msgs = (c: TestClient, room: string): Frame[] => c.framesOf('msg', room);
 const seqs = (c: TestClient, room: string): number[] => msgs(c, room).map((f) => Number(f.seq));
 const range = (a: number, b: number): number[] => Array.from({ length: b - a + 1 }, (_, i) => a + i);
 
-function post(port: number, method: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const data = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const headers = { connection: 'close', 'content-type': 'application/json', 'content-length': Buffer.byteLength(data), authorization: `Bearer ${KEY}` };
-    const req = http.request({ host: '127.0.0.1', port, path: `/api/v1/${method}`, method: 'POST', agent: false, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        res.socket?.destroy();
-        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown> }); } catch (e) { reject(e); }
-      });
-    });
-    req.on('error', reject);
-    req.end(data);
-  });
-}
+const post = (port: number, method: string, body: unknown): Promise<ApiReply> => apiPost(port, method, body, KEY);
 
 /** Every shard's shardchat_store_healthy gauge has value `v`. */
 const storeHealthy = (metrics: string, v: 0 | 1): boolean => ['0', '1'].every((k) => metrics.includes(`shardchat_store_healthy{shard="${k}"} ${v}`));

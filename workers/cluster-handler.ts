@@ -30,11 +30,11 @@ import {
   isAbsent, writeErr, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  ADMIN_OPS, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_FRAME_INFO, IN_REPLAY,
-  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_CONTROL, OUT_DRAINED, OUT_EVENT, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32, readReplay, readServerPub,
+  ADMIN_OPS, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY,
+  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_CONTROL, OUT_DRAINED, OUT_EVENT, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32, inFrameBounds, readReplay, readServerPub, type InFrameBounds,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
-import { type AdminArgs, adminError } from './admin.js';
+import { adminError, parseAdminArgs } from './admin.js';
 import { clusterAdmin, cutByBytes } from './cluster-admin.js';
 import { CreationLimiter } from './creation.js';
 import { ShardEvents } from './events.js';
@@ -138,6 +138,7 @@ export class ClusterHandler {
   private opsInFlight = 0;
   private readonly idleWaiters: (() => void)[] = [];
   private readonly scratchUsers: string[] = [];
+  private readonly bounds: InFrameBounds = { userStart: 0, infoLen: -1, frameEnd: 0 };
   /** Webhook events (HandlerOptions.events), with their bounded wait for ring room (workers/events.ts). */
   private readonly events: ShardEvents | null;
 
@@ -229,11 +230,9 @@ export class ClusterHandler {
   private onFrame(b: Uint8Array, off: number, end: number): void {
     const id = getU32(b, off + 4);
     const fs = off + IN_FRAME_BODY;
-    const ue = end - b[off + 1]!; // where the user starts (and the frame, or the info, ends)
-    // A join's identity info (records.ts): the frame, the info, its u32 length, then the user.
-    // Cluster mode does not show info yet (docs/CLUSTER.md §13): it is skipped, not parsed as frame.
-    const infoLen = (b[off + 2]! & IN_FRAME_INFO) === 0 ? -1 : getU32(b, ue - 4);
-    const fe = infoLen < 0 ? ue : ue - 4 - infoLen;
+    // A join's identity info (records.ts) ends the frame early; cluster mode does not show info
+    // yet (docs/CLUSTER.md §13): it is skipped, not parsed as part of the frame.
+    const { userStart: ue, frameEnd: fe } = inFrameBounds(b, off, end, this.bounds);
     const f = this.frame;
     const c = this.conn(id);
     if (f.scan(b, fs, fe, this.opts.maxBodyDepth) !== 0) { this.enqueue(c, { k: 'err', code: f.error, msg: f.message, ref: f.ref }); return; }
@@ -660,10 +659,8 @@ export class ClusterHandler {
   private onAdmin(b: Uint8Array, off: number, end: number): void {
     const req = getU32(b, off + 1);
     const op = ADMIN_OPS[b[off + 5]!] ?? '';
-    let args: AdminArgs;
-    try {
-      args = JSON.parse(Buffer.from(b.buffer, b.byteOffset + off + 6, end - off - 6).toString('utf8')) as AdminArgs;
-    } catch {
+    const args = parseAdminArgs(b, off, end);
+    if (args === null) {
       this.adminReply(req, (m) => adminError(m, 'bad_request', 'arguments are not JSON'));
       return;
     }
