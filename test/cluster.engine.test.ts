@@ -352,3 +352,47 @@ test('webhooks in cluster mode: message.published once per message cluster-wide,
   assert.deepEqual(joins, ['ann', 'bob'], 'member.joined once per user, whatever the tabs and nodes');
   assert.equal(events.filter((e) => e.type === 'room.occupied').length, 1, 'room.occupied once');
 });
+
+test('a quiet room with a member connected keeps its keys past several roomTtlMs (same epoch, seq goes on); a room nobody follows expires', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const TTL = 1500;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { roomTtlMs: TTL }), node(t, redis, 'nb', { roomTtlMs: TTL })]);
+  const admin = await connectRedis(t, redis.url);
+  const quiet = 'quiet-room';
+  const gone = 'nobody-room';
+  const sitter = await openClient(t, a, 'sit');
+  const j = await joinRoom(sitter, quiet);
+  const talker = await openClient(t, b, 'tal');
+  await joinRoom(talker, quiet);
+  assert.equal((await talker.request({ t: 'pub', room: quiet, body: 'before' })).seq, 1);
+  // The other room: one message, then its only member leaves.
+  const passer = await openClient(t, b, 'pas');
+  await joinRoom(passer, gone);
+  assert.equal((await passer.request({ t: 'pub', room: gone, body: 'x' })).t, 'ack');
+  assert.equal((await passer.request({ t: 'leave', room: gone })).t, 'left');
+  await talker.request({ t: 'leave', room: quiet });
+  await waitFor(() => msgs(sitter, quiet).length === 1, 'the sitter has the first message');
+  // Nothing is published for 3.5 TTLs; only the sitter (on A) is in the quiet room.
+  await new Promise((r) => setTimeout(r, TTL * 3.5));
+  assert.equal(await admin.call(['EXISTS', `sc:{${quiet}}:m`, `sc:{${quiet}}:h`, `sc:{${quiet}}:c`], 'exists'), 3, 'the followed room kept its meta, stream and cursors');
+  const pttl = Number(await admin.call(['PTTL', `sc:{${quiet}}:m`], 'pttl'));
+  assert.ok(pttl > 0 && pttl <= TTL, `the followed room's keys still expire (PTTL ${pttl})`);
+  assert.equal(await admin.call(['EXISTS', `sc:{${gone}}:m`, `sc:{${gone}}:h`, `sc:{${gone}}:c`], 'exists'), 0, 'the room nobody follows expired');
+  // The next message continues the epoch: seq 2, no unsolicited joined to the sitter.
+  await joinRoom(talker, quiet);
+  const ack = await talker.request({ t: 'pub', room: quiet, body: 'after' });
+  assert.equal(ack.seq, 2, JSON.stringify(ack));
+  await waitFor(() => msgs(sitter, quiet).length === 2, 'the sitter has the second message');
+  assert.deepEqual(seqs(sitter, quiet), [1, 2]);
+  assert.equal(msgs(sitter, quiet)[1]!.body, 'after');
+  const joins = sitter.framesOf('joined', quiet);
+  assert.equal(joins.length, 1, `no unsolicited joined: ${JSON.stringify(joins)}`);
+  const again = await openClient(t, b, 'sit');
+  const j2 = await joinRoom(again, quiet);
+  assert.equal(j2.epoch, j.epoch, 'same epoch');
+  assert.equal(j2.seq, 2);
+  // The room nobody followed starts over in a new epoch.
+  const back = await joinRoom(passer, gone);
+  assert.equal(back.seq, 0);
+});
