@@ -396,3 +396,54 @@ test('a quiet room with a member connected keeps its keys past several roomTtlMs
   const back = await joinRoom(passer, gone);
   assert.equal(back.seq, 0);
 });
+
+test('a big room over two nodes: the API\'s presence pages it (limit, cursor, maxHistBytes per page) and who is cut at maxHistBytes with truncated', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const MAX = 4096;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { apiKey: KEY, maxHistBytes: MAX }), node(t, redis, 'nb', { apiKey: KEY, maxHistBytes: MAX })]);
+  const room = 'big-presence';
+  // 150 users with 64-character ids (66 bytes each in a page: about 62 per 4096-byte page), half on
+  // each node, and second tabs of the first 10 on the other node.
+  const N = 150;
+  const names = Array.from({ length: N }, (_, i) => `u${String(i).padStart(3, '0')}-${'x'.repeat(59)}`);
+  const clients: TestClient[] = [];
+  for (let i = 0; i < N; i += 25) {
+    clients.push(...await Promise.all(names.slice(i, i + 25).map((u, k) => openClient(t, (i + k) % 2 === 0 ? a : b, u))));
+  }
+  for (let i = 0; i < N; i += 25) await Promise.all(clients.slice(i, i + 25).map((c) => joinRoom(c, room)));
+  const tabs = await Promise.all(names.slice(0, 10).map((u, i) => openClient(t, i % 2 === 0 ? b : a, u)));
+  await Promise.all(tabs.map((c) => joinRoom(c, room)));
+
+  for (const [port, limit] of [[a.port, undefined], [b.port, 40]] as const) {
+    const got: string[] = [];
+    let cursor: unknown = null;
+    let pages = 0;
+    do {
+      const res = await post(port, 'presence', { room, ...(limit === undefined ? {} : { limit }), ...(cursor === null ? {} : { cursor }) });
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      const users = res.body.users as string[];
+      assert.ok(users.length >= 1, 'at least one user per page');
+      if (limit !== undefined) assert.ok(users.length <= limit, `at most limit ${limit}: ${users.length}`);
+      assert.ok(users.reduce((n, u) => n + u.length + 2, 0) <= MAX, `page ${pages} within maxHistBytes`);
+      assert.equal(res.body.connections, N + 10, 'connections over both nodes');
+      got.push(...users);
+      cursor = res.body.cursor;
+      if (cursor !== null) assert.equal(cursor, users[users.length - 1]);
+      pages++;
+      assert.ok(pages <= N, 'paging ends');
+    } while (cursor !== null);
+    assert.deepEqual(got, names, `every user once, in order (limit ${String(limit)})`);
+    assert.ok(pages >= (limit === undefined ? 3 : 4), `${pages} pages`);
+  }
+
+  // `who` from a member on either node: cut at maxHistBytes, flagged truncated.
+  for (const c of [clients[0]!, clients[1]!]) {
+    const who = await c.request({ t: 'who', room });
+    assert.equal(who.t, 'who', JSON.stringify(who).slice(0, 200));
+    const users = who.users as string[];
+    assert.equal(who.truncated, true);
+    assert.ok(users.length > 0 && users.reduce((n, u) => n + u.length + 2, 0) <= MAX, `who within maxHistBytes: ${users.length} users`);
+    assert.deepEqual(users, names.slice(0, users.length), 'who lists the first names in order');
+  }
+});
