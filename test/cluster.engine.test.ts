@@ -340,6 +340,159 @@ test('webhooks in cluster mode: message.published once per message cluster-wide,
   assert.equal(events.filter((e) => e.type === 'room.occupied').length, 1, 'room.occupied once');
 });
 
+test('a quiet room with a member connected keeps its keys past several roomTtlMs (same epoch, seq goes on); a room nobody follows expires', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const TTL = 1500;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { roomTtlMs: TTL }), node(t, redis, 'nb', { roomTtlMs: TTL })]);
+  const admin = await connectRedis(t, redis.url);
+  const quiet = 'quiet-room';
+  const gone = 'nobody-room';
+  const sitter = await openClient(t, a, 'sit');
+  const j = await joinRoom(sitter, quiet);
+  const talker = await openClient(t, b, 'tal');
+  await joinRoom(talker, quiet);
+  assert.equal((await talker.request({ t: 'pub', room: quiet, body: 'before' })).seq, 1);
+  // The other room: one message, then its only member leaves.
+  const passer = await openClient(t, b, 'pas');
+  await joinRoom(passer, gone);
+  assert.equal((await passer.request({ t: 'pub', room: gone, body: 'x' })).t, 'ack');
+  assert.equal((await passer.request({ t: 'leave', room: gone })).t, 'left');
+  await talker.request({ t: 'leave', room: quiet });
+  await waitFor(() => msgs(sitter, quiet).length === 1, 'the sitter has the first message');
+  // Nothing is published for 3.5 TTLs; only the sitter (on A) is in the quiet room.
+  await new Promise((r) => setTimeout(r, TTL * 3.5));
+  assert.equal(await admin.call(['EXISTS', `sc:{${quiet}}:m`, `sc:{${quiet}}:h`, `sc:{${quiet}}:c`], 'exists'), 3, 'the followed room kept its meta, stream and cursors');
+  const pttl = Number(await admin.call(['PTTL', `sc:{${quiet}}:m`], 'pttl'));
+  assert.ok(pttl > 0 && pttl <= TTL, `the followed room's keys still expire (PTTL ${pttl})`);
+  assert.equal(await admin.call(['EXISTS', `sc:{${gone}}:m`, `sc:{${gone}}:h`, `sc:{${gone}}:c`], 'exists'), 0, 'the room nobody follows expired');
+  // The next message continues the epoch: seq 2, no unsolicited joined to the sitter.
+  await joinRoom(talker, quiet);
+  const ack = await talker.request({ t: 'pub', room: quiet, body: 'after' });
+  assert.equal(ack.seq, 2, JSON.stringify(ack));
+  await waitFor(() => msgs(sitter, quiet).length === 2, 'the sitter has the second message');
+  assert.deepEqual(seqs(sitter, quiet), [1, 2]);
+  assert.equal(msgs(sitter, quiet)[1]!.body, 'after');
+  const joins = sitter.framesOf('joined', quiet);
+  assert.equal(joins.length, 1, `no unsolicited joined: ${JSON.stringify(joins)}`);
+  const again = await openClient(t, b, 'sit');
+  const j2 = await joinRoom(again, quiet);
+  assert.equal(j2.epoch, j.epoch, 'same epoch');
+  assert.equal(j2.seq, 2);
+  // The room nobody followed starts over in a new epoch.
+  const back = await joinRoom(passer, gone);
+  assert.equal(back.seq, 0);
+});
+
+test('a big room over two nodes: the API\'s presence pages it (limit, cursor, maxHistBytes per page) and who is cut at maxHistBytes with truncated', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const MAX = 4096;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { apiKey: KEY, maxHistBytes: MAX }), node(t, redis, 'nb', { apiKey: KEY, maxHistBytes: MAX })]);
+  const room = 'big-presence';
+  // 150 users with 64-character ids (66 bytes each in a page: about 62 per 4096-byte page), half on
+  // each node, and second tabs of the first 10 on the other node.
+  const N = 150;
+  const names = Array.from({ length: N }, (_, i) => `u${String(i).padStart(3, '0')}-${'x'.repeat(59)}`);
+  const clients: TestClient[] = [];
+  for (let i = 0; i < N; i += 25) {
+    clients.push(...await Promise.all(names.slice(i, i + 25).map((u, k) => openClient(t, (i + k) % 2 === 0 ? a : b, u))));
+  }
+  for (let i = 0; i < N; i += 25) await Promise.all(clients.slice(i, i + 25).map((c) => joinRoom(c, room)));
+  const tabs = await Promise.all(names.slice(0, 10).map((u, i) => openClient(t, i % 2 === 0 ? b : a, u)));
+  await Promise.all(tabs.map((c) => joinRoom(c, room)));
+
+  for (const [port, limit] of [[a.port, undefined], [b.port, 40]] as const) {
+    const got: string[] = [];
+    let cursor: unknown = null;
+    let pages = 0;
+    do {
+      const res = await post(port, 'presence', { room, ...(limit === undefined ? {} : { limit }), ...(cursor === null ? {} : { cursor }) });
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      const users = res.body.users as string[];
+      assert.ok(users.length >= 1, 'at least one user per page');
+      if (limit !== undefined) assert.ok(users.length <= limit, `at most limit ${limit}: ${users.length}`);
+      assert.ok(users.reduce((n, u) => n + u.length + 2, 0) <= MAX, `page ${pages} within maxHistBytes`);
+      assert.equal(res.body.connections, N + 10, 'connections over both nodes');
+      got.push(...users);
+      cursor = res.body.cursor;
+      if (cursor !== null) assert.equal(cursor, users[users.length - 1]);
+      pages++;
+      assert.ok(pages <= N, 'paging ends');
+    } while (cursor !== null);
+    assert.deepEqual(got, names, `every user once, in order (limit ${String(limit)})`);
+    assert.ok(pages >= (limit === undefined ? 3 : 4), `${pages} pages`);
+  }
+
+  // `who` from a member on either node: cut at maxHistBytes, flagged truncated.
+  for (const c of [clients[0]!, clients[1]!]) {
+    const who = await c.request({ t: 'who', room });
+    assert.equal(who.t, 'who', JSON.stringify(who).slice(0, 200));
+    const users = who.users as string[];
+    assert.equal(who.truncated, true);
+    assert.ok(users.length > 0 && users.reduce((n, u) => n + u.length + 2, 0) <= MAX, `who within maxHistBytes: ${users.length} users`);
+    assert.deepEqual(users, names.slice(0, users.length), 'who lists the first names in order');
+  }
+});
+
+test('Redis hung (SIGSTOP) under waves of pubs: 4 batches in flight and one of at most 1024 collecting, then the ring fills and the rest are answered overloaded; every pub answered within a few command timeouts', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  // One shard with the smallest ring (64 KiB: about 55 of these 1 KiB pubs), so the burst fills it.
+  const e = await node(t, redis, 'na', { shards: 1, ringBytes: 1 << 16, maxFrameBytes: 16384, maxHistBytes: 4096, redisCommandTimeoutMs: 3000 });
+  const room = 'hung';
+  const senders = await Promise.all(['s1', 's2', 's3', 's4'].map((u) => openClient(t, e, u)));
+  for (const c of senders) await joinRoom(c, room);
+  assert.equal((await senders[0]!.request({ t: 'pub', room, body: 'before' })).t, 'ack');
+  let stopped = true;
+  process.kill(redis.pid, 'SIGSTOP');
+  t.after(() => { if (stopped) process.kill(redis.pid, 'SIGCONT'); });
+  const N = 1500;
+  const pending: Promise<Frame>[] = [];
+  const body = 'b'.repeat(1000);
+  // Waves of 25 (about 27 KiB, half the ring) every 30 ms, all sent within the command timeout:
+  // a shard that kept reading would take every wave; only its bound on batches in flight and on
+  // the batch it collects meanwhile makes the ring fill (a wave alone never fills it).
+  const t0 = performance.now();
+  for (let i = 0; i < N; i++) {
+    if (i > 0 && i % 25 === 0) await new Promise((r) => setTimeout(r, 30));
+    pending.push(senders[i % 4]!.request({ t: 'pub', room, body, cid: `h-${i}` }, 30_000));
+  }
+  const answers = await Promise.all(pending);
+  // What reached the shard waits about two command timeouts (the 4 batches, then the collected
+  // one): not (pubs in the ring / 4) timeouts, as when a saturated shard took one pub per batch.
+  const waited = performance.now() - t0;
+  assert.ok(waited < 4 * 3000, `all answered after ${waited.toFixed(0)} ms`);
+  const by = (code: string): Frame[] => answers.filter((f) => f.t === 'err' && f.code === code);
+  const overloaded = by('overloaded');
+  const unavailable = by('unavailable');
+  assert.equal(overloaded.length + unavailable.length, N, `every pub refused as overloaded or unavailable: ${JSON.stringify(answers.filter((f) => f.t !== 'err' || (f.code !== 'overloaded' && f.code !== 'unavailable')).slice(0, 3))}`);
+  assert.ok(overloaded.length > 0, 'some pubs were answered overloaded');
+  for (const f of [...overloaded, ...unavailable]) assert.ok(Number(f.retryAfterMs) > 0, `retryAfterMs on ${JSON.stringify(f)}`);
+  // What reached the shard is bounded by its ring and its batches, not by the burst.
+  assert.ok(unavailable.length <= 4 * 25 * 2 + 1024 + 100, `${unavailable.length} of ${N} pubs reached Redis calls; ${overloaded.length} overloaded`);
+  const metrics = (await httpGet(e.port, '/metrics')).body;
+  const m = /^shardchat_overloaded_total(?:\{[^}]*\})? (\d+)/m.exec(metrics);
+  assert.ok(m !== null && Number(m[1]) >= overloaded.length, `shardchat_overloaded_total counts them: ${m?.[0] ?? 'absent'}`);
+  // One answer per pub: no ref answered twice.
+  for (const c of senders) {
+    const refs = c.frames.filter((f) => f.ref !== undefined).map((f) => f.ref);
+    assert.equal(new Set(refs).size, refs.length, `${c.label}: one answer per request`);
+  }
+  process.kill(redis.pid, 'SIGCONT');
+  stopped = false;
+  // Redis back: the shard works again (no crash, no restart): a new pub is acked and delivered.
+  await waitFor(async () => (await senders[1]!.request({ t: 'pub', room, body: 'after', cid: 'after-1' }, 5000)).t === 'ack', 'a pub acked after SIGCONT', 10_000);
+  await waitFor(() => msgs(senders[0]!, room).some((f) => f.body === 'after'), 'the later pub delivered');
+  // The pubs whose commands were sent before they timed out may run once Redis resumes (maybeApplied,
+  // docs/CLUSTER.md §8): over a thousand at once, so a member may be told to reload (`lost`); the room
+  // keeps its epoch and the shard was not restarted.
+  const epoch0 = senders[0]!.framesOf('joined', room)[0]!.epoch;
+  for (const f of senders[0]!.framesOf('joined', room)) assert.equal(f.epoch, epoch0, `same epoch: ${JSON.stringify(f)}`);
+  assert.match((await httpGet(e.port, '/metrics')).body, /^shardchat_shard_restarts_total(?:\{[^}]*\})? 0$/m, 'no shard restart');
+  console.log(`# hung Redis: ${overloaded.length} overloaded, ${unavailable.length} unavailable of ${N}`);
+});
+
 test('a token with an info claim joins, publishes and is listed in cluster mode (info itself is not shown across nodes yet)', async (t) => {
   const redis = await startRedis(t);
   if (redis === null) return;

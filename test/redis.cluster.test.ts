@@ -159,3 +159,30 @@ test('Redis restarted without persistence: a node puts its members back into pre
   await waitFor(async () => (await a.store.who('back')).length === 2, 'both members present again', 5000);
   assert.deepEqual(await b.store.who('back'), ['ann', 'bob']);
 });
+
+test('a node keeps the keys of every room it follows alive past roomTtlMs (more rooms than one TOUCH call holds); left rooms expire', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const TTL = 1200;
+  const store = new ClusterStore({ urls: [redis.url], node: 'keeper', heartbeatTtlMs: 3000, limits: { roomTtlMs: TTL } }, {
+    message() { /* not looked at */ }, epoch(room) { assert.fail(`new epoch in ${room}`); }, lost(room) { assert.fail(`lost in ${room}`); },
+    health() { /* checked via .healthy */ }, presence() { /* not looked at */ },
+  });
+  t.after(() => store.close());
+  await store.start();
+  const admin = await connectRedis(t, redis.url);
+  const rooms = Array.from({ length: 300 }, (_, i) => `keep-${i}`);
+  await Promise.all(rooms.map((r) => store.join(r, 'c1', 'ann', null, null)));
+  const out = await store.publishBatch(new Map(rooms.map((r) => [r, [msg('ann', r)]])));
+  for (const r of rooms) assert.ok(!(out.get(r) instanceof Error), String(out.get(r)));
+  const alive = async (): Promise<number> => Number(await admin.call(['EXISTS', ...rooms.map((r) => `sc:{${r}}:m`)], 'exists'));
+  await new Promise((r) => setTimeout(r, TTL * 3.5));
+  assert.equal(await alive(), rooms.length, 'every followed room kept its meta key');
+  assert.equal(Number(await admin.call(['EXISTS', ...rooms.map((r) => streamKey(r))], 'exists')), rooms.length, 'and its stream');
+  for (const r of rooms.slice(0, 3)) assert.equal((await store.meta(r)).seq, 1, `${r} still at seq 1`);
+  // The first half is left: only those expire.
+  await Promise.all(rooms.slice(0, 150).map((r) => store.leave(r, 'c1', 'ann')));
+  await new Promise((r) => setTimeout(r, TTL * 2));
+  assert.equal(Number(await admin.call(['EXISTS', ...rooms.slice(0, 150).map((r) => `sc:{${r}}:m`)], 'exists')), 0, 'left rooms expired');
+  assert.equal(Number(await admin.call(['EXISTS', ...rooms.slice(150).map((r) => `sc:{${r}}:m`)], 'exists')), 150, 'followed rooms did not');
+});

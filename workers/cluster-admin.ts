@@ -8,7 +8,7 @@
 import type { MsgWriter } from '../engine/protocol/msgpack.js';
 import { DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT } from '../engine/protocol/frames.js';
 import { OUT_ADMIN_REPLY } from '../engine/protocol/records.js';
-import { type AdminArgs, MAX_ROOMS_PAGE, adminError, pageRange } from './admin.js';
+import { type AdminArgs, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE, adminError, pageRange } from './admin.js';
 import type { OutQueue } from './out-queue.js';
 import type { ClusterStore, RedisMessage } from './store/redis/index.js';
 
@@ -35,6 +35,27 @@ export function cutByBytes(msgs: readonly RedisMessage[], maxBytes: number): boo
   return bytes + largest > maxBytes;
 }
 
+/**
+ * `presence`'s page of `users` (sorted ascending, as RedisPresence.who returns them), as
+ * single-node mode pages it (workers/admin.ts): the names past `after`, at most `limit` and at
+ * most `maxBytes` of names (2 bytes more each; at least one), so the reply fits the ring whatever
+ * the room's size; `cursor` is the page's last name when more follow, else null.
+ */
+export function presencePage(users: readonly string[], after: string, limit: number, maxBytes: number): { users: string[]; cursor: string | null } {
+  let lo = 0; let hi = users.length;
+  while (lo < hi) { const mid = (lo + hi) >>> 1; if (users[mid]! <= after) lo = mid + 1; else hi = mid; }
+  const page: string[] = [];
+  let bytes = 0;
+  for (let i = lo; i < users.length && page.length < limit; i++) {
+    const cost = users[i]!.length + 2;
+    if (page.length > 0 && bytes + cost > maxBytes) break;
+    page.push(users[i]!);
+    bytes += cost;
+  }
+  const more = lo + page.length < users.length;
+  return { users: page, cursor: more && page.length > 0 ? page[page.length - 1]! : null };
+}
+
 /** Answers one IN_ADMIN request `op` with `args` (JSON) by one OUT_ADMIN_REPLY; rejects with the store's error (RedisUnavailableError) for the caller to answer. */
 export async function clusterAdmin(h: ClusterAdminHost, req: number, op: string, args: AdminArgs): Promise<void> {
   const name = typeof args.room === 'string' ? args.room : '';
@@ -51,11 +72,16 @@ export async function clusterAdmin(h: ClusterAdminHost, req: number, op: string,
       return;
     }
     case 'presence': {
-      const [users, connections] = await Promise.all([h.store.who(name), h.store.connections(name)]);
+      // Paged like single-node mode: users past `cursor`, at most `limit` and maxHistBytes of names.
+      const after = typeof args.cursor === 'string' ? args.cursor : '';
+      const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_PRESENCE_PAGE) : MAX_PRESENCE_PAGE;
+      const [all, connections] = await Promise.all([h.store.who(name), h.store.connections(name)]);
+      const { users, cursor } = presencePage(all, after, limit, h.maxHistBytes);
       reply(h, req, (m) => {
-        m.mapHeader(2).str('users').arrayHeader(users.length);
+        m.mapHeader(3).str('users').arrayHeader(users.length);
         for (const u of users) m.str(u);
         m.str('connections').uint(connections);
+        if (cursor === null) m.str('cursor').nil(); else m.str('cursor').str(cursor);
       });
       return;
     }

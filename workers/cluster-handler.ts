@@ -47,6 +47,12 @@ import {
 
 /** Publish batches (one publishBatch each) in flight at once; past it the shard stops reading its ring (back-pressure: `overloaded`). */
 export const MAX_BATCHES_IN_FLIGHT = 4;
+/**
+ * Pubs the batch being collected takes at most while MAX_BATCHES_IN_FLIGHT are out (one ring
+ * turn's worth). Taking only one there drained a ring behind a hung Redis at 4 pubs per command
+ * timeout, so queued pubs waited far past redisCommandTimeoutMs for their `unavailable`.
+ */
+export const MAX_BATCH_RECORDS = 1024;
 /** Requests other than pubs (join, leave, read, hist, who, close, API calls) in flight at once; past it the same. */
 export const MAX_OPS_IN_FLIGHT = 4096;
 /** Acks a room keeps waiting for their message's local delivery; a pub past it is answered `overloaded`. */
@@ -168,7 +174,7 @@ export class ClusterHandler {
 
   /** True when the loop must stop reading its ring for now (back-pressure). */
   get saturated(): boolean {
-    return (this.batchesInFlight >= MAX_BATCHES_IN_FLIGHT && this.batchSize > 0) || this.opsInFlight >= MAX_OPS_IN_FLIGHT;
+    return (this.batchesInFlight >= MAX_BATCHES_IN_FLIGHT && this.batchSize >= MAX_BATCH_RECORDS) || this.opsInFlight >= MAX_OPS_IN_FLIGHT;
   }
 
   /** Nothing in flight: no batch, no request, no ack waiting for delivery. */

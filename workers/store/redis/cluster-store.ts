@@ -10,11 +10,20 @@ import { RedisConnection, type RedisConnectionOptions } from './connection.js';
 import { RedisCursors } from './cursors.js';
 import { RedisUnavailableError } from './errors.js';
 import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
-import { CONTROL_CHANNEL, metaKey, partitionIndex, presenceKey } from './keys.js';
+import { CONTROL_CHANNEL, cursorKey, metaKey, partitionIndex, presenceKey, streamKey } from './keys.js';
+import { TOUCH } from './scripts.js';
 import { validateClusterOptions } from './options.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
 import { RedisSubscriber, type SubscriberEvents, type SubscriberOptions } from './subscriber.js';
+
+/**
+ * Followed rooms whose keys' TTLs one housekeeping tick refreshes at most, and rooms per TOUCH
+ * script call (the calls of a tick are issued together: one pipeline per instance, at most
+ * 10000 / 128 = 79 commands, well inside redisMaxQueued). docs/LIMITS.md.
+ */
+export const MAX_TTL_REFRESH_PER_TICK = 10_000;
+export const TTL_REFRESH_ROOMS_PER_CALL = 128;
 
 export interface ClusterStoreOptions {
   /** One or more Redis URLs; every node must list the same set (any order). */
@@ -72,6 +81,11 @@ export class ClusterStore {
   private readonly local = new Map<string, Map<string, string>>();
   /** Rooms this node follows: resolves once the first join started delivery. */
   private readonly following = new Map<string, Promise<void>>();
+  /**
+   * Followed rooms by when their keys' TTLs were last refreshed (a join's read refreshes them
+   * too), oldest first: a refresh re-inserts the room at the end. One entry per followed room.
+   */
+  private readonly touched = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   /** The last failure of the background heartbeat/sweep (retried on the next tick), for logs. */
@@ -121,7 +135,11 @@ export class ClusterStore {
    * background (call close() either way).
    */
   async start(): Promise<void> {
-    this.timer = setInterval(() => { void this.housekeeping(); }, Math.max(50, Math.floor(this.heartbeatTtlMs / 3)));
+    // The tick heartbeats (every heartbeatTtlMs / 3) and keeps followed rooms' keys alive (each
+    // refreshed every roomTtlMs / 3), whichever is more often.
+    const ttl = this.limits.roomTtlMs;
+    const every = Math.min(this.heartbeatTtlMs / 3, ttl > 0 ? ttl / 3 : Infinity);
+    this.timer = setInterval(() => { void this.housekeeping(); }, Math.max(50, Math.floor(every)));
     // Both connections of every instance start (and keep retrying) even when one fails now:
     // the store turns healthy by itself once Redis is reachable; start() reports the first failure.
     const results = await Promise.allSettled(this.parts.flatMap((p) => [
@@ -178,6 +196,7 @@ export class ClusterStore {
     try {
       const [r, count] = await Promise.all([firstRead ?? ready.then(() => p.history.read(room, opts)), p.presence.join(room, conn, user)]);
       const conns = this.local.get(room) ?? new Map<string, string>();
+      if (!this.local.has(room)) this.touched.set(room, Date.now());
       this.local.set(room, conns);
       conns.set(conn, user);
       return { ...await this.answer(p, room, r, since), first: count === 1 };
@@ -185,6 +204,7 @@ export class ClusterStore {
       if (firstRead !== null && (this.local.get(room)?.size ?? 0) === 0) {
         this.following.delete(room);
         this.local.delete(room);
+        this.touched.delete(room);
         await p.sub.remove(room).catch(() => { /* the subscriber is down: nothing to undo */ });
       }
       throw err;
@@ -230,7 +250,12 @@ export class ClusterStore {
     if (conns !== undefined && conns.size === 0) {
       this.local.delete(room);
       this.following.delete(room);
-      unsubscribed = p.sub.remove(room);
+      this.touched.delete(room);
+      // The keys' TTL starts over as this node stops following: roomTtlMs from now, not from the last refresh.
+      const ttl = this.limits.roomTtlMs;
+      const touch = ttl > 0 ? TOUCH.run(p.conn, [metaKey(room), streamKey(room), cursorKey(room)], [String(ttl)], `keep ${room} after its last local leave`)
+        .catch((err: unknown) => { this.lastHousekeepingError = err as Error; }) : Promise.resolve();
+      unsubscribed = Promise.all([p.sub.remove(room), touch]).then(() => undefined);
     }
     const [, left] = await Promise.all([unsubscribed, p.presence.leave(room, conn, user)]);
     return left;
@@ -273,8 +298,50 @@ export class ClusterStore {
     return typeof n === 'number' ? n : 0;
   }
 
-  /** Heartbeat, then sweep dead nodes' presence (bounded per call). Failures wait for the next tick. */
+  /**
+   * Refreshes the TTLs of the followed rooms whose keys were last refreshed roomTtlMs / 3 ago or
+   * more, oldest first, at most MAX_TTL_REFRESH_PER_TICK per tick in TOUCH calls of
+   * TTL_REFRESH_ROOMS_PER_CALL rooms, so a room that people sit in
+   * quietly keeps its epoch and history: its keys expire only roomTtlMs after the last node with
+   * members stopped following it. The calls are issued in this tick (one pipeline per instance).
+   * A failed refresh is retried roomTtlMs / 3 later (two more chances before the keys expire).
+   */
+  private refreshTtls(now: number): Promise<unknown> {
+    const ttl = this.limits.roomTtlMs;
+    if (ttl <= 0) return Promise.resolve();
+    const due = now - ttl / 3;
+    const rooms: string[] = [];
+    for (const [room, at] of this.touched) {
+      if (at > due || rooms.length >= MAX_TTL_REFRESH_PER_TICK) break;
+      rooms.push(room);
+    }
+    const byPart = new Map<Partition, string[]>();
+    for (const room of rooms) {
+      this.touched.delete(room);
+      this.touched.set(room, now);
+      const p = this.part(room);
+      if (!p.conn.healthy) continue;
+      const keys = byPart.get(p) ?? [];
+      byPart.set(p, keys);
+      keys.push(metaKey(room), streamKey(room), cursorKey(room));
+    }
+    const calls: Promise<unknown>[] = [];
+    const step = 3 * TTL_REFRESH_ROOMS_PER_CALL;
+    for (const [p, keys] of byPart) {
+      for (let i = 0; i < keys.length; i += step) {
+        calls.push(TOUCH.run(p.conn, keys.slice(i, i + step), [String(ttl)], 'keep followed rooms alive')
+          .catch((err: unknown) => { this.lastHousekeepingError = err as Error; }));
+      }
+    }
+    return Promise.all(calls);
+  }
+
+  /**
+   * Heartbeat, then sweep dead nodes' presence (bounded per call); keeps followed rooms' keys
+   * alive. Failures wait for the next tick.
+   */
   private async housekeeping(): Promise<void> {
+    const touched = this.refreshTtls(Date.now());
     await Promise.all(this.parts.map(async (p) => {
       if (!p.conn.healthy) return;
       try {
@@ -284,6 +351,7 @@ export class ClusterStore {
         this.lastHousekeepingError = err as Error;
       }
     }));
+    await touched;
   }
 
   /**
@@ -307,6 +375,7 @@ export class ClusterStore {
     }
     this.local.clear();
     this.following.clear();
+    this.touched.clear();
     for (const p of this.parts) {
       p.sub.close();
       p.conn.close();

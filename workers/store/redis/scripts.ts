@@ -146,6 +146,22 @@ return out
 `);
 
 /**
+ * Keeps followed rooms' keys alive: refreshes the TTL of each room's meta, stream and cursor keys
+ * (a key already gone stays gone: the next script starts a new epoch as for any lost room).
+ * KEYS: per room meta, stream, cursors (several rooms per call: keys of different rooms, so like
+ * SWEEP it is for a standalone Redis, not Redis Cluster). ARGV: room ttl ms.
+ * Returns: how many rooms still had their meta key.
+ */
+export const TOUCH = new Script('touch', `${ROOM}
+local ttl, alive = tonumber(ARGV[1]), 0
+for i = 1, #KEYS, 3 do
+  alive = alive + redis.call('exists', KEYS[i])
+  touch(ttl, KEYS[i], KEYS[i + 1], KEYS[i + 2])
+end
+return alive
+`);
+
+/**
  * Moves a user's cursor forward, never backwards and never past the room's seq.
  * KEYS: meta, cursors. ARGV: user, seq, epoch ('' = any).
  * Returns: the cursor after the update (-1 when the room or the epoch is gone).
