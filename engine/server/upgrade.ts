@@ -99,12 +99,9 @@ export class UpgradePath {
           this.host.log.warn({ event: 'auth_error', err: e.detail }, 'authenticate returned a bad identity');
         }
       }
-      res.cork(() => {
-        if (identity === null) { res.writeStatus('401 Unauthorized').end('unauthorized'); return; }
-        if (this.host.draining()) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-        if (this.host.connections() >= this.o.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        this.upgrade(res, identity.user, identity, key, answerProtocol(protocol), extensions, ctx);
-      });
+      if (identity === null) { res.cork(() => { res.writeStatus('401 Unauthorized').end('unauthorized'); }); return; }
+      if (this.refusedAfterAwait(res)) return;
+      this.upgrade(res, identity.user, identity, key, answerProtocol(protocol), extensions, ctx);
     })();
   }
 
@@ -123,18 +120,34 @@ export class UpgradePath {
         this.authPending--;
       }
       if (aborted) return;
-      res.cork(() => {
-        if (answer instanceof AuthError) {
-          const r = refusal(answer);
-          res.writeStatus(r.status).writeHeader('content-type', 'application/json').end(r.body);
-          return;
-        }
-        if (this.host.draining()) { res.writeStatus('503 Service Unavailable').end('shutting down'); return; }
-        if (this.host.connections() >= this.o.maxConnections) { res.writeStatus('503 Service Unavailable').end('too many connections'); return; }
-        // Answer the one protocol extractToken chose (`shardchat.v1`), never the bearer entry.
-        this.upgrade(res, answer.identity.user, answer.identity, key, answer.protocol, extensions, ctx);
-      });
+      if (answer instanceof AuthError) {
+        const r = refusal(answer);
+        res.cork(() => { res.writeStatus(r.status).writeHeader('content-type', 'application/json').end(r.body); });
+        return;
+      }
+      if (this.refusedAfterAwait(res)) return;
+      // Answer the one protocol extractToken chose (`shardchat.v1`), never the bearer entry.
+      this.upgrade(res, answer.identity.user, answer.identity, key, answer.protocol, extensions, ctx);
     })();
+  }
+
+  /**
+   * After an await the engine may be draining or full: the upgrade is then answered 503 (corked,
+   * as every HTTP write outside a uWS callback) and this returns true.
+   *
+   * The upgrade itself must NOT run inside res.cork(). uWS 20.30's HttpResponse::cork() reads the
+   * response's state after its callback; after an upgrade that memory is the new WebSocket's
+   * (the socket is resized in place), and when the bits it finds there read as "Connection: close,
+   * fully answered" it shuts the fresh WebSocket down right after its hello: close 1006, no close
+   * frame, before any client frame is read (seen with token auth after `Connection: close` API
+   * answers). Uncorked, uWS.js prints a "writes must be made from within a corked callback"
+   * warning; the 101 and the hello are written without the cork (two writes instead of one).
+   */
+  private refusedAfterAwait(res: HttpResponse): boolean {
+    const why = this.host.draining() ? 'shutting down' : this.host.connections() >= this.o.maxConnections ? 'too many connections' : null;
+    if (why === null) return false;
+    res.cork(() => { res.writeStatus('503 Service Unavailable').end(why); });
+    return true;
   }
 
   private upgrade(res: HttpResponse, user: string | null, identity: Identity | null, key: string, protocol: string, extensions: string, ctx: unknown): void {
