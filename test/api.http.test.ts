@@ -5,36 +5,20 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { readFileSync } from 'node:fs';
 import { guardHandles } from './helpers/leaks.js';
 import { joinRoom, openClient, startEngine } from './helpers/engine.js';
 import { createEngine } from '../engine/index.js';
 import { tempDir } from './helpers/tmpdir.js';
+import { apiPost, type ApiReply } from './helpers/api.js';
 
 guardHandles();
 
 const KEY = 'an-api-key-for-tests-0123456789';
 
-interface Reply { status: number; body: Record<string, unknown> }
+type Reply = ApiReply;
 
-function post(port: number, method: string, body: unknown, key: string | null = KEY, raw?: string): Promise<Reply> {
-  const data = raw ?? JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string | number> = { connection: 'close', 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) };
-    if (key !== null) headers.authorization = `Bearer ${key}`;
-    const req = http.request({ host: '127.0.0.1', port, path: `/api/v1/${method}`, method: 'POST', agent: false, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        res.socket?.destroy();
-        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown> }); } catch (e) { reject(e); }
-      });
-    });
-    req.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE' || e.code === 'ECONNRESET') return; reject(e); });
-    req.end(data);
-  });
-}
+const post = (port: number, method: string, body: unknown, key: string | null = KEY, raw?: string): Promise<Reply> => apiPost(port, method, body, key, raw);
 
 /** The example response of `method` in docs/API.md: the first ```json block after its "Response" line. */
 function documented(method: string): unknown {

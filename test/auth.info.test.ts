@@ -11,6 +11,7 @@ import http from 'node:http';
 import { encode } from '@msgpack/msgpack';
 import { SignJWT } from 'jose';
 import { guardHandles } from './helpers/leaks.js';
+import { apiPost, type ApiReply } from './helpers/api.js';
 import { joinRoom, openClient, startEngine } from './helpers/engine.js';
 import { TestClient, decode, waitFor, type Frame } from './helpers/client.js';
 import { inFrame, outBody, ShardBench } from './helpers/handler.js';
@@ -26,21 +27,7 @@ const nowSec = (): number => Math.floor(Date.now() / 1000);
 const hs = (claims: Record<string, unknown>): Promise<string> =>
   new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(SECRET));
 
-function post(port: number, method: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const data = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = http.request({
-      host: '127.0.0.1', port, path: `/api/v1/${method}`, method: 'POST', agent: false,
-      headers: { connection: 'close', 'content-type': 'application/json', 'content-length': Buffer.byteLength(data), authorization: `Bearer ${KEY}` },
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => { res.socket?.destroy(); resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown> }); });
-    });
-    req.on('error', reject);
-    req.end(data);
-  });
-}
+const post = (port: number, method: string, body: unknown): Promise<ApiReply> => apiPost(port, method, body, KEY);
 
 /** The HTTP answer to an upgrade that is refused (status and body text). */
 function refusedUpgrade(port: number, path: string): Promise<{ status: number; body: string }> {

@@ -50,7 +50,9 @@ test('token helpers: exp read from the payload, refresh at 70..90% of the life l
 });
 
 test('getToken: the SDK refreshes before exp, so one connection outlives several 3-second tokens', async (t) => {
-  const engine = await startEngine(t, { jwtSecret: SECRET, jwtClockToleranceSec: 0 });
+  // A second of tolerance: exp is in whole seconds and the refresh lands at 70-90% of what is
+  // left, so without it a loop-lag spike on a loaded machine could outrun a 3-second token.
+  const engine = await startEngine(t, { jwtSecret: SECRET, jwtClockToleranceSec: 1 });
   let issued = 0;
   const c = sdk(t, engine.port, { getToken: () => { issued++; return sign({ sub: 'nora', exp: nowSec() + 3 }); } });
   const log = record(c, 'state', 'error');

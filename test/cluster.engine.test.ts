@@ -9,9 +9,11 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { guardHandles } from './helpers/leaks.js';
+import { apiPost, type ApiReply } from './helpers/api.js';
 import { connectRedis, startRedis, type RedisServer } from './helpers/redis-server.js';
 import { openClient, joinRoom, startEngine } from './helpers/engine.js';
 import { TestClient, httpGet, waitFor, type Frame } from './helpers/client.js';
+import { SignJWT } from 'jose';
 import { createEngine, type Engine, type EngineOptions } from '../engine/index.js';
 
 guardHandles();
@@ -26,22 +28,7 @@ const msgs = (c: TestClient, room: string): Frame[] => c.framesOf('msg', room);
 const seqs = (c: TestClient, room: string): number[] => msgs(c, room).map((f) => Number(f.seq));
 const range = (a: number, b: number): number[] => Array.from({ length: b - a + 1 }, (_, i) => a + i);
 
-function post(port: number, method: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const data = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const headers = { connection: 'close', 'content-type': 'application/json', 'content-length': Buffer.byteLength(data), authorization: `Bearer ${KEY}` };
-    const req = http.request({ host: '127.0.0.1', port, path: `/api/v1/${method}`, method: 'POST', agent: false, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        res.socket?.destroy();
-        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown> }); } catch (e) { reject(e); }
-      });
-    });
-    req.on('error', reject);
-    req.end(data);
-  });
-}
+const post = (port: number, method: string, body: unknown): Promise<ApiReply> => apiPost(port, method, body, KEY);
 
 /** Every shard's shardchat_store_healthy gauge has value `v`. */
 const storeHealthy = (metrics: string, v: 0 | 1): boolean => ['0', '1'].every((k) => metrics.includes(`shardchat_store_healthy{shard="${k}"} ${v}`));
@@ -504,4 +491,24 @@ test('Redis hung (SIGSTOP) under waves of pubs: 4 batches in flight and one of a
   for (const f of senders[0]!.framesOf('joined', room)) assert.equal(f.epoch, epoch0, `same epoch: ${JSON.stringify(f)}`);
   assert.match((await httpGet(e.port, '/metrics')).body, /^shardchat_shard_restarts_total(?:\{[^}]*\})? 0$/m, 'no shard restart');
   console.log(`# hung Redis: ${overloaded.length} overloaded, ${unavailable.length} unavailable of ${N}`);
+});
+
+test('a token with an info claim joins, publishes and is listed in cluster mode (info itself is not shown across nodes yet)', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const secret = 'a-test-secret-of-at-least-32-bytes!!';
+  const token = (claims: Record<string, unknown>): Promise<string> =>
+    new SignJWT({ exp: Math.floor(Date.now() / 1000) + 300, ...claims }).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(secret));
+  const [a, b] = await Promise.all([node(t, redis, 'ia', { jwtSecret: secret }), node(t, redis, 'ib', { jwtSecret: secret })]);
+  const room = 'with-info';
+  const alice = await openClient(t, a, undefined, { path: `/ws?token=${encodeURIComponent(await token({ sub: 'alice', info: { name: 'Alice' } }))}` });
+  const bob = await openClient(t, b, undefined, { path: `/ws?token=${encodeURIComponent(await token({ sub: 'bob' }))}` });
+  await joinRoom(alice, room);
+  await joinRoom(bob, room);
+  const ack = await alice.request({ t: 'pub', room, body: 'hi' });
+  assert.equal(ack.t, 'ack', JSON.stringify(ack));
+  await waitFor(() => msgs(bob, room).length === 1, 'bob got alice\'s message');
+  assert.equal(msgs(bob, room)[0]!.from, 'alice');
+  const who = await bob.request({ t: 'who', room });
+  assert.deepEqual([...(who.users as string[])].sort(), ['alice', 'bob']);
 });

@@ -32,16 +32,21 @@ const scratch = { names: [] as string[] };
 
 const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
+/** The JSON arguments of an IN_ADMIN record at b[off, end), or null when they are not JSON. */
+export function parseAdminArgs(b: Uint8Array, off: number, end: number): AdminArgs | null {
+  try {
+    return JSON.parse(Buffer.from(b.buffer, b.byteOffset + off + 6, end - off - 6).toString('utf8')) as AdminArgs;
+  } catch {
+    return null;
+  }
+}
+
 /** Handles IN_ADMIN at b[off, end): 0 when answered, else the outbound bytes it needs. */
 export function handleAdmin(out: RingWriter, rooms: Rooms, maxHistBytes: number, b: Uint8Array, off: number, end: number, store: Store | null = null): number {
   const req = getU32(b, off + 1);
   const op = ADMIN_OPS[b[off + 5]!] ?? '';
-  let args: AdminArgs;
-  try {
-    args = JSON.parse(Buffer.from(b.buffer, b.byteOffset + off + 6, end - off - 6).toString('utf8')) as AdminArgs;
-  } catch {
-    return reply(out, req, (m) => adminError(m, 'bad_request', 'arguments are not JSON'));
-  }
+  const args = parseAdminArgs(b, off, end);
+  if (args === null) return reply(out, req, (m) => adminError(m, 'bad_request', 'arguments are not JSON'));
   if (op === 'rooms') return listRooms(out, rooms, req, args, maxHistBytes);
   const name = typeof args.room === 'string' ? args.room : '';
   const r = rooms.get(name);

@@ -31,10 +31,10 @@ import {
 } from '../engine/protocol/frames.js';
 import {
   ADMIN_OPS, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY,
-  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_CONTROL, OUT_DRAINED, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32, readReplay, readServerPub,
+  IN_SERVER_PUB, OUT_ADMIN_REPLY, OUT_CONTROL, OUT_DRAINED, OUT_EVENT, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, OUT_SERVER_ERR, getU32, inFrameBounds, readReplay, readServerPub, type InFrameBounds,
 } from '../engine/protocol/records.js';
 import type { RingWriter } from '../engine/ring/index.js';
-import { type AdminArgs, adminError } from './admin.js';
+import { adminError, parseAdminArgs } from './admin.js';
 import { clusterAdmin, cutByBytes } from './cluster-admin.js';
 import { CreationLimiter } from './creation.js';
 import { ShardEvents } from './events.js';
@@ -144,12 +144,14 @@ export class ClusterHandler {
   private opsInFlight = 0;
   private readonly idleWaiters: (() => void)[] = [];
   private readonly scratchUsers: string[] = [];
+  private readonly bounds: InFrameBounds = { userStart: 0, infoLen: -1, frameEnd: 0 };
   /** Webhook events (HandlerOptions.events), with their bounded wait for ring room (workers/events.ts). */
   private readonly events: ShardEvents | null;
 
   constructor(private readonly ring: RingWriter, private readonly opts: ClusterHandlerOptions) {
     this.out = new OutQueue(ring);
-    this.events = opts.events === true ? new ShardEvents(ring, opts.eventQueueEntries, opts.eventQueueBytes) : null;
+    // Events go through the OutQueue: one FIFO with the shard's other output (workers/events.ts).
+    this.events = opts.events === true ? new ShardEvents(ring, opts.eventQueueEntries, opts.eventQueueBytes, (room, put) => { this.out.emit(OUT_EVENT, 0, room, put); }) : null;
     this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
     // Shard 0's store hears the control channel for the node (kick, disconnect from any node's API).
     this.store = new ClusterStore({ ...opts.cluster, node: `${opts.cluster.node}.s${opts.index}`, control: opts.index === 0 }, {
@@ -234,12 +236,14 @@ export class ClusterHandler {
   private onFrame(b: Uint8Array, off: number, end: number): void {
     const id = getU32(b, off + 4);
     const fs = off + IN_FRAME_BODY;
-    const fe = end - b[off + 1]!;
+    // A join's identity info (records.ts) ends the frame early; cluster mode does not show info
+    // yet (docs/CLUSTER.md §13): it is skipped, not parsed as part of the frame.
+    const { userStart: ue, frameEnd: fe } = inFrameBounds(b, off, end, this.bounds);
     const f = this.frame;
     const c = this.conn(id);
     if (f.scan(b, fs, fe, this.opts.maxBodyDepth) !== 0) { this.enqueue(c, { k: 'err', code: f.error, msg: f.message, ref: f.ref }); return; }
     const room = asciiString(b, f.roomStart, f.roomEnd);
-    const user = asciiString(b, fe, end);
+    const user = asciiString(b, ue, end);
     switch (f.type) {
       case T_JOIN: {
         const anon = (b[off + 2]! & IN_FRAME_ANON) !== 0;
@@ -291,7 +295,11 @@ export class ClusterHandler {
     const free = op.k === 'pub' || op.k === 'err';
     if (c.busy || c.waiting.length > 0 || (!free && op.k !== 'close' && c.slots.length > 0)) {
       if (c.waiting.length >= MAX_QUEUED_PER_CONN && op.k !== 'close') {
-        this.slotNow(c, () => this.sendErr(c.id, E_OVERLOADED, 'too many requests queued on this connection', refOf(op)));
+        // The refusal waits its turn like any reply (per-connection order), as a small err op; only
+        // past twice the bound (the client keeps sending into a full queue) it goes out at once.
+        const refusal: Op = { k: 'err', code: E_OVERLOADED, msg: 'too many requests queued on this connection', ref: refOf(op) };
+        if (c.waiting.length < 2 * MAX_QUEUED_PER_CONN) c.waiting.push(refusal);
+        else this.slotNow(c, () => this.sendErr(c.id, refusal.code, refusal.msg, refusal.ref));
         return;
       }
       c.waiting.push(op);
@@ -657,10 +665,8 @@ export class ClusterHandler {
   private onAdmin(b: Uint8Array, off: number, end: number): void {
     const req = getU32(b, off + 1);
     const op = ADMIN_OPS[b[off + 5]!] ?? '';
-    let args: AdminArgs;
-    try {
-      args = JSON.parse(Buffer.from(b.buffer, b.byteOffset + off + 6, end - off - 6).toString('utf8')) as AdminArgs;
-    } catch {
+    const args = parseAdminArgs(b, off, end);
+    if (args === null) {
       this.adminReply(req, (m) => adminError(m, 'bad_request', 'arguments are not JSON'));
       return;
     }
@@ -713,16 +719,7 @@ export class ClusterHandler {
   /** Webhook events the shard could not queue (shard stats S_EVENTS_DROPPED). */
   get eventsDropped(): number { return this.events?.dropped ?? 0; }
 
-  /**
-   * Writes webhook events still waiting for outbound room (the loop calls it every turn): 0 when
-   * none is left, else the free outbound bytes the next one needs (workers/events.ts).
-   */
-  flushEvents(): number {
-    if (this.events === null || this.events.pending === 0) return 0;
-    const left = this.events.flush();
-    this.out.written();
-    return left;
-  }
+
 }
 
 function refOf(op: Op): number {

@@ -88,8 +88,6 @@ export async function runClusterShard(task: ClusterShardTask): Promise<{ index: 
         h.launch();
         publishStats();
       }
-      // Webhook events left waiting for outbound room go out as the main thread frees it.
-      h.flushEvents();
       tickIfDue();
       if (h.draining) {
         await h.drain(task.drainBudgetMs);

@@ -44,7 +44,14 @@ export class ShardEvents {
   private head = 0;
   private queuedBytes = 0;
 
-  constructor(private readonly out: RingWriter, readonly maxEntries = PENDING_EVENT_ENTRIES, readonly maxBytes = PENDING_EVENT_BYTES) {}
+  /**
+   * `sink`: where events go instead of this class's own ring writes and queue. Cluster mode passes
+   * its OutQueue's emit (workers/out-queue.ts), so events keep the one FIFO of that shard's output
+   * (never ahead of queued records), wake with it when ring room frees, and are written before
+   * OUT_DRAINED.
+   */
+  constructor(private readonly out: RingWriter, readonly maxEntries = PENDING_EVENT_ENTRIES, readonly maxBytes = PENDING_EVENT_BYTES,
+    private readonly sink: ((room: string, put: (m: MsgWriter) => void) => void) | null = null) {}
 
   /** Events waiting for outbound room. */
   get pending(): number {
@@ -72,6 +79,7 @@ export class ShardEvents {
   }
 
   private write(room: string, put: (m: MsgWriter) => void): void {
+    if (this.sink !== null) { this.sink(room, put); return; }
     put(sz.start());
     const bodyLen = sz.pos;
     const len = OUT_BODY + bodyLen + room.length;

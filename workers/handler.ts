@@ -25,8 +25,8 @@ import {
   isAbsent, writeErr, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
-  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_INFO, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
-  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32, readReplay, readServerPub,
+  CRASH_AFTER_PUBLISH, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_REPLAY, IN_SERVER_PUB, IN_ADMIN,
+  IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32, inFrameBounds, readReplay, readServerPub, type InFrameBounds,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
 import { type Room, Rooms } from './rooms.js';
@@ -95,6 +95,7 @@ export class Handler {
   /** The frames of the hist page or joined.missed being written, in seq order, and their lengths. */
   private readonly pageBufs: Uint8Array[] = [];
   private readonly pageLens: number[] = [];
+  private readonly bounds: InFrameBounds = { userStart: 0, infoLen: -1, frameEnd: 0 };
   /** A room this shard does not hold, as the store has it (undefined without a store). */
   private readonly stored: ((name: string) => { epoch: string; seq: number }) | undefined;
 
@@ -347,10 +348,8 @@ export class Handler {
     const conn = getU32(b, off + 4);
     const stamp = getU32(b, off + 8);
     const fs = off + IN_FRAME_BODY;
-    const ue = end - b[off + 1]!; // where the user starts (and the frame, or the info, ends)
     // A join's identity info (records.ts): the frame, the info, its u32 length, then the user.
-    const infoLen = (b[off + 2]! & IN_FRAME_INFO) === 0 ? -1 : getU32(b, ue - 4);
-    const fe = infoLen < 0 ? ue : ue - 4 - infoLen;
+    const { userStart: ue, infoLen, frameEnd: fe } = inFrameBounds(b, off, end, this.bounds);
     const f = this.frame;
     if (f.scan(b, fs, fe, this.opts.maxBodyDepth) !== 0) {
       // The main thread validated the frame already; a failure here is still answered, never dropped.

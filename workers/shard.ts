@@ -116,7 +116,7 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
     stats[S_CURSORS] = rm.cursorCount;
     stats[S_HISTORY_MSGS] = rm.historyMessages;
     stats[S_HISTORY_BYTES] = rm.history.bytes;
-    stats[S_POOL_IN_USE] = rm.history.pool.inUse;
+    stats[S_POOL_IN_USE] = rm.history.buffersHeld;
     stats[S_POOL_FREE_BYTES] = rm.history.pool.freeBytes;
     stats[S_HISTORY_EVICTED] = rm.history.evicted;
     stats[S_CURSORS_EVICTED] = rm.idle.evicted;

@@ -13,7 +13,7 @@ export const S_CURSORS = 5;
 export const S_HISTORY_MSGS = 6;
 export const S_PUBLISHED = 7;
 export const S_RECORDS_IN = 8;
-/** History buffers handed out by the shard's pool (one per kept message). */
+/** History buffers held: rooms' ring buffers and pooled buffers of frames over 4 KiB (0 once no room keeps history). */
 export const S_POOL_IN_USE = 9;
 export const S_HEAP_USED = 10;
 export const S_LOOP_LAG_MS = 11;
@@ -30,7 +30,7 @@ export const S_ARRAY_BUFFERS = 32;
 export const S_HISTORY_EVICTED = 33;
 /** Idle read cursors dropped to keep maxCursorsPerRoom / maxCursorsPerShard. */
 export const S_CURSORS_EVICTED = 34;
-/** Bytes in the history pool's free lists (capped, trimmed when idle). */
+/** Bytes in the history pool's free lists (large frames; capped, trimmed when idle). */
 export const S_POOL_FREE_BYTES = 35;
 /** Bumped by the shard once per turn of its loop (at least once per tick): the supervisor's heartbeat. */
 export const S_HEARTBEAT = 36;

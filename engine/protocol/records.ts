@@ -142,6 +142,22 @@ export function readServerPub(b: Uint8Array, off: number): ServerPubRecord {
 
 /** The fields of an IN_REPLAY record at b[off, end). */
 /** `info`: the identity's info (a MessagePack map) when the record has IN_FRAME_INFO, else null. */
+/**
+ * An IN_FRAME record at b[off, end): where the user starts (`userStart`), the length of a join's
+ * identity info (-1 without IN_FRAME_INFO) and where the client frame ends (`frameEnd`: before
+ * the info and its u32 length). Written into `into` (no allocation on the hot path).
+ */
+export interface InFrameBounds { userStart: number; infoLen: number; frameEnd: number }
+
+export function inFrameBounds(b: Uint8Array, off: number, end: number, into: InFrameBounds): InFrameBounds {
+  const ue = end - b[off + 1]!;
+  const infoLen = (b[off + 2]! & IN_FRAME_INFO) === 0 ? -1 : getU32(b, ue - 4);
+  into.userStart = ue;
+  into.infoLen = infoLen;
+  into.frameEnd = infoLen < 0 ? ue : ue - 4 - infoLen;
+  return into;
+}
+
 export interface ReplayRecord { conn: number; user: string; room: string; anon: boolean; info: Uint8Array | null }
 
 export function readReplay(b: Uint8Array, off: number, end: number): ReplayRecord {

@@ -89,7 +89,7 @@ export class Engine {
   private readonly pending = new Map<number, { resolve: (r: PublishResult) => void; reject: (e: Error) => void; shard: number }>();
   private nextReq = 1;
   /** HTTP API requests waiting for their shard's OUT_ADMIN_REPLY (request ids shared with `pending`). */
-  private readonly adminPending = new Map<number, { resolve: (r: unknown) => void; reject: (e: Error) => void }>();
+  private readonly adminPending = new Map<number, { resolve: (r: unknown) => void; reject: (e: Error) => void; shard: number }>();
   private draining = false;
   private stopped = false;
   private closing: Promise<void> | null = null;
@@ -265,6 +265,14 @@ export class Engine {
       }
       r.release();
     }
+    // A cluster shard marks records read when it takes them and answers later (from Redis
+    // replies), so a crash can take answers of records it had read: the server publishes and API
+    // requests it still owed are refused here, never left to hang. (Client requests it owed stay
+    // unanswered: docs/CLUSTER.md §13.)
+    if (this.options.cluster === null) return;
+    const gone = (): EngineError => new EngineError('SHARDCHAT_SHARD_RESTARTED', `shard ${shard} restarted before answering this request; retry (a publish with the same cid is safe)`);
+    for (const [req, p] of this.pending) if (p.shard === shard) { this.pending.delete(req); p.reject(gone()); }
+    for (const [req, p] of this.adminPending) if (p.shard === shard) { this.adminPending.delete(req); p.reject(gone()); }
   }
 
   /** Starts listening; resolves when bound (`port` tells the port). */
@@ -378,7 +386,7 @@ export class Engine {
     const req = this.nextReq++;
     if (this.nextReq > 0xffffffff) this.nextReq = 1;
     return new Promise<unknown>((resolve, reject) => {
-      this.adminPending.set(req, { resolve, reject });
+      this.adminPending.set(req, { resolve, reject, shard });
       if (!link.writeAdmin(req, ADMIN_OPS.indexOf(op), Buffer.from(JSON.stringify(args)))) {
         this.adminPending.delete(req);
         reject(new EngineError('SHARDCHAT_OVERLOADED', `shard ${shard} queue is full; retry`));

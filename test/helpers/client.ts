@@ -96,10 +96,13 @@ export class TestClient {
     this.ws = ws;
     this.label = label;
     this.closed = new Promise<Closed>((resolve) => {
+      // A transport error (a bad frame from the server, a reset) comes before its 1006 close: say which.
+      let lastError: string | null = null;
+      ws.on('error', (e: Error) => { lastError = e.message; });
       ws.on('close', (code: number, reason: Buffer) => {
         const info = { code, reason: reason.toString() };
         this.closeInfo = info;
-        this.failAll(`connection closed (code ${code}${info.reason ? ` "${info.reason}"` : ''})`);
+        this.failAll(`connection closed (code ${code}${info.reason ? ` "${info.reason}"` : ''}${lastError === null ? '' : `, after error: ${lastError}`})`);
         resolve(info);
       });
     });
