@@ -512,3 +512,97 @@ test('a token with an info claim joins, publishes and is listed in cluster mode 
   const who = await bob.request({ t: 'who', room });
   assert.deepEqual([...(who.users as string[])].sort(), ['alice', 'bob']);
 });
+
+test('redact through node A\'s API: a member on B gets redacted; hist, the API\'s history and a later join\'s missed show the tombstone on both nodes; an unknown seq is not_found', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const [a, b] = await Promise.all([node(t, redis, 'na', { apiKey: KEY }), node(t, redis, 'nb', { apiKey: KEY })]);
+  const room = 'redact-x';
+  const bob = await openClient(t, b, 'bob');
+  const ann = await openClient(t, a, 'ann');
+  await joinRoom(bob, room);
+  await joinRoom(ann, room);
+  for (const [body, from] of [['keep', 'server'], ['secret', 'eve'], ['after', 'server']] as const) {
+    assert.equal((await post(a.port, 'publish', { room, body, from })).status, 200);
+  }
+  await waitFor(() => msgs(bob, room).length === 3 && msgs(ann, room).length === 3, 'both members have the 3 messages');
+  const toldB = bob.nextOf('redacted', room);
+  const toldA = ann.nextOf('redacted', room);
+  const r = await post(a.port, 'redact', { room, seq: 2 });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(r.body, { room, seq: 2, redacted: true });
+  assert.equal((await toldB).seq, 2, 'the member on B is told');
+  assert.equal((await toldA).seq, 2, 'the member on A is told');
+  const shown = (ms: Record<string, unknown>[]): unknown[] => ms.map((m) => [m.seq, m.body, m.redacted, m.from]);
+  const want = [[1, 'keep', undefined, 'server'], [2, null, true, 'eve'], [3, 'after', undefined, 'server']];
+  for (const c of [bob, ann]) {
+    const h = await c.request({ t: 'hist', room });
+    assert.equal(h.t, 'hist', JSON.stringify(h));
+    assert.deepEqual(shown(h.msgs as Record<string, unknown>[]), want, `hist on ${c.label}'s node`);
+    const older = await c.request({ t: 'hist', room, before: 3, limit: 1 });
+    assert.deepEqual(shown(older.msgs as Record<string, unknown>[]), [want[1]], `hist before 3 on ${c.label}'s node`);
+  }
+  for (const e of [a, b]) {
+    const h = await post(e.port, 'history', { room });
+    assert.equal(h.status, 200, JSON.stringify(h.body));
+    assert.deepEqual(shown(h.body.msgs as Record<string, unknown>[]), want, `the API's history on ${e.port}`);
+    const after = await post(e.port, 'history', { room, after: 1, limit: 1 });
+    assert.deepEqual(shown(after.body.msgs as Record<string, unknown>[]), [want[1]], 'history after 1');
+  }
+  // Later joins with since 0 (a room followed on the node, and a new tab on the other node): missed shows the tombstone.
+  for (const e of [a, b]) {
+    const late = await openClient(t, e, 'late');
+    const j = await joinRoom(late, room, { since: 0 });
+    assert.deepEqual(shown(j.missed as Record<string, unknown>[]), want, `joined.missed on ${e.port}: ${JSON.stringify(j)}`);
+  }
+  // The redaction stays after more messages; an unknown seq (or room) is 404 not_found as in single-node mode.
+  assert.equal((await post(b.port, 'publish', { room, body: 'more' })).status, 200);
+  const again = await post(b.port, 'history', { room, limit: 2, before: 4 });
+  assert.deepEqual(shown(again.body.msgs as Record<string, unknown>[]), [want[1], want[2]]);
+  for (const [rm, seq] of [[room, 99], [room, 0], ['no-such-room', 1]] as const) {
+    const missing = await post(b.port, 'redact', { room: rm, seq });
+    assert.ok(missing.status === 404 || (seq === 0 && missing.status === 400), `${rm} ${seq}: ${missing.status} ${JSON.stringify(missing.body)}`);
+    if (missing.status === 404) assert.equal((missing.body.error as { code: string }).code, 'not_found');
+  }
+  await new Promise((res) => setTimeout(res, 100));
+  assert.equal(bob.framesOf('redacted', room).length, 1, 'one redacted frame per member');
+});
+
+test('rooms through node A lists the rooms whose members are only on B, with connections over both nodes, paged by limit and maxHistBytes; a room left by all goes', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  // 4096 bytes of names per page: 31 rooms of 132 bytes (a 100-byte name + 32) each fit, the 32nd does not.
+  const [a, b] = await Promise.all([node(t, redis, 'na', { apiKey: KEY, maxHistBytes: 4096 }), node(t, redis, 'nb')]);
+  const rooms = Array.from({ length: 36 }, (_, i) => `lst-${String(i).padStart(2, '0')}-${'x'.repeat(93)}`);
+  const [r2, r3] = [rooms[2]!, rooms[3]!];
+  const bob = await openClient(t, b, 'bob');
+  const bea = await openClient(t, b, 'bea');
+  const ann = await openClient(t, a, 'ann');
+  for (const r of rooms) await joinRoom(bob, r);
+  await joinRoom(bea, r2);
+  await joinRoom(ann, r3);
+  const want = rooms.map((room) => ({ room, connections: room === r2 || room === r3 ? 2 : 1 }));
+  const pages = async (limit: number): Promise<{ room: string; connections: number }[][]> => {
+    const out: { room: string; connections: number }[][] = [];
+    let cursor: string | null = null;
+    for (let i = 0; i < 10; i++) {
+      const res = await post(a.port, 'rooms', { limit, cursor });
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      out.push(res.body.rooms as { room: string; connections: number }[]);
+      cursor = res.body.cursor as string | null;
+      if (cursor === null) return out;
+    }
+    throw new Error('rooms never ended');
+  };
+  assert.deepEqual(await pages(10), [want.slice(0, 10), want.slice(10, 20), want.slice(20, 30), want.slice(30)], 'pages of 10');
+  assert.deepEqual(await pages(100), [want.slice(0, 31), want.slice(31)], 'pages cut at maxHistBytes (31 rooms)');
+  // A node with no member in the rooms also lists them (from Redis, not its own rooms).
+  const c = await node(t, redis, 'nc', { apiKey: KEY });
+  const fromC = await post(c.port, 'rooms', { limit: 5 });
+  assert.deepEqual(fromC.body, { rooms: want.slice(0, 5), cursor: rooms[4] });
+  // Everyone leaves rooms[2] (two connections on B): it is no longer listed.
+  assert.equal((await bob.request({ t: 'leave', room: r2 })).t, 'left');
+  assert.equal((await bea.request({ t: 'leave', room: r2 })).t, 'left');
+  const after = await post(c.port, 'rooms', { limit: 5 });
+  assert.deepEqual(after.body, { rooms: want.filter((r) => r.room !== r2).slice(0, 5), cursor: rooms[5] });
+});

@@ -226,7 +226,7 @@ function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs, 
 }
 
 /** The tombstone of msg entry e[0, len): the same msg with `body: nil` and `redacted: true`. */
-function putTombstone(m: MsgWriter, room: string, e: Uint8Array, len: number, seq: number): void {
+export function putTombstone(m: MsgWriter, room: string, e: Uint8Array, len: number, seq: number): void {
   // The entry is writeMsg's map of six fixstr keys (frames.ts): copy `from` and `ts` as they are.
   let p = 1; let fromAt = -1; let fromEnd = -1; let tsAt = -1; let tsEnd = -1;
   for (let i = 0; i < (e[0]! & 0x0f); i++) {

@@ -1,14 +1,15 @@
 /**
  * The HTTP API's requests (IN_ADMIN) in cluster mode: workers/admin.ts answers them from the
  * shard's memory or its embedded store in single-node mode; here `history` and `presence` read
- * Redis (every node's data), `rooms` lists the rooms this shard follows on this node, `redact`
- * is refused, and `control` publishes a kick/disconnect on the control channel (docs/CLUSTER.md §9).
+ * Redis (every node's data), `rooms` pages the rooms with presence on any node (shard 0 answers
+ * for the node: Redis's list is the same from every shard), `redact` stores a tombstone in Redis
+ * that every node's history reads overlay and tells every node's members, and `control` publishes a kick/disconnect on the control channel (docs/CLUSTER.md §9).
  * Each request gets exactly one OUT_ADMIN_REPLY; a Redis failure is the caller's to answer.
  */
-import type { MsgWriter } from '../engine/protocol/msgpack.js';
+import { MsgSizer, MsgWriter } from '../engine/protocol/msgpack.js';
 import { DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT } from '../engine/protocol/frames.js';
 import { OUT_ADMIN_REPLY } from '../engine/protocol/records.js';
-import { type AdminArgs, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE, adminError, pageRange } from './admin.js';
+import { type AdminArgs, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE, adminError, pageRange, putTombstone } from './admin.js';
 import type { OutQueue } from './out-queue.js';
 import type { ClusterStore, RedisMessage } from './store/redis/index.js';
 
@@ -19,6 +20,8 @@ export interface ClusterAdminHost {
   /** The rooms this shard follows, with their local members. */
   readonly rooms: ReadonlyMap<string, { readonly members: ReadonlyMap<number, string> }>;
   readonly maxHistBytes: number;
+  /** The shard's index: shard 0 answers `rooms` for the node, the others list none (the API merges the pages). */
+  readonly shard: number;
 }
 
 const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -56,18 +59,35 @@ export function presencePage(users: readonly string[], after: string, limit: num
   return { users: page, cursor: more && page.length > 0 ? page[page.length - 1]! : null };
 }
 
+const sizer = new MsgSizer();
+
+/** The rooms of a `rooms` page that fit maxBytes as single-node mode counts them (name + 32 bytes each; at least one). */
+export function roomsPage<T extends { room: string }>(rooms: readonly T[], maxBytes: number): T[] {
+  let bytes = 0; let n = 0;
+  for (; n < rooms.length; n++) {
+    const cost = rooms[n]!.room.length + 32;
+    if (n > 0 && bytes + cost > maxBytes) break;
+    bytes += cost;
+  }
+  return rooms.slice(0, n);
+}
+
 /** Answers one IN_ADMIN request `op` with `args` (JSON) by one OUT_ADMIN_REPLY; rejects with the store's error (RedisUnavailableError) for the caller to answer. */
 export async function clusterAdmin(h: ClusterAdminHost, req: number, op: string, args: AdminArgs): Promise<void> {
   const name = typeof args.room === 'string' ? args.room : '';
   switch (op) {
     case 'rooms': {
-      // This shard's rooms on this node (the rooms it has members in), as in single-node mode.
+      // The rooms with presence on any node, from Redis: the same list from every shard, so shard 0 alone gives it.
+      if (h.shard !== 0) { reply(h, req, (m) => { m.mapHeader(2).str('rooms').arrayHeader(0).str('more').bool(false); }); return; }
       const after = typeof args.after === 'string' ? args.after : '';
       const limit = isSeq(args.limit) && args.limit >= 1 ? Math.min(args.limit, MAX_ROOMS_PAGE) : 100;
-      const names = [...h.rooms.keys()].filter((n) => n > after).sort().slice(0, limit);
+      const res = await h.store.rooms(after, limit);
+      const page = roomsPage(res.rooms, h.maxHistBytes);
+      const more = res.more || page.length < res.rooms.length;
       reply(h, req, (m) => {
-        m.mapHeader(1).str('rooms').arrayHeader(names.length);
-        for (const n of names) m.mapHeader(2).str('room').str(n).str('connections').uint(h.rooms.get(n)!.members.size);
+        m.mapHeader(2).str('rooms').arrayHeader(page.length);
+        for (const r of page) m.mapHeader(2).str('room').str(r.room).str('connections').uint(r.connections);
+        m.str('more').bool(more);
       });
       return;
     }
@@ -105,9 +125,22 @@ export async function clusterAdmin(h: ClusterAdminHost, req: number, op: string,
       });
       return;
     }
-    case 'redact':
-      reply(h, req, (m) => adminError(m, 'not_supported', 'redact is not available in cluster mode (docs/CLUSTER.md)'));
+    case 'redact': {
+      const seq = args.seq;
+      const notFound = (): void => { reply(h, req, (m) => adminError(m, 'not_found', `room ${String(args.room)} keeps no message ${String(seq)}`)); };
+      if (!isSeq(seq) || seq < 1) { notFound(); return; }
+      const meta = await h.store.meta(name);
+      if (meta.epoch === null || seq > meta.seq) { notFound(); return; }
+      const [msg] = await h.store.hist(name, { after: seq - 1, limit: 1 });
+      if (msg === undefined || msg.seq !== seq) { notFound(); return; }
+      // The tombstone as single-node mode writes it; the script stores it only if the entry is still kept in this epoch.
+      putTombstone(sizer.start(), name, msg.frame, msg.frame.byteLength, seq);
+      const tomb = new Uint8Array(sizer.pos);
+      putTombstone(new MsgWriter().reset(tomb), name, msg.frame, msg.frame.byteLength, seq);
+      if (!await h.store.redact(name, meta.epoch, seq, tomb)) { notFound(); return; }
+      reply(h, req, (m) => { m.mapHeader(1).str('ok').bool(true); });
       return;
+    }
     case 'control':
       // A kick or disconnect for every node: published as the main thread wrote it.
       await h.store.publishControl(JSON.stringify(args));

@@ -27,7 +27,7 @@
 import { MsgSizer, MsgWriter, asciiString } from '../engine/protocol/msgpack.js';
 import {
   ClientFrame, E_INTERNAL, E_NOT_JOINED, E_OVERLOADED, E_ROOM_LIMIT, E_UNAVAILABLE, T_HIST, T_JOIN, T_LEAVE, T_PUB, T_READ, T_WHO,
-  isAbsent, writeErr, writeMsg,
+  isAbsent, writeErr, writeHead, writeMsg,
 } from '../engine/protocol/frames.js';
 import {
   ADMIN_OPS, CRASH_EXIT, CRASH_HANG, CRASH_THROW, IN_ADMIN, IN_CLOSE, IN_CRASH, IN_DRAIN, IN_FRAME, IN_FRAME_ANON, IN_FRAME_BODY, IN_REPLAY,
@@ -159,6 +159,7 @@ export class ClusterHandler {
       epoch: (room, epoch) => this.onEpoch(room, epoch),
       lost: (room, _from, to) => this.onLost(room, to),
       presence: (room, user, state) => this.onPresence(room, user, state),
+      redacted: (room, seq, epoch) => this.onRedacted(room, seq, epoch),
       health: () => { this.notifyIdle(); },
       control: (payload) => { this.out.emit(OUT_CONTROL, 0, '', (m) => { m.raw(payload, 0, payload.byteLength); }); },
     });
@@ -512,6 +513,14 @@ export class ClusterHandler {
     this.out.emit(OUT_PUBLISH, 0, room, (m) => writePresence(m, this.nb, this.nbLen, user, state));
   }
 
+  /** A redaction from any node's API: the local members get the server frame single-node mode sends (workers/admin.ts). */
+  private onRedacted(room: string, seq: number, epoch: string): void {
+    const r = this.rooms.get(room);
+    if (r === undefined || r.epoch !== epoch) return;
+    this.aim(room);
+    this.out.emit(OUT_PUBLISH, 0, room, (m) => { writeHead(m, 'redacted', this.nb, 0, this.nbLen, -1, 1); m.str('seq').uint(seq); });
+  }
+
   // ---- requests that wait for Redis -----------------------------------------------------------
 
   private async run(c: CConn, op: Op): Promise<void> {
@@ -671,7 +680,7 @@ export class ClusterHandler {
       return;
     }
     this.opsInFlight++;
-    clusterAdmin({ store: this.store, out: this.out, rooms: this.rooms, maxHistBytes: this.opts.maxHistBytes }, req, op, args).catch((err: unknown) => {
+    clusterAdmin({ store: this.store, out: this.out, rooms: this.rooms, maxHistBytes: this.opts.maxHistBytes, shard: this.opts.index }, req, op, args).catch((err: unknown) => {
       const e = err as Error;
       this.adminReply(req, (m) => adminError(m, err instanceof RedisUnavailableError ? 'unavailable' : 'internal', e.message));
     }).finally(() => { this.opsInFlight--; this.notifyIdle(); });

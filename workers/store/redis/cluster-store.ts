@@ -10,8 +10,8 @@ import { RedisConnection, type RedisConnectionOptions } from './connection.js';
 import { RedisCursors } from './cursors.js';
 import { RedisUnavailableError } from './errors.js';
 import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
-import { CONTROL_CHANNEL, cursorKey, metaKey, partitionIndex, presenceKey, streamKey } from './keys.js';
-import { TOUCH } from './scripts.js';
+import { CONTROL_CHANNEL, ROOMS_KEY, cursorKey, metaKey, partitionIndex, presenceKey, redactKey, roomChannel, streamKey } from './keys.js';
+import { REDACT, TOUCH } from './scripts.js';
 import { validateClusterOptions } from './options.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
@@ -253,7 +253,7 @@ export class ClusterStore {
       this.touched.delete(room);
       // The keys' TTL starts over as this node stops following: roomTtlMs from now, not from the last refresh.
       const ttl = this.limits.roomTtlMs;
-      const touch = ttl > 0 ? TOUCH.run(p.conn, [metaKey(room), streamKey(room), cursorKey(room)], [String(ttl)], `keep ${room} after its last local leave`)
+      const touch = ttl > 0 ? TOUCH.run(p.conn, [metaKey(room), streamKey(room), cursorKey(room), redactKey(room)], [String(ttl)], `keep ${room} after its last local leave`)
         .catch((err: unknown) => { this.lastHousekeepingError = err as Error; }) : Promise.resolve();
       unsubscribed = Promise.all([p.sub.remove(room), touch]).then(() => undefined);
     }
@@ -292,6 +292,31 @@ export class ClusterStore {
     await this.parts[0]!.conn.call(['PUBLISH', CONTROL_CHANNEL, payload], 'publish a control message');
   }
 
+  /**
+   * Redacts message `seq` of the room's `epoch`: its tombstone (`frame`) replaces it in every
+   * history read and is published to every node following the room. False when the room, the
+   * epoch or the stream's entry is gone (nothing written).
+   */
+  async redact(room: string, epoch: string, seq: number, frame: Uint8Array): Promise<boolean> {
+    const r = await REDACT.run(this.part(room).conn, [metaKey(room), streamKey(room), redactKey(room)],
+      [epoch, String(seq), Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength), roomChannel(room), String(this.limits.roomTtlMs)], `redact ${seq} in ${room}`);
+    return r === 1;
+  }
+
+  /**
+   * The `limit` smallest names past `after` of the rooms with presence on any node (every
+   * instance's `sc:rooms`), sorted, with their connections over all nodes; `more` when names
+   * past the page's last exist.
+   */
+  async rooms(after: string, limit: number): Promise<{ rooms: { room: string; connections: number }[]; more: boolean }> {
+    const lists = await Promise.all(this.parts.map((p) => p.conn.call(['ZRANGEBYLEX', ROOMS_KEY, after === '' ? '-' : `(${after}`, '+', 'LIMIT', '0', String(limit + 1)], 'list the rooms')));
+    const names = [...new Set(lists.flatMap((l) => (Array.isArray(l) ? l : []).map((b) => (b as Buffer).toString('utf8'))))].sort();
+    const more = names.length > limit;
+    const page = names.slice(0, limit);
+    const counts = await Promise.all(page.map((n) => this.connections(n)));
+    return { rooms: page.map((room, i) => ({ room, connections: counts[i]! })), more };
+  }
+
   /** Connections present in the room over all nodes. */
   async connections(room: string): Promise<number> {
     const n = await this.part(room).conn.call(['HLEN', presenceKey(room)], `count the connections of ${room}`);
@@ -323,10 +348,10 @@ export class ClusterStore {
       if (!p.conn.healthy) continue;
       const keys = byPart.get(p) ?? [];
       byPart.set(p, keys);
-      keys.push(metaKey(room), streamKey(room), cursorKey(room));
+      keys.push(metaKey(room), streamKey(room), cursorKey(room), redactKey(room));
     }
     const calls: Promise<unknown>[] = [];
-    const step = 3 * TTL_REFRESH_ROOMS_PER_CALL;
+    const step = 4 * TTL_REFRESH_ROOMS_PER_CALL;
     for (const [p, keys] of byPart) {
       for (let i = 0; i < keys.length; i += step) {
         calls.push(TOUCH.run(p.conn, keys.slice(i, i + step), [String(ttl)], 'keep followed rooms alive')

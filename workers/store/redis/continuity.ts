@@ -88,6 +88,19 @@ export class RoomFeeds {
     return out;
   }
 
+  /**
+   * A redaction of the room's `epoch`: a buffered or recently delivered copy of `seq` becomes the
+   * tombstone, so a message delivered later or a join's catch-up from memory shows it redacted.
+   */
+  redact(room: string, seq: number, epoch: string, frame: Buffer): void {
+    const st = this.rooms.get(room);
+    if (st === undefined || (st.epoch !== null && st.epoch !== epoch)) return;
+    const p = st.pending.get(seq);
+    if (p !== undefined && p.epoch === epoch) st.pending.set(seq, { epoch, frame });
+    const i = st.recent.length > 0 ? seq % st.recent.length : -1;
+    if (i >= 0 && st.recent[i]?.seq === seq) st.recent[i] = { seq, frame };
+  }
+
   /** After a reconnect: check every started room against its stream. */
   resyncAll(): void {
     for (const [room, st] of this.rooms) if (st.epoch !== null) this.fill(room, st);

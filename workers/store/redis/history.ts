@@ -7,8 +7,8 @@
 import type { RedisConnection, Reply } from './connection.js';
 import { newEpochCandidate } from './epoch.js';
 import { RedisProtocolError } from './errors.js';
-import { cursorKey, metaKey, streamKey } from './keys.js';
-import { READ } from './scripts.js';
+import { cursorKey, metaKey, redactKey, streamKey } from './keys.js';
+import { RANGE, READ } from './scripts.js';
 
 export interface RedisMessage {
   readonly seq: number;
@@ -111,7 +111,7 @@ export class RedisHistory {
   /** The room's state (created when missing), the user's cursor, and the resume of `since`. */
   async read(room: string, o: ReadOptions): Promise<RoomRead> {
     const resumeWanted = o.since !== null;
-    const r = await READ.run(this.conn, [metaKey(room), streamKey(room), cursorKey(room)], [
+    const r = await READ.run(this.conn, [metaKey(room), streamKey(room), cursorKey(room), redactKey(room)], [
       newEpochCandidate(), o.user ?? '', String(resumeWanted ? o.since : -1),
       // One more than allowed: an answer that long means "too many missed" without a second read.
       String(resumeWanted ? o.maxMissed + 1 : 0), String(o.roomTtlMs),
@@ -143,23 +143,23 @@ export class RedisHistory {
    * Creates the room's epoch when Redis lost it, like every read.
    */
   async after(room: string, since: number, max: number, roomTtlMs: number): Promise<{ epoch: string; seq: number; firstKept: number; msgs: RedisMessage[] }> {
-    const r = await READ.run(this.conn, [metaKey(room), streamKey(room), cursorKey(room)],
+    const r = await READ.run(this.conn, [metaKey(room), streamKey(room), cursorKey(room), redactKey(room)],
       [newEpochCandidate(), '', String(since), String(max), String(roomTtlMs)], `fill ${room}`);
     if (!Array.isArray(r) || r.length < 5) throw new RedisProtocolError('read script: bad reply');
     return { epoch: str(r[0]), seq: int(r[1]), firstKept: int(r[4]), msgs: rowsOf(r) };
   }
 
-  /** Kept messages fromSeq..toSeq in seq order, at most `limit` and maxBytes (at least one). */
+  /** Kept messages fromSeq..toSeq in seq order (redacted ones as their tombstone), at most `limit` and maxBytes (at least one). */
   async range(room: string, fromSeq: number, toSeq: number, limit: number, maxBytes: number): Promise<RedisMessage[]> {
     if (toSeq < fromSeq || limit < 1) return [];
-    const rows = await this.conn.call(['XRANGE', streamKey(room), `${Math.max(1, fromSeq)}-0`, `${toSeq}-0`, 'COUNT', String(limit)], `history of ${room}`);
+    const rows = await RANGE.run(this.conn, [metaKey(room), streamKey(room), redactKey(room)], ['f', `${Math.max(1, fromSeq)}-0`, `${toSeq}-0`, String(limit)], `history of ${room}`);
     return capBytes(parseEntries(rows), maxBytes, false);
   }
 
   /** The newest `limit` kept messages up to `toSeq` (inclusive; null = latest), oldest first, at most maxBytes (at least one). */
   async latest(room: string, limit: number, maxBytes: number, toSeq: number | null = null): Promise<RedisMessage[]> {
     if (limit < 1 || (toSeq !== null && toSeq < 1)) return [];
-    const rows = await this.conn.call(['XREVRANGE', streamKey(room), toSeq === null ? '+' : `${toSeq}-0`, '-', 'COUNT', String(limit)], `history of ${room}`);
+    const rows = await RANGE.run(this.conn, [metaKey(room), streamKey(room), redactKey(room)], ['r', toSeq === null ? '+' : `${toSeq}-0`, '-', String(limit)], `history of ${room}`);
     return capBytes(parseEntries(rows).reverse(), maxBytes, true);
   }
 

@@ -13,6 +13,12 @@ const PREFIX = 'sc:';
 export function metaKey(room: string): string { return `${PREFIX}{${room}}:m`; }
 /** Stream of the room's messages, entry id `<seq>-0`. */
 export function streamKey(room: string): string { return `${PREFIX}{${room}}:h`; }
+/**
+ * Hash of the room's redactions: `e` = the epoch they belong to, `<seq>` = the tombstoned `msg`
+ * frame that history reads show instead of the stream entry's (a stream entry cannot be edited).
+ * Fields below the stream's first kept seq are deleted by the next redaction (docs/LIMITS.md).
+ */
+export function redactKey(room: string): string { return `${PREFIX}{${room}}:x`; }
 /** Hash user -> read cursor. */
 export function cursorKey(room: string): string { return `${PREFIX}{${room}}:c`; }
 /** Hash `<node>:<conn>` -> user: the room's members on every node. */
@@ -34,6 +40,8 @@ export const CONTROL_CHANNEL = `${PREFIX}ctl`;
 export function nodeAliveKey(node: string): string { return `${PREFIX}node:${node}`; }
 /** Set of rooms in which the node has presence entries (what a sweep of a dead node visits). */
 export function nodeRoomsKey(node: string): string { return `${PREFIX}noderooms:${node}`; }
+/** Sorted set (score 0, by name) of the rooms with presence on some node: what the API's `rooms` pages. */
+export const ROOMS_KEY = `${PREFIX}rooms`;
 /** Set of all nodes that ever registered presence (the sweep's work list). */
 export const NODES_KEY = `${PREFIX}nodes`;
 

@@ -8,7 +8,7 @@
  */
 import type { RedisConnection } from './connection.js';
 import { RedisProtocolError } from './errors.js';
-import { NODES_KEY, nodeAliveKey, nodeRoomsKey, presenceCountKey, presenceKey, roomChannel } from './keys.js';
+import { NODES_KEY, ROOMS_KEY, nodeAliveKey, nodeRoomsKey, presenceCountKey, presenceKey, roomChannel } from './keys.js';
 import { PRESENCE, SWEEP } from './scripts.js';
 
 /** Node ids: 1..64 of [A-Za-z0-9_.-] (no ':' — it separates node and conn in presence fields). */
@@ -64,7 +64,7 @@ export class RedisPresence {
   }
 
   private async change(op: 'j' | 'l', room: string, conn: string, user: string): Promise<number> {
-    const r = await PRESENCE.run(this.conn, [presenceKey(room), presenceCountKey(room), nodeRoomsKey(this.node), NODES_KEY],
+    const r = await PRESENCE.run(this.conn, [presenceKey(room), presenceCountKey(room), nodeRoomsKey(this.node), NODES_KEY, ROOMS_KEY],
       [op, this.node, conn, user, roomChannel(room), room], `presence in ${room}`);
     if (typeof r !== 'number') throw new RedisProtocolError('presence script: bad reply');
     return r;

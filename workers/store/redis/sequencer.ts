@@ -7,7 +7,7 @@
 import type { RedisConnection, Reply } from './connection.js';
 import { newEpochCandidate } from './epoch.js';
 import { RedisProtocolError } from './errors.js';
-import { cidKey, cursorKey, metaKey, roomChannel, streamKey } from './keys.js';
+import { cidKey, cursorKey, metaKey, redactKey, roomChannel, streamKey } from './keys.js';
 import { PUBLISH } from './scripts.js';
 
 export interface PublishInput {
@@ -94,6 +94,7 @@ export class RedisSequencer {
       if (m.seqOffset !== -1 && (m.seqOffset < 0 || m.seqOffset + 8 > m.frame.length)) throw new RangeError(`publish: seqOffset ${m.seqOffset} outside the frame`);
       args.push(m.user, m.cid ?? '', String(m.ts), Buffer.from(m.frame.buffer, m.frame.byteOffset, m.frame.byteLength), String(m.seqOffset));
     }
+    keys.push(redactKey(room)); // last: the script refreshes its TTL with the room's
     return PUBLISH.run(this.conn, keys, args, `publish to ${room}`);
   }
 }

@@ -22,6 +22,8 @@ import { decodeRoomEvent, WireError, type ChannelEvent } from './wire.js';
 
 export interface SubscriberEvents extends FeedEvents {
   presence(room: string, user: string, state: 'join' | 'leave'): void;
+  /** The message `seq` of the room's `epoch` was redacted (from any node's API). */
+  redacted?(room: string, seq: number, epoch: string): void;
   /** A payload on the control channel (only with `control` set). */
   control?(payload: Buffer): void;
   health(healthy: boolean): void;
@@ -251,6 +253,7 @@ export class RedisSubscriber {
       return;
     }
     if (ev.kind === 'presence') this.events.presence(room, ev.user, ev.state);
+    else if (ev.kind === 'redact') { this.feeds.redact(room, ev.seq, ev.epoch, ev.frame); this.events.redacted?.(room, ev.seq, ev.epoch); }
     else this.feeds.live(room, ev.seq, ev.epoch, ev.frame);
   }
 }

@@ -9,7 +9,8 @@
 
 export type ChannelEvent =
   | { readonly kind: 'msg'; readonly seq: number; readonly epoch: string; readonly frame: Buffer }
-  | { readonly kind: 'presence'; readonly state: 'join' | 'leave'; readonly user: string };
+  | { readonly kind: 'presence'; readonly state: 'join' | 'leave'; readonly user: string }
+  | { readonly kind: 'redact'; readonly seq: number; readonly epoch: string; readonly frame: Buffer };
 
 export class WireError extends Error {
   readonly code = 'internal';
@@ -42,6 +43,12 @@ export function decodeRoomEvent(p: Buffer): ChannelEvent {
     const elen = p[9]!;
     if (p.length < 10 + elen) throw new WireError('room message shorter than its epoch');
     return { kind: 'msg', seq, epoch: p.toString('latin1', 10, 10 + elen), frame: p.subarray(10 + elen) };
+  }
+  if (kind === 0x78 /* x */) {
+    if (p.length < 10) throw new WireError(`room redaction of ${p.length} bytes`);
+    const elen = p[9]!;
+    if (p.length < 10 + elen) throw new WireError('room redaction shorter than its epoch');
+    return { kind: 'redact', seq: readSeq(p, 1), epoch: p.toString('latin1', 10, 10 + elen), frame: p.subarray(10 + elen) };
   }
   if (kind === 0x70 /* p */ && (p[1] === 0x6a || p[1] === 0x6c)) {
     return { kind: 'presence', state: p[1] === 0x6a ? 'join' : 'leave', user: p.toString('utf8', 2) };
