@@ -13,6 +13,7 @@ import http from 'node:http';
 import { OPTION_SPECS } from '../engine/index.js';
 import { guardHandles } from './helpers/leaks.js';
 import { TestClient, httpGet, type Frame } from './helpers/client.js';
+import { findPort } from './helpers/log-port.js';
 
 guardHandles();
 
@@ -56,15 +57,6 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   }
 }
 
-function findPort(v: unknown): number | undefined {
-  if (v === null || typeof v !== 'object') return undefined;
-  for (const [k, x] of Object.entries(v)) {
-    if (k === 'port' && typeof x === 'number' && x > 0) return x;
-    const inner = findPort(x);
-    if (inner !== undefined) return inner;
-  }
-  return undefined;
-}
 
 /** The port from the JSON log line that says "listening". */
 async function listeningPort(r: Run, ms = 8000): Promise<number> {

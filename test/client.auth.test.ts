@@ -15,6 +15,7 @@ import { refreshDelay, tokenExp, authCheckUrl } from '../engine/client/token.js'
 import { guardHandles } from './helpers/leaks.js';
 import { startEngine } from './helpers/engine.js';
 import { waitFor } from './helpers/client.js';
+import { record } from './helpers/sdk-events.js';
 
 guardHandles();
 
@@ -31,11 +32,6 @@ function sdk(t: TestContext, port: number, opts: Partial<ClientOptions>): Shardc
   return c;
 }
 
-function record<K extends keyof ClientEvents>(c: ShardchatClient, ...kinds: K[]): { kind: K; e: ClientEvents[K] }[] {
-  const log: { kind: K; e: ClientEvents[K] }[] = [];
-  for (const k of kinds) c.on(k, (e) => log.push({ kind: k, e }));
-  return log;
-}
 
 test('token helpers: exp read from the payload, refresh at 70..90% of the life left, the check URL', async () => {
   const exp = nowSec() + 100;

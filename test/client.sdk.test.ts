@@ -13,6 +13,7 @@ import { guardHandles, extraResources, snapshotResources, settle } from './helpe
 import { joinRoom, openClient, pubTo, startEngine } from './helpers/engine.js';
 import { waitFor } from './helpers/client.js';
 import { Proxy } from './helpers/proxy.js';
+import { record } from './helpers/sdk-events.js';
 
 guardHandles();
 
@@ -24,12 +25,6 @@ function sdk(t: TestContext, port: number, user: string, opts: Partial<ClientOpt
   return c;
 }
 
-/** Records every event of the kinds given, in order. */
-function record<K extends keyof ClientEvents>(c: ShardchatClient, ...kinds: K[]): { kind: K; e: ClientEvents[K] }[] {
-  const log: { kind: K; e: ClientEvents[K] }[] = [];
-  for (const k of kinds) c.on(k, (e) => log.push({ kind: k, e }));
-  return log;
-}
 
 function seqsOf(c: ShardchatClient, room: string): number[] {
   const seqs: number[] = [];

@@ -10,9 +10,9 @@ import { connectRedis, startRedis } from './helpers/redis-server.js';
 import { assertContiguous } from './helpers/seqs.js';
 import { waitFor } from './helpers/client.js';
 import { ClusterStore } from '../workers/store/redis/cluster-store.js';
-import type { PublishInput } from '../workers/store/redis/sequencer.js';
 import { partitionIndex, streamKey } from '../workers/store/redis/keys.js';
 import { readSeq } from '../workers/store/redis/wire.js';
+import { msg } from './helpers/redis-frames.js';
 
 guardHandles();
 
@@ -34,14 +34,6 @@ async function node(t: TestContext, urls: string[], id: string): Promise<Node> {
   return n;
 }
 
-function msg(user: string, text: string): PublishInput {
-  const body = Buffer.from(text);
-  const f = Buffer.alloc(13 + body.length);
-  f.write('\xa3seq', 0, 'latin1');
-  f[4] = 0xcf;
-  body.copy(f, 13);
-  return { user, cid: null, ts: Date.now(), frame: f, seqOffset: 5 };
-}
 
 test('three nodes: every node delivers seq 1..N of a room in one order; resume on another node; presence across nodes', async (t) => {
   const redis = await startRedis(t);

@@ -10,19 +10,11 @@ import { guardHandles } from './helpers/leaks.js';
 import { connectRedis, startRedis } from './helpers/redis-server.js';
 import { waitFor } from './helpers/client.js';
 import { ClusterStore } from '../workers/store/redis/cluster-store.js';
-import type { PublishInput } from '../workers/store/redis/sequencer.js';
 import { metaKey, redactKey } from '../workers/store/redis/keys.js';
+import { msg } from './helpers/redis-frames.js';
 
 guardHandles();
 
-function msg(user: string, text: string): PublishInput {
-  const body = Buffer.from(text);
-  const f = Buffer.alloc(13 + body.length);
-  f.write('\xa3seq', 0, 'latin1');
-  f[4] = 0xcf;
-  body.copy(f, 13);
-  return { user, cid: null, ts: Date.now(), frame: f, seqOffset: 5 };
-}
 
 async function store(t: TestContext, url: string, id: string, told: string[]): Promise<ClusterStore> {
   const s = new ClusterStore({ urls: [url], node: id, heartbeatTtlMs: 3000, limits: { historyLimit: 10, roomTtlMs: 60_000 } }, {

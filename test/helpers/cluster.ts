@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { startRedis, connectRedis, type RedisServer } from './redis-server.js';
 import { TestClient, httpGet } from './client.js';
 import type { RedisConnection } from '../../workers/store/redis/connection.js';
+import { findPort } from './log-port.js';
 
 export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../engine/cli.js');
 
@@ -85,15 +86,6 @@ export interface Cluster {
   waitAllReady(status?: number, ms?: number): Promise<void>;
 }
 
-function findPort(v: unknown): number | undefined {
-  if (v === null || typeof v !== 'object') return undefined;
-  for (const [k, x] of Object.entries(v)) {
-    if (k === 'port' && typeof x === 'number' && x > 0) return x;
-    const inner = findPort(x);
-    if (inner !== undefined) return inner;
-  }
-  return undefined;
-}
 
 export async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
