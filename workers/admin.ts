@@ -30,7 +30,22 @@ const sz = new MsgSizer();
 const w = new MsgWriter();
 const scratch = { names: [] as string[] };
 
-const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+export const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+/**
+ * How many of `count` items a page keeps within `maxBytes` when item i costs `cost(i)` bytes:
+ * at least one (a page is never empty while items remain), so a reply always fits the ring and
+ * always moves its cursor on.
+ */
+export function fitCount(count: number, cost: (i: number) => number, maxBytes: number): number {
+  let bytes = 0; let n = 0;
+  for (; n < count; n++) {
+    const c = cost(n);
+    if (n > 0 && bytes + c > maxBytes) break;
+    bytes += c;
+  }
+  return n;
+}
 
 /** The JSON arguments of an IN_ADMIN record at b[off, end), or null when they are not JSON. */
 export function parseAdminArgs(b: Uint8Array, off: number, end: number): AdminArgs | null {
@@ -168,15 +183,15 @@ function presence(out: RingWriter, req: number, r: Room | undefined, args: Admin
   if (r !== undefined) smallestPast(r.users.keys(), after, limit + 1, names);
   let more = names.length > limit;
   if (more) names.length = limit;
-  let bytes = 0; let infos = 0; let n = 0;
-  for (; n < names.length; n++) {
-    const info = r!.infos.get(names[n]!);
-    const cost = names[n]!.length + 2 + (info === undefined ? 0 : names[n]!.length + 2 + info.byteLength);
-    if (n > 0 && bytes + cost > maxBytes) { more = true; break; }
-    bytes += cost;
-    if (info !== undefined) infos++;
-  }
+  // A user with info costs its name twice (list and map) and the info.
+  const n = fitCount(names.length, (i) => {
+    const info = r!.infos.get(names[i]!);
+    return names[i]!.length + 2 + (info === undefined ? 0 : names[i]!.length + 2 + info.byteLength);
+  }, maxBytes);
+  if (n < names.length) more = true;
   names.length = n;
+  let infos = 0;
+  for (const u of names) if (r!.infos.has(u)) infos++;
   const cursor = more && n > 0 ? names[n - 1]! : null;
   const res = reply(out, req, (m) => {
     m.mapHeader(infos > 0 ? 4 : 3).str('users').arrayHeader(names.length);
@@ -208,12 +223,8 @@ function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs, 
   smallestPast(rooms.rooms.keys(), after, limit + 1, names);
   let more = names.length > limit;
   if (more) names.length = limit;
-  let bytes = 0; let n = 0;
-  for (; n < names.length; n++) {
-    const cost = names[n]!.length + 32; // the name, its map and the count
-    if (n > 0 && bytes + cost > maxBytes) { more = true; break; }
-    bytes += cost;
-  }
+  const n = fitCount(names.length, (i) => names[i]!.length + 32, maxBytes); // the name, its map and the count
+  if (n < names.length) more = true;
   names.length = n;
   const counts = names.map((x) => rooms.get(x)!.members.size);
   const res = reply(out, req, (m) => {

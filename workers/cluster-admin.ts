@@ -9,7 +9,7 @@
 import { MsgSizer, MsgWriter } from '../engine/protocol/msgpack.js';
 import { DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT } from '../engine/protocol/frames.js';
 import { OUT_ADMIN_REPLY } from '../engine/protocol/records.js';
-import { type AdminArgs, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE, adminError, pageRange, putTombstone } from './admin.js';
+import { type AdminArgs, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE, adminError, fitCount, isSeq, pageRange, putTombstone } from './admin.js';
 import type { OutQueue } from './out-queue.js';
 import type { ClusterStore, RedisMessage } from './store/redis/index.js';
 
@@ -23,8 +23,6 @@ export interface ClusterAdminHost {
   /** The shard's index: shard 0 answers `rooms` for the node, the others list none (the API merges the pages). */
   readonly shard: number;
 }
-
-const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
 function reply(h: ClusterAdminHost, req: number, put: (m: MsgWriter) => void): void {
   h.out.emit(OUT_ADMIN_REPLY, req, '', put);
@@ -47,14 +45,7 @@ export function cutByBytes(msgs: readonly RedisMessage[], maxBytes: number): boo
 export function presencePage(users: readonly string[], after: string, limit: number, maxBytes: number): { users: string[]; cursor: string | null } {
   let lo = 0; let hi = users.length;
   while (lo < hi) { const mid = (lo + hi) >>> 1; if (users[mid]! <= after) lo = mid + 1; else hi = mid; }
-  const page: string[] = [];
-  let bytes = 0;
-  for (let i = lo; i < users.length && page.length < limit; i++) {
-    const cost = users[i]!.length + 2;
-    if (page.length > 0 && bytes + cost > maxBytes) break;
-    page.push(users[i]!);
-    bytes += cost;
-  }
+  const page = users.slice(lo, lo + fitCount(Math.min(limit, users.length - lo), (i) => users[lo + i]!.length + 2, maxBytes));
   const more = lo + page.length < users.length;
   return { users: page, cursor: more && page.length > 0 ? page[page.length - 1]! : null };
 }
@@ -63,13 +54,7 @@ const sizer = new MsgSizer();
 
 /** The rooms of a `rooms` page that fit maxBytes as single-node mode counts them (name + 32 bytes each; at least one). */
 export function roomsPage<T extends { room: string }>(rooms: readonly T[], maxBytes: number): T[] {
-  let bytes = 0; let n = 0;
-  for (; n < rooms.length; n++) {
-    const cost = rooms[n]!.room.length + 32;
-    if (n > 0 && bytes + cost > maxBytes) break;
-    bytes += cost;
-  }
-  return rooms.slice(0, n);
+  return rooms.slice(0, fitCount(rooms.length, (i) => rooms[i]!.room.length + 32, maxBytes));
 }
 
 /** Answers one IN_ADMIN request `op` with `args` (JSON) by one OUT_ADMIN_REPLY; rejects with the store's error (RedisUnavailableError) for the caller to answer. */
