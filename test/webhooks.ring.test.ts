@@ -83,13 +83,13 @@ test('shard: events that find the outbound ring full wait and go out in order, n
   const N = 3000;
   for (let i = 1; i <= N; i++) {
     b.handle(pub(1, 'burst', i, 1 + Math.floor(rnd() * 6000)));
-    if (b.h.events!.pending > 0) queuedSeen++;
+    if (b.h.eventQueue!.pending > 0) queuedSeen++;
   }
   b.handle(inClose(1));
   b.finish();
   assert.ok(b.waits > 100, `the ring was full again and again (${b.waits} waits)`);
   assert.ok(queuedSeen > 0, `some events found the ring full and waited (${queuedSeen} times)`);
-  assert.equal(b.h.events!.dropped, 0);
+  assert.equal(b.h.eventQueue!.dropped, 0);
   assert.deepEqual(b.events.map((e) => e.type), ['room.occupied', 'member.joined', ...Array<string>(N).fill('message.published'), 'member.left', 'room.vacated']);
   assert.deepEqual(b.events.filter((e) => e.type === 'message.published').map((e) => e.seq), Array.from({ length: N }, (_, i) => i + 1));
 });
@@ -108,7 +108,7 @@ test('shard: past the queue bound, the drop counter counts exactly the events lo
     expected += 3;
   }
   b.finish();
-  const dropped = b.h.events!.dropped;
+  const dropped = b.h.eventQueue!.dropped;
   assert.ok(dropped > 0, 'the bound was passed');
   assert.equal(b.events.length + dropped, expected, `seen ${b.events.length} + dropped ${dropped} = every event made`);
   // The events that did come are in order: message seqs only go up.

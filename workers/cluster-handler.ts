@@ -145,13 +145,13 @@ export class ClusterHandler {
   private readonly idleWaiters: (() => void)[] = [];
   private readonly scratchUsers: string[] = [];
   private readonly bounds: InFrameBounds = { userStart: 0, infoLen: -1, frameEnd: 0 };
-  /** Webhook events (HandlerOptions.events), with their bounded wait for ring room (workers/events.ts). */
+  /** Webhook events (HandlerOptions.events), written through the OutQueue like all output (workers/events.ts). */
   private readonly events: ShardEvents | null;
 
   constructor(private readonly ring: RingWriter, private readonly opts: ClusterHandlerOptions) {
     this.out = new OutQueue(ring);
     // Events go through the OutQueue: one FIFO with the shard's other output (workers/events.ts).
-    this.events = opts.events === true ? new ShardEvents(ring, opts.eventQueueEntries, opts.eventQueueBytes, (room, put) => { this.out.emit(OUT_EVENT, 0, room, put); }) : null;
+    this.events = opts.events === true ? new ShardEvents((room, put) => { this.out.emit(OUT_EVENT, 0, room, put); }) : null;
     this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
     // Shard 0's store hears the control channel for the node (kick, disconnect from any node's API).
     this.store = new ClusterStore({ ...opts.cluster, node: `${opts.cluster.node}.s${opts.index}`, control: opts.index === 0 }, {
@@ -724,9 +724,6 @@ export class ClusterHandler {
     this.errors[code]!++;
     this.out.emit(OUT_REFUSED, c.id, room, (m) => writeErr(m, code, msg, ref, retryAfterMs));
   }
-
-  /** Webhook events the shard could not queue (shard stats S_EVENTS_DROPPED). */
-  get eventsDropped(): number { return this.events?.dropped ?? 0; }
 
 
 }

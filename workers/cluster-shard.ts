@@ -12,7 +12,7 @@
  * the main thread answers `overloaded`, as in single-node mode.
  */
 import {
-  S_CONNS, S_DELIVERED, S_ERR_BASE, S_EVENTS_DROPPED, S_HEAP_USED, S_HEARTBEAT, S_ARRAY_BUFFERS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
+  S_CONNS, S_DELIVERED, S_ERR_BASE, S_HEAP_USED, S_HEARTBEAT, S_ARRAY_BUFFERS, S_LOOP_LAG_MS, S_MEMBERS, S_OUT_WAITS, S_PARKS,
   S_PRESENT_USERS, S_PUBLISHED, S_RECORDS_IN, S_ROOMS, S_STORE_HEALTHY, S_UP,
 } from '../engine/metrics/shard-stats.js';
 import { RingReader, RingWriter } from '../engine/ring/index.js';
@@ -48,7 +48,6 @@ export async function runClusterShard(task: ClusterShardTask): Promise<{ index: 
     stats[S_RECORDS_IN] = records;
     stats[S_PARKS] = inbound.parks;
     stats[S_OUT_WAITS] = h.out.waits;
-    stats[S_EVENTS_DROPPED] = h.eventsDropped;
     stats[S_STORE_HEALTHY] = h.store.healthy ? 1 : 0;
     stats.set(h.errors, S_ERR_BASE);
   };

@@ -37,21 +37,21 @@ export type EventRoom = Pick<Room, 'name' | 'epoch'> & { readonly users: { reado
 const sz = new MsgSizer();
 const w = new MsgWriter();
 
-export class ShardEvents {
+/** Where an event's record goes: `put` writes its MessagePack body (run once to size, once to write). */
+export type EventSink = (room: string, put: (m: MsgWriter) => void) => void;
+
+/**
+ * Single-node mode's sink: an event goes straight into the outbound ring when it fits and nothing
+ * waits before it, else into the bounded queue above (cluster mode's sink is its OutQueue).
+ */
+export class EventQueue {
   /** Events dropped past the queue's bound. */
   dropped = 0;
   private readonly queue: Uint8Array[] = [];
   private head = 0;
   private queuedBytes = 0;
 
-  /**
-   * `sink`: where events go instead of this class's own ring writes and queue. Cluster mode passes
-   * its OutQueue's emit (workers/out-queue.ts), so events keep the one FIFO of that shard's output
-   * (never ahead of queued records), wake with it when ring room frees, and are written before
-   * OUT_DRAINED.
-   */
-  constructor(private readonly out: RingWriter, readonly maxEntries = PENDING_EVENT_ENTRIES, readonly maxBytes = PENDING_EVENT_BYTES,
-    private readonly sink: ((room: string, put: (m: MsgWriter) => void) => void) | null = null) {}
+  constructor(private readonly out: RingWriter, readonly maxEntries = PENDING_EVENT_ENTRIES, readonly maxBytes = PENDING_EVENT_BYTES) {}
 
   /** Events waiting for outbound room. */
   get pending(): number {
@@ -78,8 +78,7 @@ export class ShardEvents {
     return 0;
   }
 
-  private write(room: string, put: (m: MsgWriter) => void): void {
-    if (this.sink !== null) { this.sink(room, put); return; }
+  readonly write: EventSink = (room, put) => {
     put(sz.start());
     const bodyLen = sz.pos;
     const len = OUT_BODY + bodyLen + room.length;
@@ -96,7 +95,12 @@ export class ShardEvents {
     record(rec, 0, room, bodyLen, put);
     this.queue.push(rec);
     this.queuedBytes += len;
-  }
+  };
+}
+
+/** The webhook events a shard writes, each as one OUT_EVENT record into `write`. */
+export class ShardEvents {
+  constructor(private readonly write: EventSink) {}
 
   /** message.published: the stored message (its body copied as the client encoded it). */
   message(r: EventRoom, seq: number, from: string, ts: number, body: Uint8Array, bs: number, be: number): void {

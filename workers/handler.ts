@@ -34,7 +34,7 @@ import { CreationLimiter } from './creation.js';
 import { CidWindow } from './cids.js';
 import type { Store } from './store/index.js';
 import { handleAdmin } from './admin.js';
-import { ShardEvents } from './events.js';
+import { EventQueue, ShardEvents } from './events.js';
 import { writeAck, writeHist, writeJoined, writeLeft, writePresence, writeServerAck, writeWho } from './replies.js';
 
 export interface HandlerOptions {
@@ -70,6 +70,8 @@ export class Handler {
   readonly creation: CreationLimiter;
   /** Webhook events (workers/events.ts), when opts.events; null otherwise. */
   readonly events: ShardEvents | null;
+  /** Where the events go: the ring, or a bounded wait for its room (workers/events.ts). */
+  readonly eventQueue: EventQueue | null;
   /** Set once IN_DRAIN was handled. */
   drained = false;
   published = 0;
@@ -104,7 +106,8 @@ export class Handler {
     this.rooms.trackDropped = store !== null;
     this.creation = new CreationLimiter(opts.roomCreateRate, opts.roomCreateBurst, CREATION_TABLE_ENTRIES);
     this.stored = store === null ? undefined : (name) => store.room(name);
-    this.events = opts.events === true ? new ShardEvents(out, opts.eventQueueEntries, opts.eventQueueBytes) : null;
+    this.eventQueue = opts.events === true ? new EventQueue(out, opts.eventQueueEntries, opts.eventQueueBytes) : null;
+    this.events = this.eventQueue === null ? null : new ShardEvents(this.eventQueue.write);
   }
 
   /**
@@ -112,7 +115,7 @@ export class Handler {
    * parks): 0 when none is left, else the free outbound bytes the next one needs.
    */
   flushEvents(): number {
-    return this.events === null || this.events.pending === 0 ? 0 : this.events.flush();
+    return this.eventQueue === null || this.eventQueue.pending === 0 ? 0 : this.eventQueue.flush();
   }
 
   /**

@@ -107,7 +107,7 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
   const publishStats = (): void => {
     const rm = h.rooms;
     stats[S_ROOMS] = rm.rooms.size;
-    stats[S_EVENTS_DROPPED] = h.events?.dropped ?? 0;
+    stats[S_EVENTS_DROPPED] = h.eventQueue?.dropped ?? 0;
     stats[S_MEMBERS] = rm.memberships;
     stats[S_PRESENT_USERS] = rm.presentUsers;
     stats[S_INFO_BYTES] = rm.infoBytes;
@@ -188,7 +188,7 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
         inbound.syncRead();
         // Webhook events the batch's last record left waiting for outbound room go out before
         // the shard parks (workers/events.ts): the main thread frees the room as it reads.
-        if (h.events !== null && h.events.pending > 0) {
+        if (h.eventQueue !== null && h.eventQueue.pending > 0) {
           let need: number;
           while ((need = h.flushEvents()) > 0) {
             publishOutput();
