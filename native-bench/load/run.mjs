@@ -73,7 +73,9 @@ const SCENARIOS = {
 // The bar: shardchat against the single-threaded server of the same protocol (uws-protocol), in
 // every operating point (issue 15): messages in flight per room, room size, many small rooms,
 // echo-style, and open-loop latency at fixed offered rates. uws-plain (no protocol) for scale.
-const PEERS_VS = ['uws-protocol', 'shardchat', 'uws-plain'];
+// uws-protocol-aa: the same-protocol server started twice, so every scenario has its own noise
+// floor (an A/A interval measured in the same runs), not fanout-10x100's.
+const PEERS_VS = ['uws-protocol', 'uws-protocol-aa', 'shardchat', 'uws-plain'];
 SCENARIOS['echo-1x2'] = { kind: 'closed', rooms: 1, members: 2, senders: 2, size: 128, window: 500, peers: PEERS_VS, target: 2,
   about: '1 room x 2 members, both send, 500 in flight each (1000 per room: echo-style), 128 B, closed loop' };
 for (const w of [1, 4, 16, 32]) {
