@@ -755,6 +755,7 @@ async function runSweep(scName, sc, peers) {
   const servers = new Map();
   const serverInfo = {};
   const saturation = {};
+  const saturationLowerBound = {};
   await guarded(scName, servers, serverInfo, async () => {
     for (const p of peers) servers.set(p, await startServer(p));
     const cells = peers.flatMap((p) => sweepRates.map((rate) => ({ p, rate })));
@@ -791,12 +792,15 @@ async function runSweep(scName, sc, peers) {
         const genBound = m.generatorBoundRuns > 0 || m.sentPerSec < 0.97 * (rate / sc.members);
         const ok = why.length === 0 && !genBound;
         points[p].push({ offeredPerSec: rate, ok, generatorBound: genBound, why, attempts: runsHere.length, p99msRuns: runsHere.map((x) => x.p99ms), derived: runsHere, ...m });
+        // a sweep that ends at a generator-bound point (the server not saturated by delivery or
+        // CPU) gives only a lower bound: the server was not shown to saturate there
+        if (!ok && open && why.length === 0) saturationLowerBound[p] = true;
         if (!ok) open = false;
         if (open) saturation[p] = rate;
       }
     }
   });
-  return { points, saturation, servers: serverInfo };
+  return { points, saturation, saturationLowerBound, servers: serverInfo };
 }
 
 /** Hand-written SVG: delivered vs offered and p99 vs offered (log axes), one line per peer. */
@@ -985,7 +989,7 @@ for (const [name, r] of Object.entries(scenarioResults)) {
     md.push(`| peer | saturation (highest offered rate below the first saturated point) | ${sweepRates.map(kps).join(' | ')} |`);
     md.push(`|---|---|${sweepRates.map(() => '---').join('|')}|`);
     for (const [p, pts] of Object.entries(r.points)) {
-      md.push(`| ${peerDef(p).label} | ${r.saturation[p] ? kps(r.saturation[p]) : 'below the lowest rate'} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.generatorBound ? 'gen ' : q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}, CPU ${f1(q.serverCpuPct, 0)}%` : ''; }).join(' | ')} |`);
+      md.push(`| ${peerDef(p).label} | ${r.saturation[p] ? `${r.saturationLowerBound?.[p] ? '>= ' : ''}${kps(r.saturation[p])}${r.saturationLowerBound?.[p] ? ' (the next point was generator-bound, not saturated)' : ''}` : r.saturationLowerBound?.[p] ? 'n/a (generator-bound from the lowest rate)' : 'below the lowest rate'} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.generatorBound ? 'gen ' : q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}, CPU ${f1(q.serverCpuPct, 0)}%` : ''; }).join(' | ')} |`);
     }
   }
 }
@@ -1069,7 +1073,7 @@ const out = {
   machine: { cpu: os.cpus()[0]?.model?.trim(), cores: ncpu, node: process.versions.node, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg(), busyBeforePctOfCore: busyBefore, pinning: pinNote },
   settings: { quick, runs, warmupS: warmup, durationS: duration, sweepWarmupS: sweepWarmup, sweepDurationS: sweepDuration, window, generatorThreads: genThreads, waitIdleS: waitIdle, sweepRates, sweepRuns, idleConns, scale: scaleMax || null, reference, shards: [1, ...shardCounts], scenarios: scenarioNames, peers: peerOverride, cpuProf, perf: perfMode },
   scenarios: Object.fromEntries(Object.entries(scenarioResults).map(([k, r]) => [k, r.kind === 'open'
-    ? { kind: r.kind, params: r.params, saturation: r.saturation, points: r.points, servers: r.servers }
+    ? { kind: r.kind, params: r.params, saturation: r.saturation, saturationLowerBound: r.saturationLowerBound, points: r.points, servers: r.servers }
     : { kind: r.kind, params: r.params, arms: strip(r.arms), ratios: r.ratios, aa: r.aa ?? null, metricsOverhead: r.metricsOverhead ?? null, derivedScale: r.derivedScale ?? null, servers: r.servers }])),
   targets, scrape, findings, failed,
   table,
