@@ -1065,12 +1065,20 @@ const table = md.join('\n');
 
 // ---- output ------------------------------------------------------------------------------------
 
+/** Other work on the machine during the measured windows of every run (the generator's unattributed CPU), in % of one core. */
+function loadDuringRun(results) {
+  const ds = Object.values(results).flatMap((r) => (r.kind === 'open' ? Object.values(r.points ?? {}).flat().flatMap((p) => p.derived ?? [])
+    : Object.values(r.arms ?? {}).flatMap((a) => a.derived ?? [])));
+  const xs = ds.map((d) => d.otherCpuPct).filter((x) => typeof x === 'number' && Number.isFinite(x));
+  return { runs: xs.length, otherCpuPctMedian: median(xs), otherCpuPctMax: xs.length ? Math.max(...xs) : null, disturbedRuns: xs.filter((x) => x > 20).length };
+}
 const strip = (arms) => Object.fromEntries(Object.entries(arms ?? {}).map(([k, a]) => [k, { label: a.label, peer: a.peer, summary: a.summary, derived: a.derived, runs: a.runs, perf: a.perf }]));
 const out = {
   schema: 'shardchat-load-bench/3',
   mode,
   date: new Date().toISOString(), elapsedS: (Date.now() - t0Suite) / 1000, commit, engineDirty: dirty,
-  machine: { cpu: os.cpus()[0]?.model?.trim(), cores: ncpu, node: process.versions.node, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg(), busyBeforePctOfCore: busyBefore, pinning: pinNote },
+  machine: { cpu: os.cpus()[0]?.model?.trim(), cores: ncpu, node: process.versions.node, platform: `${process.platform}-${process.arch}`, kernel: os.release(), memMiB: Math.round(os.totalmem() / 2 ** 20),
+    loadavg: os.loadavg(), busyBeforePctOfCore: busyBefore, loadDuringRun: loadDuringRun(scenarioResults), pinning: pinNote },
   settings: { quick, runs, warmupS: warmup, durationS: duration, sweepWarmupS: sweepWarmup, sweepDurationS: sweepDuration, window, generatorThreads: genThreads, waitIdleS: waitIdle, sweepRates, sweepRuns, idleConns, scale: scaleMax || null, reference, shards: [1, ...shardCounts], scenarios: scenarioNames, peers: peerOverride, cpuProf, perf: perfMode },
   scenarios: Object.fromEntries(Object.entries(scenarioResults).map(([k, r]) => [k, r.kind === 'open'
     ? { kind: r.kind, params: r.params, saturation: r.saturation, saturationLowerBound: r.saturationLowerBound, points: r.points, servers: r.servers }
@@ -1078,8 +1086,10 @@ const out = {
   targets, scrape, findings, failed,
   table,
 };
+const ld = out.machine.loadDuringRun;
 const machineNote = `Machine: ${out.machine.cpu ?? 'cpu?'}, ${ncpu} cores, ${Math.round(os.totalmem() / 2 ** 20)} MiB, ${os.type()} ${os.release()}, Node ${process.versions.node}; ${pinNote}; ` +
-  `${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; \`${process.argv.slice(2).join(' ') || '(no flags)'}\`.`;
+  `${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start; load during the run: other work ${ld.runs ? `${f1(ld.otherCpuPctMedian, 0)}% of a core in the median window (max ${f1(ld.otherCpuPctMax, 0)}%; ${ld.disturbedRuns} of ${ld.runs} windows over 20%)` : 'n/a'}, ` +
+  `load average at the end ${os.loadavg().map((x) => x.toFixed(2)).join(' / ')}; ${(out.elapsedS / 60).toFixed(0)} min; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; \`${process.argv.slice(2).join(' ') || '(no flags)'}\`.`;
 const written = writeResults(paths, out, table, { outFile, reference, machineNote });
 process.stdout.write(`\n${table}\n\nwrote ${written.map((f) => relative(root, f)).join(', ')}${scenarioResults.sweep ? `, ${relative(root, paths.sweepSvg)}` : ''} in ${out.elapsedS.toFixed(0)} s\n`);
 
