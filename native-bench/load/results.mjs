@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 const KEEP = new Set(['runId', 'deliveredPerSec', 'sentPerSec', 'offeredPerSec', 'p50ms', 'p99ms', 'serverCpuMsPer1k', 'mainCpuMsPer1k', 'shardCpuMsPer1k',
   'perShardCpuMsPer1k', 'busiestShardShare', 'serverCpuPct', 'genCpuPct', 'otherCpuPct', 'generatorBound', 'kbPerIdleConn', 'cyclesPerSec', 'setupS', 'connections',
   'errors', 'closes', 'missing', 'gaps', 'stalledClosed', 'skipped', 'runs', 'deliveredPerSecRuns', 'errorsSum', 'closesSum', 'missingSum', 'orderSum',
-  'maxOtherCpuPct', 'generatorBoundRuns', 'rssBeforeKb', 'rssAfterKb', 'storedMsgs', 'historyFilled', 'bytesPerStoredMsg']);
+  'maxOtherCpuPct', 'generatorBoundRuns', 'rssBeforeKb', 'rssAfterKb', 'storedMsgs', 'historyFilled', 'bytesPerStoredMsg', 'shardAmbiguous', 'shardAmbiguousRuns']);
 const round = (x) => (typeof x === 'number' && !Number.isInteger(x) ? Number(x.toPrecision(4)) : x);
 const slim = (o) => Object.fromEntries(Object.entries(o).filter(([k]) => KEEP.has(k)).map(([k, v]) => [k, Array.isArray(v) ? v.map(round) : round(v)]));
 

@@ -392,9 +392,15 @@ function shardsOf(peerName) {
 function derive(j, nShards = 0) {
   const d = j.window_delivered;
   const main = j.server.threads.find((t) => t.main);
-  const others = j.server.threads.filter((t) => !t.main).sort((a, b) => b.cpu_s - a.cpu_s);
+  const others = j.server.threads.filter((t) => !t.main).sort((a, b) => b.cpu_s - a.cpu_s || b.tid - a.tid); // ties: the newer thread
   const per1k = (s) => (d > 0 ? (s / (d / 1000)) * 1000 : null); // ms of CPU per 1000 delivered
   const shards = others.slice(0, nShards);
+  // Cross-check: a worker thread starts after V8's and libuv's helpers, so the shards should also
+  // be the nShards newest threads (highest tids). When the busiest are not the newest, a helper
+  // (GC, compiler) outran a shard: the shard figure is then an upper bound (the busiest nShards
+  // threads use at least what the shards use), and the run is marked.
+  const newest = others.slice().sort((a, b) => b.tid - a.tid).slice(0, nShards);
+  const shardAmbiguous = nShards ? (shards.some((t) => !newest.includes(t)) ? 1 : 0) : null;
   const shardSum = shards.reduce((a, t) => a + t.cpu_s, 0);
   const rest = others.slice(nShards).reduce((a, t) => a + t.cpu_s, 0);
   const core = (c) => j.cores.find((x) => x.cpu === c)?.busy_pct ?? null;
@@ -413,6 +419,8 @@ function derive(j, nShards = 0) {
     shardCpuMsPer1k: nShards ? per1k(shardSum) : null,
     perShardCpuMsPer1k: shards.map((t) => per1k(t.cpu_s)),
     busiestShardShare: nShards && shardSum > 0 ? shards[0].cpu_s / shardSum : null,
+    shardAmbiguous,
+    newestThreadsCpuMsPer1k: nShards ? per1k(newest.reduce((a, t) => a + t.cpu_s, 0)) : null,
     helperThreadsCpuMsPer1k: per1k(rest),
     threadComms: [...new Set(j.server.threads.map((t) => t.comm))].join(','),
     generatorBound: j.generator.cpu_pct > 85 ? 1 : 0,
@@ -690,6 +698,7 @@ function summarize(derived) {
   m.orderSum = derived.reduce((a, d) => a + d.gaps, 0);
   m.maxOtherCpuPct = derived.reduce((a, d) => Math.max(a, d.otherCpuPct ?? 0), 0);
   m.generatorBoundRuns = derived.reduce((a, d) => a + (d.generatorBound ?? 0), 0);
+  m.shardAmbiguousRuns = derived.reduce((a, d) => a + (d.shardAmbiguous ?? 0), 0);
   return m;
 }
 
@@ -939,7 +948,7 @@ for (const [name, r] of Object.entries(scenarioResults)) {
     for (const a of Object.values(r.arms)) {
       const m = a.summary;
       md.push(`| ${a.label} | ${kps(m.deliveredPerSec)} | ${m.deliveredPerSecRuns.map((x) => (x / 1e3).toFixed(0)).join(' / ')} | ${f1(m.p50ms, 2)} | ${f1(m.p99ms, 2)} | ` +
-        `${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${m.shardCpuMsPer1k === null ? '-' : f1(m.shardCpuMsPer1k, 3)} | ${f1(m.serverCpuPct, 0)} | ${f1(m.genCpuPct, 0)}${m.generatorBoundRuns ? ` (${m.generatorBoundRuns} at its limit)` : ''} | ${f1(m.otherCpuPct, 0)} (${f1(m.maxOtherCpuPct, 0)}) | ${m.errorsSum} / ${m.closesSum} / ${m.missingSum} / ${m.orderSum} |`);
+        `${f1(m.serverCpuMsPer1k, 3)} | ${f1(m.mainCpuMsPer1k, 3)} | ${m.shardCpuMsPer1k === null ? '-' : `${f1(m.shardCpuMsPer1k, 3)}${m.shardAmbiguousRuns ? ` (${m.shardAmbiguousRuns} run(s) ?)` : ''}`} | ${f1(m.serverCpuPct, 0)} | ${f1(m.genCpuPct, 0)}${m.generatorBoundRuns ? ` (${m.generatorBoundRuns} at its limit)` : ''} | ${f1(m.otherCpuPct, 0)} (${f1(m.maxOtherCpuPct, 0)}) | ${m.errorsSum} / ${m.closesSum} / ${m.missingSum} / ${m.orderSum} |`);
     }
     const lab = (k) => r.arms[k]?.label ?? k;
     const ratioRow = (x, title) => `| **${title}**${x.generatorBound ? ' (generator-bound: no verdict)' : ''} | **${fmtInterval(x.ci?.throughput)}** | median of ratios ${rx(x.throughput)}; ${x.pairsMatched} pairs | ${fmtInterval(x.ci?.p50)} | ${fmtInterval(x.ci?.p99)} | ${fmtInterval(x.ci?.serverCpuPerMsg)} | ${fmtInterval(x.ci?.mainThreadCpuPerMsg)} | | | | | |`;
@@ -948,6 +957,7 @@ for (const [name, r] of Object.entries(scenarioResults)) {
     if (r.metricsOverhead) md.push(ratioRow(r.metricsOverhead, 'metrics on / off (shardchat)'));
     md.push('');
     md.push('Ratio rows: the median of the paired ratios (pairs matched by run id) and its bootstrap 95% interval [lo, hi].');
+    if (Object.values(r.arms).some((a) => a.summary.shardAmbiguousRuns)) md.push('Shard CPU marked "?": in those runs the busiest non-main threads were not the newest ones (a V8 or libuv helper may have outrun a shard, or a store thread started after it), so which threads are the shards is uncertain; the figure, the busiest N threads, is an upper bound on the shards\' own CPU (the newest N are in the JSON as newestThreadsCpuMsPer1k).');
     const scArm = r.arms.shardchat?.summary;
     if (scArm && scArm.mainCpuMsPer1k > 0 && scArm.shardCpuMsPer1k !== null && r.kind === 'closed') {
       const cost = { mainUs: scArm.mainCpuMsPer1k, shardUs: scArm.shardCpuMsPer1k, rooms: sc.rooms };
