@@ -120,7 +120,8 @@ SCENARIOS['fanout-10x100'].target = 1;
 if (flag('--help') || flag('-h')) {
   process.stdout.write(`usage: node native-bench/load/run.mjs [--quick] [--scenarios LIST] [--peers LIST] [--shards LIST] [--runs N]
   [--duration S] [--warmup S] [--window W] [--threads T] [--no-pin] [--wait-idle S] [--cpu-prof] [--perf] [--out FILE]
-  [--sweep-rates LIST] [--sweep-runs N] [--idle-conns N] [--reference] [--scale 1..N]
+  [--sweep-rates LIST] [--sweep-runs N] [--idle-conns N] [--reference] [--scale 1..N] [--plan]
+  --plan        print the scenarios, the number of generator runs and the expected wall time, and exit
   --quick       ${QUICK_ORDER.join(', ')}: the same-protocol peer (and its A/A arm), shardchat, plain uWS; 3 runs x (1 s warmup + 3 s window)
   --scenarios   comma list of: ${FULL_ORDER.join(', ')} (default: all of them; --quick: the list above)
   --reference   also write a small committable summary (summary.json + summary.md) to native-bench/results/reference/<time>-<mode>/
@@ -873,7 +874,31 @@ for (const name of scenarioNames) {
   const np = peersOf(name).length;
   stepTotal += sc.kind === 'open' ? np * sweepRates.length * sweepRuns : sc.kind === 'stall' ? 2 * runs : np * runs;
 }
-progress(`scenarios ${scenarioNames.join(', ')}; ${runs} runs per arm; ${pinNote}; at most ${stepTotal} generator runs`);
+/**
+ * Expected wall time of the plan, from its steps: each step's warmup and window plus what a step
+ * cost besides them in a smoke run of the whole suite on this machine (connect, drain, close, the
+ * quiet-machine check, server starts and RSS samples). Waiting for a busy machine adds up to 60 s.
+ */
+function planSeconds() {
+  const q = waitIdle > 0 ? 0.5 : 0;
+  let s = 0;
+  for (const name of scenarioNames) {
+    const sc = SCENARIOS[name];
+    const np = peersOf(name).length;
+    const starts = np * 0.7; // one server start + stop per peer of a scenario
+    const conns = sc.rooms * sc.members;
+    if (sc.kind === 'open') s += starts + np * sweepRates.length * sweepRuns * (q + sweepWarmup + sweepDuration + 2.3);
+    else if (sc.kind === 'idle') s += np * runs * (q + 0.9 + 2 + 1.5 + idleConns / 5000);
+    else if (sc.kind === 'history') s += np * runs * (q + 1.0 + 2 * 2.9 + 0.5 + Math.max(duration, 10) + 0.5);
+    else if (sc.kind === 'churn') s += starts + np * runs * (q + 1 + Math.min(duration, 4) + 0.5);
+    else if (sc.kind === 'stall') s += starts + 2 * runs * (q + warmup + duration + 1.5);
+    else s += starts + np * runs * (q + warmup + duration + 0.4 + (0.3 * conns) / 1000);
+  }
+  return s;
+}
+const planS = planSeconds();
+progress(`scenarios ${scenarioNames.join(', ')}; ${runs} runs per arm; ${pinNote}; at most ${stepTotal} generator runs, about ${Math.round(planS / 60)} min (+ up to 1 min waiting for a busy machine)`);
+if (flag('--plan')) process.exit(0);
 
 const scenarioResults = {};
 for (const name of scenarioNames) {
