@@ -1030,7 +1030,7 @@ for (const [name, r] of Object.entries(scenarioResults)) {
     md.push(`| peer | saturation (highest offered rate below the first saturated point) | ${sweepRates.map(kps).join(' | ')} |`);
     md.push(`|---|---|${sweepRates.map(() => '---').join('|')}|`);
     for (const [p, pts] of Object.entries(r.points)) {
-      md.push(`| ${peerDef(p).label} | ${r.saturation[p] ? `${r.saturationLowerBound?.[p] ? '>= ' : ''}${kps(r.saturation[p])}${r.saturationLowerBound?.[p] ? ' (the next point was generator-bound, not saturated)' : ''}` : r.saturationLowerBound?.[p] ? 'n/a (generator-bound from the lowest rate)' : 'below the lowest rate'} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${q.generatorBound ? 'gen ' : q.ok ? '' : '✗ '}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}, CPU ${f1(q.serverCpuPct, 0)}%` : ''; }).join(' | ')} |`);
+      md.push(`| ${peerDef(p).label} | ${r.saturation[p] ? `${r.saturationLowerBound?.[p] ? '>= ' : ''}${kps(r.saturation[p])}${r.saturationLowerBound?.[p] ? ' (the next point was generator-bound, not saturated)' : ''}` : r.saturationLowerBound?.[p] ? 'n/a (generator-bound from the lowest rate)' : 'below the lowest rate'} | ${sweepRates.map((rate) => { const q = pts.find((x) => x.offeredPerSec === rate); return q ? `${!q.ok && q.why.length ? '✗ ' : ''}${q.generatorBound ? 'gen ' : ''}${kps(q.deliveredPerSec)}, p99 ${f1(q.p99ms, 1)}, CPU ${f1(q.serverCpuPct, 0)}%` : ''; }).join(' | ')} |`);
     }
   }
 }
@@ -1100,7 +1100,7 @@ for (const t of targets) {
   const verdict = t.verdict === 'met' ? 'met' : t.verdict === 'not met' ? '**not met**' : t.verdict;
   md.push(`| ${t.name} | ${v}${t.note ?? ''} | ${t.limit} | ${verdict} | ${t.verdict !== 'inconclusive' ? '' : t.tooFew ? `at least ${t.runsNeeded} pairs (this run: ${t.n})` : t.runsNeeded === null ? 'none: the point sits on the limit' : `about ${t.runsNeeded} pairs`} |`);
 }
-if (scrape) md.push(`\n/metrics scrape of shardchat after ${scrape.scenario}: HTTP ${scrape.status}, ${scrape.bytes} bytes -> native-bench/results/sample-scrape.txt`);
+if (scrape) md.push(`\n/metrics scrape of shardchat after ${scrape.scenario}: HTTP ${scrape.status}, ${scrape.bytes} bytes -> ${relative(root, paths.scrape)}`);
 md.push('');
 md.push(findings.length ? `Findings:\n${findings.map((f) => `- ${f}`).join('\n')}` : 'Findings: none (no errors, no closes, every message delivered to every member in order, no disturbed run).');
 const table = md.join('\n');
