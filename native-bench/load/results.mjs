@@ -62,7 +62,7 @@ export const compactJson = (v) => {
 };
 
 /** Writes a run's files; returns the paths written. */
-export function writeResults(paths, out, table, { outFile, reference, machineNote }) {
+export function writeResults(paths, out, table, { outFile, reference, machineNote, sweepSvg = null }) {
   const written = [];
   const file = outFile ?? paths.run;
   mkdirSync(dirname(file), { recursive: true });
@@ -77,6 +77,8 @@ export function writeResults(paths, out, table, { outFile, reference, machineNot
     writeFileSync(join(paths.referenceDir, 'summary.json'), compactJson(summaryOf(out)));
     writeFileSync(join(paths.referenceDir, 'summary.md'), `${machineNote}\n\n${table}\n`);
     written.push(join(paths.referenceDir, 'summary.json'), join(paths.referenceDir, 'summary.md'));
+    // the sweep's plot of this run (about 10 KB), next to the table it draws
+    if (sweepSvg) { copyFileSync(sweepSvg, join(paths.referenceDir, 'sweep.svg')); written.push(join(paths.referenceDir, 'sweep.svg')); }
   }
   return written;
 }

@@ -462,6 +462,7 @@ function findingsOf(name, j, { stall = 0, mode = 'closed' } = {}) {
   if (t.missing !== 0) f.push(`${name}: delivered ${t.delivered} of ${t.expected_deliveries} expected (missing ${t.missing})`);
   if (t.gaps || t.repeats || t.wrong_room || t.seq_gaps) f.push(`${name}: order check: gaps ${t.gaps}, repeats ${t.repeats}, wrong room ${t.wrong_room}, seq gaps ${t.seq_gaps}`);
   if (t.unanswered_pubs) f.push(`${name}: ${t.unanswered_pubs} pubs got neither ack nor err (${t.acks} acks, ${t.pub_errors} errs, ${t.sent} sent)`);
+  if (mode !== 'idle' && mode !== 'churn' && !(j.window_delivered > 0)) f.push(`${name}: no delivery inside the measured window (${t.delivered} in all, ${t.sent} sent): its rates, latencies and CPU per delivery are n/a`);
   if (t.inflight_after_drain > 0 && mode !== 'open') f.push(`${name}: ${t.inflight_after_drain} own messages never came back within the drain`);
   if (t.unknown_frames || t.bad_frames || t.text_frames) f.push(`${name}: unexpected frames: unknown ${t.unknown_frames}, bad ${t.bad_frames}, text ${t.text_frames}`);
   const other = j.machine?.unattributed_pct_of_core;
@@ -1132,7 +1133,7 @@ const ld = out.machine.loadDuringRun;
 const machineNote = `Machine: ${out.machine.cpu ?? 'cpu?'}, ${ncpu} cores, ${Math.round(os.totalmem() / 2 ** 20)} MiB, ${os.type()} ${os.release()}, Node ${process.versions.node}; ${pinNote}; ` +
   `${busyBefore === null ? '?' : busyBefore.toFixed(0)}% of a core busy before the start; load during the run: other work ${ld.runs ? `${f1(ld.otherCpuPctMedian, 0)}% of a core in the median window (max ${f1(ld.otherCpuPctMax, 0)}%; ${ld.disturbedRuns} of ${ld.runs} windows over 20%)` : 'n/a'}, ` +
   `load average at the end ${os.loadavg().map((x) => x.toFixed(2)).join(' / ')}; ${(out.elapsedS / 60).toFixed(0)} min; commit ${commit ?? '?'}${dirty ? ' + uncommitted engine changes' : ''}; \`${process.argv.slice(2).join(' ') || '(no flags)'}\`.`;
-const written = writeResults(paths, out, table, { outFile, reference, machineNote });
+const written = writeResults(paths, out, table, { outFile, reference, machineNote, sweepSvg: scenarioResults.sweep && existsSync(paths.sweepSvg) ? paths.sweepSvg : null });
 process.stdout.write(`\n${table}\n\nwrote ${written.map((f) => relative(root, f)).join(', ')}${scenarioResults.sweep ? `, ${relative(root, paths.sweepSvg)}` : ''} in ${out.elapsedS.toFixed(0)} s\n`);
 
 if (perfMode) {
