@@ -20,7 +20,7 @@
  * small committable summary under native-bench/results/reference/.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -250,6 +250,10 @@ if (cpuProf) mkdirSync(profDir, { recursive: true });
 const startScript = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts?.start ?? '';
 const startNodeFlags = (/^node((?:\s+--[\w-]+(?:=\S+)?)*)\s+dist\/engine\/cli\.js\b/.exec(startScript)?.[1] ?? '').trim().split(/\s+/).filter(Boolean);
 if (!/^node\b/.test(startScript)) fail(`package.json's start script is not "node [flags] dist/engine/cli.js": ${startScript}`);
+/** Data dirs of the durable shardchat arms: scratch, removed when the runner ends (README: "removed on exit"). */
+const dataDirs = [];
+const newDataDir = (port) => { const d = join(paths.tmp, `shardchat-data-${port}-${Date.now()}`); dataDirs.push(d); return d; };
+process.once('exit', () => { for (const d of dataDirs) rmSync(d, { recursive: true, force: true }); });
 const shardchatArgs = (port, extra, cli = cliJs) => [
   ...startNodeFlags,
   ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []),
@@ -257,7 +261,7 @@ const shardchatArgs = (port, extra, cli = cliJs) => [
   '--upgrade-rate-per-sec', '0', // the idle scenario measures how fast connections open: no admission limit
   '--log-level', 'warn', '--max-connections', '50000',
   // The CLI is durable by default: the memory arms say --store memory; the sqlite arm gets a data dir of its own under tmp.
-  ...(extra.includes('--store') ? ['--data-dir', join(paths.tmp, `shardchat-data-${port}-${Date.now()}`)] : ['--store', 'memory']), ...extra,
+  ...(extra.includes('--store') ? ['--data-dir', newDataDir(port)] : ['--store', 'memory']), ...extra,
 ];
 const SIO_PATH = '/socket.io/?EIO=4&transport=websocket';
 /** Peers: each a server started as a child process; proto is what the C generator speaks to it. */
