@@ -1083,6 +1083,8 @@ for (const name of scenarioNames) {
     const v = verdictOf(ci, IDLE_BYTES_LIMIT, '<=');
     targets.push({ name: `idle: bytes per idle connection, shardchat (<= ${IDLE_BYTES_LIMIT.toLocaleString('en')} B, today's)`, value: ci?.point ?? null, lo: ci?.lo ?? null, hi: ci?.hi ?? null, n: ci?.n ?? 0, limit: `<= ${IDLE_BYTES_LIMIT} B`, verdict: v.verdict, runsNeeded: v.runsNeeded, tooFew: !!v.tooFew, note: '', unit: ' B' });
   }
+  // "at least 1.0x the single-threaded peer in every scenario": churn's rate is connect+join+close cycles/s
+  if (rto('churn', 'shardchat', 'uws-protocol')) target('churn: connect+close cycles/s, shardchat / same protocol 1 thread', rto('churn', 'shardchat', 'uws-protocol'), 'cyclesPerSec', 1, '>=');
   const hs = scenarioResults['history-200x1'];
   if (hs) {
     const x = rto('history-200x1', 'shardchat', 'uws-protocol');
