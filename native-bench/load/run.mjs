@@ -893,7 +893,7 @@ function planSeconds() {
     const starts = np * 0.7; // one server start + stop per peer of a scenario
     const conns = sc.rooms * sc.members;
     if (sc.kind === 'open') s += starts + np * sweepRates.length * sweepRuns * (q + sweepWarmup + sweepDuration + 2.3);
-    else if (sc.kind === 'idle') s += np * runs * (q + 0.9 + 2 + 1.5 + idleConns / 5000);
+    else if (sc.kind === 'idle') s += np * runs * (q + 0.9 + 2 + 1.5 + idleConns / 3000); // opening 10 k: 0.5 s (uWS) to 6 s (Socket.IO) on a quiet machine
     else if (sc.kind === 'history') s += np * runs * (q + 1.0 + 2 * 2.9 + 0.5 + Math.max(duration, 10) + 0.5);
     else if (sc.kind === 'churn') s += starts + np * runs * (q + 1 + Math.min(duration, 4) + 0.5);
     else if (sc.kind === 'stall') s += starts + 2 * runs * (q + warmup + duration + 1.5);
