@@ -108,12 +108,18 @@ const engineHasStore = () => {
   const r = spawnSync(process.execPath, [join(root, 'dist', 'engine', 'cli.js'), '--help'], { encoding: 'utf8', timeout: 10000 });
   return /--store\b/.test(`${r.stdout ?? ''}${r.stderr ?? ''}`);
 };
-const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(engineHasStore() ? ['durable-10x100'] : []), 'sweep', 'idle', 'history-200x1', 'churn', 'stall'];
+const hasStore = engineHasStore();
+const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(hasStore ? ['durable-10x100'] : []), 'sweep', 'idle', 'history-200x1', 'churn', 'stall'];
 const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-protocol', 'uws-protocol-aa', 'uws-protocol-sqlite', 'uws-deferred', 'ws-rooms', 'socketio-rooms',
   'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite', 'shardchat-sqlite-base'];
 for (const k of ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn']) SCENARIOS[k].peers.splice(1, 0, 'uws-protocol');
 SCENARIOS['fanout-10x100'].peers.splice(2, 0, 'uws-protocol-aa');
 SCENARIOS['chat-1to1'].target = 1;
+// Issue 11: the durable engine against the memory one (>= 0.9x on fan-out, >= 0.75x on 1:1 chat,
+// main-thread CPU per delivery unchanged) and against the single-threaded peer that writes SQLite
+// inline, in the same runs as the memory arms. Only once the CLI offers --store (engineHasStore).
+const DURABLE_VS = { 'fanout-10x100': 0.9, 'fanout-1x1000': 0.9, 'chat-1to1': 0.75 };
+if (hasStore) for (const k of Object.keys(DURABLE_VS)) SCENARIOS[k].peers.push('shardchat-sqlite', 'uws-protocol-sqlite');
 SCENARIOS['fanout-1x1000'].target = 1;
 SCENARIOS['fanout-10x100'].target = 1;
 
@@ -1062,6 +1068,10 @@ for (const name of scenarioNames) {
   const aa = r.aa ? ` (A/A ${fmtInterval(r.aa.ci?.throughput)})` : '';
   if (sc.target) target(`${name}: throughput, shardchat / same protocol 1 thread`, rto(name, 'shardchat', 'uws-protocol'), 'throughput', sc.target, '>=', aa);
   if (sc.p99Target) target(`${name}: p99, shardchat / same protocol 1 thread`, rto(name, 'shardchat', 'uws-protocol'), 'p99', sc.p99Target, '<=', r.aa ? ` (A/A ${fmtInterval(r.aa.ci?.p99)})` : '');
+  if (DURABLE_VS[name] && rto(name, 'shardchat-sqlite', 'shardchat')) {
+    target(`${name}: durable throughput, shardchat --store sqlite / --store memory (issue 11)`, rto(name, 'shardchat-sqlite', 'shardchat'), 'throughput', DURABLE_VS[name], '>=');
+    target(`${name}: main-thread CPU per delivery, --store sqlite / --store memory (issue 11: unchanged)`, rto(name, 'shardchat-sqlite', 'shardchat'), 'mainThreadCpuPerMsg', 1.1, '<=');
+  }
   if (rto(name, 'shardchat-sqlite', 'uws-protocol-sqlite')) target(`${name}: durable throughput, shardchat --store sqlite / same protocol + SQLite inline`, rto(name, 'shardchat-sqlite', 'uws-protocol-sqlite'), 'throughput', 1, '>=');
 }
 {
