@@ -72,6 +72,20 @@ export class OutboundDispatcher<C extends Subscribed> {
   }
 
   /**
+   * Drains what a live link's shard has published by now, at the end of the turn that woke it
+   * (ShardLink.afterWake), ahead of uWS's end-of-turn pub/sub write. Its pump may be parked
+   * meanwhile: the pump's wait ends at the shard's next publish, finds the ring as this left it
+   * and parks again. Left with records past one batch, it wakes the pump to take the rest (a
+   * parked pump would otherwise not come back for them until the shard publishes again).
+   */
+  drainNow(link: ShardLink): void {
+    if (this.host.stopped() || !link.up) return;
+    const reader = link.reader;
+    if (!reader.hasNext()) return;
+    if (reader.drain(this.onOut, OUT_BATCH, this.flushAcks) === OUT_BATCH && reader.hasNext()) reader.wake();
+  }
+
+  /**
    * Moves shard output to sockets until the link's generation changes or the engine stops. It
    * parks as soon as the ring is empty rather than polling once per event-loop turn: polling
    * keeps the loop from blocking in epoll, so each turn reads only the few sockets that happen
