@@ -180,6 +180,7 @@ export class Engine {
       control: (body) => this.onControl(body),
       stopped: () => this.stopped,
     }, this.guard, this.links, this.metrics.fanoutLatency, this.log);
+    for (const link of this.links) link.afterWake = () => this.outbound.drainNow(link);
     this.supervisor = new ShardSupervisor(this.pool, this.links, { stallMs: o.shardStallMs, restartBudget: o.shardRestartBudget }, this.log, {
       taskOptions: () => ({
         historyLimit: o.historyLimit, maxHistBytes: o.maxHistBytes, roomTtlMs: o.roomTtlMs, maxBodyDepth: o.maxBodyDepth,

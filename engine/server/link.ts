@@ -135,7 +135,16 @@ export class ShardLink {
   private readonly settleWake = (): void => {
     this.wakeOwed = false;
     this.writer.notify();
+    this.afterWake?.();
   };
+
+  /**
+   * Runs right after the end-of-turn notify (the engine drains the outbound ring there): a shard
+   * that shares the core with the main thread takes it at the notify and has often answered the
+   * turn's frames by the time this runs, so their output leaves in this turn's writes instead of
+   * a turn of its own after another wake-up.
+   */
+  afterWake: (() => void) | null = null;
 
   /** Writes a server-side publish; false when the ring is full. */
   writeServerPub(req: number, room: string, from: string, body: Uint8Array, cid = ''): boolean {

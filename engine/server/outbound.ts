@@ -14,7 +14,16 @@ import type { ShardLink } from './link.js';
 import type { SlowConsumerGuard, Subscribed } from './slow-consumers.js';
 import type { TemplatedApp, WebSocket } from './uws.js';
 
-const OUT_BATCH = 2048;
+/**
+ * Records one pump turn drains before it lets the event loop run. Every record published in a
+ * turn leaves in that turn's writes, one per socket, so the batch decides how full the writes
+ * are: with 2,048, a saturated many-small-2000x2 (2,000 rooms, up to 16,000 pubs in flight)
+ * drained about one pub per room per turn and each socket got ~1 message per write. 16,384 is
+ * above the in-flight count of every bench scenario, so a turn usually takes the whole ring; the
+ * ring's bytes bound it anyway (docs/LIMITS.md), and a turn's cost stays that of the fan-out the
+ * clients already asked for, as in a single-threaded server's turn.
+ */
+const OUT_BATCH = 16384;
 /** Main-thread microseconds mod 2^32 (both ends of the fan-out measurement are on the main thread). */
 export const nowMicros = (): number => (performance.now() * 1000) >>> 0;
 const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -60,6 +69,20 @@ export class OutboundDispatcher<C extends Subscribed> {
   /** Delivers everything published in a link's outbound ring now (a dead shard's, or at drain). */
   deliverAll(link: ShardLink): void {
     link.reader.drain(this.onOut, Infinity, this.flushAcks);
+  }
+
+  /**
+   * Drains what a live link's shard has published by now, at the end of the turn that woke it
+   * (ShardLink.afterWake), ahead of uWS's end-of-turn pub/sub write. Its pump may be parked
+   * meanwhile: the pump's wait ends at the shard's next publish, finds the ring as this left it
+   * and parks again. Left with records past one batch, it wakes the pump to take the rest (a
+   * parked pump would otherwise not come back for them until the shard publishes again).
+   */
+  drainNow(link: ShardLink): void {
+    if (this.host.stopped() || !link.up) return;
+    const reader = link.reader;
+    if (!reader.hasNext()) return;
+    if (reader.drain(this.onOut, OUT_BATCH, this.flushAcks) === OUT_BATCH && reader.hasNext()) reader.wake();
   }
 
   /**
