@@ -34,14 +34,14 @@ export interface SqliteStoreOptions extends Partial<StoreLimits> {
   autoCheckpointPages?: number;
   /** The shard's index: its commits append to the log table log_<shard> (default 0). */
   shard?: number;
-  /** maintain() moves the log into the tables once it holds this many rows (1..65536, default 4096). */
+  /** maintain() moves the log into the tables once it holds this many rows (1..65536, default 16384). */
   logMoveRows?: number;
-  /** ...or once its oldest unmoved row is this old, in ms (0..60000, default 250; 0: at every maintain()). */
+  /** ...or once its oldest unmoved row is this old, in ms (0..60000, default 500; 0: at every maintain()). */
   logMoveMs?: number;
 }
 
-export const DEFAULT_LOG_MOVE_ROWS = 4096;
-export const DEFAULT_LOG_MOVE_MS = 250;
+export const DEFAULT_LOG_MOVE_ROWS = 16384;
+export const DEFAULT_LOG_MOVE_MS = 500;
 /** A commit itself moves the log past this many times logMoveRows (a caller that never calls maintain()). */
 export const LOG_HARD_FACTOR = 2;
 
@@ -194,6 +194,7 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
       throw sqliteError(e, `cannot move the log ${this.logName} in ${this.file}`);
     }
     this.moves++;
+    for (const [name, u] of this.unmoved) if (u.last > 0) this.trimState.touched.add(name);
     this.logRows = 0;
     this.unmoved.clear();
     this.logCursors.clear();
@@ -292,7 +293,9 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
   }
 
   protected trimBackend(now: number, budgetMs: number): TrimResult {
-    this.moveLog(); // trimming reads rooms' latest seqs and removes prefixes: of moved rows only
+    // Trimming reads rooms' latest seqs and removes prefixes of messages: of moved rows only.
+    // The shard trims every tick (500 ms), so the log is at most a tick old whatever logMoveMs.
+    this.moveLog();
     return this.run(() => trimStep(this.db, this.trimSql, this.trimState, this.limits, now, budgetMs), 'trim history');
   }
 
