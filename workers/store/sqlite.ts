@@ -219,7 +219,12 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
   }
 
   protected override afterCommit(): void {
-    if (this.logRows >= LOG_HARD_FACTOR * this.logMoveRows) this.moveLog();
+    if (this.logRows >= LOG_HARD_FACTOR * this.logMoveRows) {
+      // The batch is committed: commit() must not throw now (the caller would take an acked
+      // batch for a failed one). A move that fails here is tried again by the next commit, and
+      // maintain() / trim(), outside a commit, report its error.
+      try { this.moveLog(); } catch { /* see above */ }
+    }
     // Clean entries beyond the bound go, least recently used first (the cache is in use order).
     // A room never written (a join alone) is kept: dropping it would give it a new epoch while
     // the shard still shows the old one; the shard's evict() removes it with the room.
