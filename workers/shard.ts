@@ -66,6 +66,7 @@ function openStore(task: ShardTask): Store | null {
   return new SqliteStore({
     dir: task.dataDir, fsync: task.fsync, historyLimit: task.historyLimit, historyMaxAgeMs: task.historyMaxAgeMs,
     cidWindowMessages: task.cidWindowMessages, cidWindowMs: task.cidWindowMs, autoCheckpointPages: task.autoCheckpointPages,
+    shard: task.index,
   });
 }
 
@@ -186,6 +187,7 @@ async function loop(task: ShardTask, store: Store | null): Promise<ShardResult> 
         h.commit();
         publishOutput();
         inbound.syncRead();
+        store?.maintain(); // the log's move, if due: after the batch's acks went out
         // Webhook events the batch's last record left waiting for outbound room go out before
         // the shard parks (workers/events.ts): the main thread frees the room as it reads.
         if (h.eventQueue !== null && h.eventQueue.pending > 0) {

@@ -210,6 +210,9 @@ export abstract class BufferedStore<D> implements Store {
     return inWindow ? hit.seq : 0;
   }
 
+  /** Between batches: a backend's deferred work (the SQLite log's move). Nothing by default. */
+  maintain(): void {}
+
   trim(now: number, budgetMs: number): TrimResult {
     if (this.closed) throw new StoreError('STORE_MISUSE', 'the store is closed');
     if (this.batch) throw new StoreError('STORE_MISUSE', 'trim() inside a batch');

@@ -10,6 +10,11 @@
  *     trimming, not at every commit, and a room's latest seq is LATEST_SEQ (the larger of it and
  *     the room's newest message). A build that knows only v2 would take rooms.seq as the latest
  *     and reuse seqs: the version makes it refuse the file (STORE_NEWER_SCHEMA) instead.
+ * v4: per-shard append-only logs `log_<k>` (LOG_TABLE): a commit appends its messages and cursors
+ *     there, and the shard moves them into messages / cursors / cids later (moveLogSql). A v3
+ *     build would not read the logs and would miss (and reuse the seqs of) unmoved messages: the
+ *     version makes it refuse the file. Each shard creates its own log; the migration only marks
+ *     the version (v3's data is valid as it is).
  */
 import type Database from 'better-sqlite3';
 import { StoreError } from '../../engine/store-dir.js';
@@ -47,7 +52,60 @@ export const MIGRATIONS: readonly string[] = [
      SELECT room, user, cid, max(seq), ts FROM messages WHERE cid IS NOT NULL GROUP BY room, user, cid;`,
   `-- v3: rooms.seq is a lower bound from now on (see above); the data of v2 is valid as it is.
    SELECT 1;`,
+  `-- v4: per-shard logs (log_<k>), created by each shard when it opens; v3's data is valid as it is.
+   SELECT 1;`,
 ];
+
+/** The name of shard `k`'s log table. */
+export function logTable(k: number): string {
+  if (!(Number.isInteger(k) && k >= 0 && k <= 4095)) throw new TypeError(`store option shard must be an integer 0..4095, got ${String(k)}`);
+  return `log_${k}`;
+}
+
+/** Every shard's log table in the file (any shard count that ever wrote it). */
+export const LIST_LOGS = "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'log_[0-9]*' ORDER BY name";
+
+/** Kind of a log row: a message (with its cid, if any), or a cursor. */
+export const LOG_MSG = 0;
+export const LOG_CURSOR = 1;
+
+/**
+ * A shard's log: rows in commit order (the rowid), so a commit dirties the log's last page or
+ * two whatever rooms it touches. A message row carries every column of messages (and its cid);
+ * a cursor row has room, user, seq (ts 0, no frame).
+ */
+export function logTableSql(name: string): string {
+  return `CREATE TABLE IF NOT EXISTS ${name}(
+     id INTEGER PRIMARY KEY,
+     kind INTEGER NOT NULL,
+     room INTEGER NOT NULL,
+     seq INTEGER NOT NULL,
+     user TEXT NOT NULL,
+     ts INTEGER NOT NULL,
+     cid TEXT,
+     frame BLOB)`;
+}
+
+/**
+ * Moves a log into messages / cursors / cids, sorted by key (a page per room per move, not one
+ * per message), then empties it. Run all of them in ONE write transaction: a move and a commit of
+ * the same log serialize on the write lock, so every row is moved exactly once. Later rows win
+ * (cursors and cids by rowid within a key); a message's row is newer than any row of messages
+ * with its key (messages only grows through moves, trims remove prefixes), so OR REPLACE only
+ * keeps a move from failing where a plain INSERT would refuse.
+ */
+export function moveLogSql(name: string): string[] {
+  return [
+    `INSERT OR REPLACE INTO messages(room, seq, user, ts, cid, frame)
+       SELECT room, seq, user, ts, cid, frame FROM ${name} WHERE kind = ${LOG_MSG} ORDER BY room, seq`,
+    `INSERT OR REPLACE INTO cids(room, user, cid, seq, ts)
+       SELECT room, user, cid, seq, ts FROM ${name} WHERE kind = ${LOG_MSG} AND cid IS NOT NULL ORDER BY room, user, cid, id`,
+    `INSERT INTO cursors(room, user, seq)
+       SELECT room, user, seq FROM ${name} WHERE kind = ${LOG_CURSOR} ORDER BY room, user, id
+       ON CONFLICT(room, user) DO UPDATE SET seq = excluded.seq`,
+    `DELETE FROM ${name}`,
+  ];
+}
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 

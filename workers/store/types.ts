@@ -114,6 +114,11 @@ export interface Store {
   /** The seq of `user`'s earlier message with this cid in the dedupe window, or 0. */
   findCid(room: string, user: string, cid: string, now: number): number;
 
+  /**
+   * Between batches, after their acks went out: work a backend deferred from its commits (the
+   * SQLite backend moves its log into its tables, docs/STORE.md). Cheap when there is none.
+   */
+  maintain(): void;
   /** Retention and dedupe-window trimming in small steps; returns within about budgetMs. Not inside a batch. */
   trim(now: number, budgetMs: number): TrimResult;
   /**
