@@ -78,7 +78,7 @@ export class ConnectionRouter {
     this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
     this.upgrades = new UpgradePath({
       options: o, log: host.log, counters: host.counters,
-      connections: () => this.conns.size, gate: () => this.gate, draining: () => host.draining(), newBucket: () => this.rate.full(),
+      connections: () => this.conns.size, gate: () => this.gate, draining: () => host.draining(), rate: this.rate,
     });
     this.handlers = {
       upgrade: (res, req, ctx) => this.upgrades.onUpgrade(res, req, ctx),
@@ -122,7 +122,7 @@ export class ConnectionRouter {
    */
   chargeReply(ws: WebSocket<Conn>, bytes: number): void {
     const cost = Math.floor(bytes / this.o.replyBytesPerToken);
-    if (cost > 0) this.rate.charge(ws.getUserData().bucket, cost);
+    if (cost > 0) this.rate.charge(ws.getUserData(), cost);
   }
 
   sendErr(ws: WebSocket<Conn>, code: number, msg: string, ref: number, retryAfterMs = -1): void {
@@ -141,8 +141,8 @@ export class ConnectionRouter {
     const u8 = new Uint8Array(msg);
     const err = isBinary ? f.scan(u8, 0, u8.byteLength, o.maxBodyDepth) : E_BAD_FRAME;
     // Every frame costs a token, valid or not.
-    const wait = this.rate.take(c.bucket);
-    const now = c.bucket.last;
+    const wait = this.rate.take(c);
+    const now = c.last;
     const ref = err === 0 || f.ref >= 0 ? f.ref : -1;
     if (wait > 0) {
       this.limitHit(c, 'rate_limited', now);

@@ -22,8 +22,12 @@
  */
 import type { WebSocket } from './uws.js';
 
-/** What a socket's user data must carry for the guard: the topics it is subscribed to. */
-export interface Subscribed { topics: Set<string> }
+/**
+ * What a socket's user data must carry for the guard: the topics it is subscribed to, null while
+ * none (an idle connection carries no list; one topic is a one-element array, ~60 B, where a Set
+ * costs ~150 B). At most maxRoomsPerConn entries, so a linear search is cheap.
+ */
+export interface Subscribed { topics: string[] | null }
 
 /** WebSocket frame header of a server message (no mask): at most 10 bytes. */
 const FRAME_HEADER = 10;
@@ -46,9 +50,10 @@ export class SlowConsumerGuard<C extends Subscribed> {
 
   /** Call right after ws.subscribe(topic). */
   subscribed(ws: WebSocket<C>, topic: string): void {
-    const topics = ws.getUserData().topics;
-    if (topics.has(topic)) return;
-    topics.add(topic);
+    const c = ws.getUserData();
+    if (c.topics === null) c.topics = [topic];
+    else if (c.topics.includes(topic)) return;
+    else c.topics.push(topic);
     let m = this.members.get(topic);
     if (m === undefined) { m = new Set(); this.members.set(topic, m); }
     m.add(ws);
@@ -56,15 +61,21 @@ export class SlowConsumerGuard<C extends Subscribed> {
 
   /** Call right after ws.unsubscribe(topic). */
   unsubscribed(ws: WebSocket<C>, topic: string): void {
-    if (!ws.getUserData().topics.delete(topic)) return;
+    const c = ws.getUserData();
+    const i = c.topics === null ? -1 : c.topics.indexOf(topic);
+    if (i < 0) return;
+    const topics = c.topics!;
+    if (topics.length === 1) c.topics = null;
+    else { topics[i] = topics[topics.length - 1]!; topics.pop(); }
     this.forget(ws, topic);
   }
 
   /** Call from the close handler: uWS has unsubscribed the socket from everything. */
   closed(ws: WebSocket<C>): void {
-    const topics = ws.getUserData().topics;
-    for (const topic of topics) this.forget(ws, topic);
-    topics.clear();
+    const c = ws.getUserData();
+    if (c.topics === null) return;
+    for (const topic of c.topics) this.forget(ws, topic);
+    c.topics = null;
   }
 
   /** Call before app.publish(topic, a message of `bytes` bytes). */

@@ -108,7 +108,7 @@ const engineHasStore = () => {
 };
 const FULL_ORDER = ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', ...VS_ORDER, ...(engineHasStore() ? ['durable-10x100'] : []), 'sweep', 'idle', 'history-200x1', 'churn', 'stall'];
 const PEER_NAMES = ['uws-plain', 'uws-plain-aa', 'uws-protocol', 'uws-protocol-aa', 'uws-protocol-sqlite', 'uws-deferred', 'ws-rooms', 'socketio-rooms',
-  'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite', 'shardchat-sqlite-base'];
+  'shardchat', 'shardchat-nometrics', 'shardchat-sN', 'shardchat-sqlite', 'shardchat-sqlite-base', 'shardchat-base'];
 for (const k of ['fanout-10x100', 'fanout-1x1000', 'chat-1to1', 'sweep', 'idle', 'churn']) SCENARIOS[k].peers.splice(1, 0, 'uws-protocol');
 SCENARIOS['fanout-10x100'].peers.splice(2, 0, 'uws-protocol-aa');
 SCENARIOS['chat-1to1'].target = 1;
@@ -277,6 +277,12 @@ function peerDef(name) {
       if (!cli || !existsSync(cli)) fail('peer shardchat-sqlite-base needs SHARDCHAT_BENCH_BASE_CLI=<path to another build\'s dist/engine/cli.js>');
       return { label: `shardchat --shards 1 --store sqlite, ${relative(root, cli)}`, proto: 'shardchat', shardchat: true, durable: true,
         args: (p) => shardchatArgs(p, ['--shards', '1', '--store', 'sqlite'], cli) };
+    }
+    // The same before/after arm with the memory store (e.g. the idle scenario): shardchat --shards 1 of another build.
+    case 'shardchat-base': {
+      const cli = process.env.SHARDCHAT_BENCH_BASE_CLI;
+      if (!cli || !existsSync(cli)) fail('peer shardchat-base needs SHARDCHAT_BENCH_BASE_CLI=<path to another build\'s dist/engine/cli.js>');
+      return { label: `shardchat --shards 1, ${relative(root, cli)}`, proto: 'shardchat', shardchat: true, args: (p) => shardchatArgs(p, ['--shards', '1'], cli) };
     }
     case 'uws-deferred': return { label: 'uWS pub/sub, publish deferred (diagnostic)', proto: 'plain', args: peerFile('uws-deferred.mjs') };
     case 'ws-rooms': return { label: 'ws + room map', proto: 'plain', args: peerFile('ws-rooms.mjs'), npm: true };
