@@ -2,6 +2,7 @@
 import type { Identity } from '../auth/index.js';
 import type { ExpirySlot } from './auth-gate.js';
 import type { BucketState } from './token-bucket.js';
+import type { RoomSet } from './room-set.js';
 
 /**
  * Per-socket state, held by uWS as the socket's user data. One flat object per connection (issue
@@ -18,10 +19,10 @@ export interface Conn extends ExpirySlot, BucketState {
   anon: boolean;
   /** A hash of the client address (the room-creation principal of an anonymous user). */
   addr: number;
-  /** Rooms this connection joined (and has not left), as the main thread routed them. */
-  rooms: Set<string>;
-  /** uWS topics the socket is subscribed to (kept by SlowConsumerGuard; null while none). */
-  topics: string[] | null;
+  /** Rooms this connection joined (and has not left), as the main thread routed them (./room-set.ts). */
+  rooms: RoomSet;
+  /** uWS topics the socket is subscribed to (kept by SlowConsumerGuard, as a RoomSet). */
+  topics: RoomSet;
   closed: boolean;
   /** When (monotonic ms) this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
   lastLimitLog: number;

@@ -21,13 +21,14 @@
  * reply, and the first sweep after it passes maxBufferBytes closes it (docs/LIMITS.md).
  */
 import type { WebSocket } from './uws.js';
+import { type RoomSet, roomsAdd, roomsDelete, roomsHas, roomsOf } from './room-set.js';
 
 /**
- * What a socket's user data must carry for the guard: the topics it is subscribed to, null while
- * none (an idle connection carries no list; one topic is a one-element array, ~60 B, where a Set
- * costs ~150 B). At most maxRoomsPerConn entries, so a linear search is cheap.
+ * What a socket's user data must carry for the guard: the topics it is subscribed to, kept as a
+ * RoomSet (null while none, the topic itself for one, a Set from two on: an idle connection in
+ * one room carries no Set).
  */
-export interface Subscribed { topics: string[] | null }
+export interface Subscribed { topics: RoomSet }
 
 /** WebSocket frame header of a server message (no mask): at most 10 bytes. */
 const FRAME_HEADER = 10;
@@ -51,9 +52,8 @@ export class SlowConsumerGuard<C extends Subscribed> {
   /** Call right after ws.subscribe(topic). */
   subscribed(ws: WebSocket<C>, topic: string): void {
     const c = ws.getUserData();
-    if (c.topics === null) c.topics = [topic];
-    else if (c.topics.includes(topic)) return;
-    else c.topics.push(topic);
+    if (roomsHas(c.topics, topic)) return;
+    c.topics = roomsAdd(c.topics, topic);
     let m = this.members.get(topic);
     if (m === undefined) { m = new Set(); this.members.set(topic, m); }
     m.add(ws);
@@ -62,19 +62,15 @@ export class SlowConsumerGuard<C extends Subscribed> {
   /** Call right after ws.unsubscribe(topic). */
   unsubscribed(ws: WebSocket<C>, topic: string): void {
     const c = ws.getUserData();
-    const i = c.topics === null ? -1 : c.topics.indexOf(topic);
-    if (i < 0) return;
-    const topics = c.topics!;
-    if (topics.length === 1) c.topics = null;
-    else { topics[i] = topics[topics.length - 1]!; topics.pop(); }
+    if (!roomsHas(c.topics, topic)) return;
+    c.topics = roomsDelete(c.topics, topic);
     this.forget(ws, topic);
   }
 
   /** Call from the close handler: uWS has unsubscribed the socket from everything. */
   closed(ws: WebSocket<C>): void {
     const c = ws.getUserData();
-    if (c.topics === null) return;
-    for (const topic of c.topics) this.forget(ws, topic);
+    for (const topic of roomsOf(c.topics)) this.forget(ws, topic);
     c.topics = null;
   }
 

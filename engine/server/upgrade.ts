@@ -157,7 +157,7 @@ export class UpgradePath {
     const full = this.host.rate.full();
     const data: Conn = {
       id, connStr, user: user ?? `anon-${connStr}`, anon: user === null, identity, expiryTimer: null,
-      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), topics: null,
+      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: null, topics: null,
       tokens: full.tokens, last: full.last, closed: false, lastLimitLog: -Infinity,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);

@@ -25,7 +25,7 @@ const engine = await createEngine({ port: 0, host: '127.0.0.1', shards: 1, store
 const port = await engine.listen();
 const rssKb = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
 async function shardHeap() {
-  const t = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const t = await (await globalThis.fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const m = /shardchat_worker_heap_used_bytes\{[^}]*\} (\d+)/.exec(t);
   return m ? Number(m[1]) : NaN;
 }
