@@ -29,7 +29,7 @@ import {
   IN_FRAME_BODY, OUT_BODY, OUT_DRAINED, OUT_PUBLISH_ACK, OUT_JOINED, OUT_LEFT, OUT_PUBLISH, OUT_REFUSED, OUT_SEND, OUT_SERVER_ACK, getU32, inFrameBounds, readReplay, readServerPub, type InFrameBounds,
 } from '../engine/protocol/records.js';
 import { type RingWriter, recordSpan } from '../engine/ring/index.js';
-import { type Room, Rooms } from './rooms.js';
+import { type Room, Rooms, connRooms } from './rooms.js';
 import { CreationLimiter } from './creation.js';
 import { CidWindow } from './cids.js';
 import type { Store } from './store/index.js';
@@ -692,7 +692,7 @@ export class Handler {
   private onClose(conn: number): number {
     const c = this.rooms.conns.get(conn);
     if (c === undefined) return 0;
-    for (const r of [...c.rooms]) {
+    for (const r of connRooms(c)) {
       // The events of the room before go out first (a connection may be in many rooms).
       const waiting = this.flushEvents();
       if (waiting > 0) return waiting;

@@ -2,9 +2,14 @@
 import type { Identity } from '../auth/index.js';
 import type { ExpirySlot } from './auth-gate.js';
 import type { BucketState } from './token-bucket.js';
+import type { RoomSet } from './room-set.js';
 
-/** Per-socket state, held by uWS as the socket's user data. */
-export interface Conn extends ExpirySlot {
+/**
+ * Per-socket state, held by uWS as the socket's user data. One flat object per connection (issue
+ * 15: idle bytes): the frame-rate bucket's two numbers are its own fields (BucketState), not an
+ * object of their own, and the subscribed-topics list exists only once the socket has a topic.
+ */
+export interface Conn extends ExpirySlot, BucketState {
   /** The token's (or authenticate hook's) identity: permissions and expiry; null in open mode. */
   identity: Identity | null;
   id: number;
@@ -14,12 +19,10 @@ export interface Conn extends ExpirySlot {
   anon: boolean;
   /** A hash of the client address (the room-creation principal of an anonymous user). */
   addr: number;
-  /** Rooms this connection joined (and has not left), as the main thread routed them. */
-  rooms: Set<string>;
-  /** uWS topics the socket is subscribed to (kept by SlowConsumerGuard). */
-  topics: Set<string>;
-  /** The frame-rate token bucket (policy: ConnectionRouter.rate). */
-  bucket: BucketState;
+  /** Rooms this connection joined (and has not left), as the main thread routed them (./room-set.ts). */
+  rooms: RoomSet;
+  /** uWS topics the socket is subscribed to (kept by SlowConsumerGuard, as a RoomSet). */
+  topics: RoomSet;
   closed: boolean;
   /** When (monotonic ms) this connection's last "limit hit" line was logged (at most one per LIMIT_LOG_MS). */
   lastLimitLog: number;

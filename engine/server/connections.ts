@@ -25,6 +25,7 @@ import type { SlowConsumerGuard } from './slow-consumers.js';
 import { TokenBucketPolicy, monotonicMs } from './token-bucket.js';
 import type { Conn, ConnCounters } from './conn.js';
 import { UpgradePath } from './upgrade.js';
+import { roomsAdd, roomsDelete, roomsHas, roomsOf, roomsSize } from './room-set.js';
 import type { WebSocket, WebSocketBehavior } from './uws.js';
 
 /** A connection that keeps hitting a limit is logged at most once per this interval. */
@@ -78,7 +79,7 @@ export class ConnectionRouter {
     this.rate = new TokenBucketPolicy(o.ratePerSec, o.rateBurst, monotonicMs);
     this.upgrades = new UpgradePath({
       options: o, log: host.log, counters: host.counters,
-      connections: () => this.conns.size, gate: () => this.gate, draining: () => host.draining(), newBucket: () => this.rate.full(),
+      connections: () => this.conns.size, gate: () => this.gate, draining: () => host.draining(), rate: this.rate,
     });
     this.handlers = {
       upgrade: (res, req, ctx) => this.upgrades.onUpgrade(res, req, ctx),
@@ -91,7 +92,7 @@ export class ConnectionRouter {
   /** The rooms of every connection summed, as the main thread routed them (stats().connRooms). */
   connRooms(): number {
     let n = 0;
-    for (const ws of this.conns.values()) n += ws.getUserData().rooms.size;
+    for (const ws of this.conns.values()) n += roomsSize(ws.getUserData().rooms);
     return n;
   }
 
@@ -122,7 +123,7 @@ export class ConnectionRouter {
    */
   chargeReply(ws: WebSocket<Conn>, bytes: number): void {
     const cost = Math.floor(bytes / this.o.replyBytesPerToken);
-    if (cost > 0) this.rate.charge(ws.getUserData().bucket, cost);
+    if (cost > 0) this.rate.charge(ws.getUserData(), cost);
   }
 
   sendErr(ws: WebSocket<Conn>, code: number, msg: string, ref: number, retryAfterMs = -1): void {
@@ -141,8 +142,8 @@ export class ConnectionRouter {
     const u8 = new Uint8Array(msg);
     const err = isBinary ? f.scan(u8, 0, u8.byteLength, o.maxBodyDepth) : E_BAD_FRAME;
     // Every frame costs a token, valid or not.
-    const wait = this.rate.take(c.bucket);
-    const now = c.bucket.last;
+    const wait = this.rate.take(c);
+    const now = c.last;
     const ref = err === 0 || f.ref >= 0 ? f.ref : -1;
     if (wait > 0) {
       this.limitHit(c, 'rate_limited', now);
@@ -169,21 +170,21 @@ export class ConnectionRouter {
         const left = this.host.bans.remaining(room, c.user);
         if (left > 0) { this.sendErr(ws, E_FORBIDDEN, `banned from room ${room}`, f.ref, left); return; }
       }
-      const added = !c.rooms.has(room);
+      const added = !roomsHas(c.rooms, room);
       if (added) {
-        if (c.rooms.size >= o.maxRoomsPerConn) { this.limitHit(c, 'too_many_rooms', now); this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
-        c.rooms.add(room);
+        if (roomsSize(c.rooms) >= o.maxRoomsPerConn) { this.limitHit(c, 'too_many_rooms', now); this.sendErr(ws, E_TOO_MANY_ROOMS, `at most ${o.maxRoomsPerConn} rooms per connection`, f.ref); return; }
+        c.rooms = roomsAdd(c.rooms, room);
       }
       if (!link.writeFrame(c.id, c.user, u8, 0, c.anon, c.addr, c.identity?.infoBytes ?? null)) {
-        if (added) c.rooms.delete(room);
+        if (added) c.rooms = roomsDelete(c.rooms, room);
         this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       }
       return;
     }
     if (f.type === T_LEAVE) {
       const room = asciiString(u8, f.roomStart, f.roomEnd);
-      if (!c.rooms.has(room)) { this.sendErr(ws, E_NOT_JOINED, `not joined to room ${room}`, f.ref); return; }
-      if (link.writeFrame(c.id, null, u8, 0)) c.rooms.delete(room);
+      if (!roomsHas(c.rooms, room)) { this.sendErr(ws, E_NOT_JOINED, `not joined to room ${room}`, f.ref); return; }
+      if (link.writeFrame(c.id, null, u8, 0)) c.rooms = roomsDelete(c.rooms, room);
       else this.sendErr(ws, E_OVERLOADED, 'shard queue full', f.ref, 50);
       return;
     }
@@ -253,14 +254,14 @@ export class ConnectionRouter {
     this.host.counters.closedByCode.set(key, (this.host.counters.closedByCode.get(key) ?? 0) + 1);
     this.conns.delete(c.id);
     this.host.guard.closed(ws);
-    if (this.host.stopped()) { c.rooms.clear(); return; }
+    if (this.host.stopped()) { c.rooms = null; return; }
     let told = 0n;
-    for (const room of c.rooms) {
+    for (const room of roomsOf(c.rooms)) {
       const s = this.host.shardOf(room);
       const bit = 1n << BigInt(s);
       if ((told & bit) === 0n) { told |= bit; this.host.links[s]!.close(c.id); }
     }
-    c.rooms.clear();
+    c.rooms = null;
   }
 
   /** Removes every connection of `user` from `room` (each gets an unsolicited `left`, as if it had left). Returns how many. */
@@ -270,9 +271,9 @@ export class ConnectionRouter {
     let n = 0;
     for (const ws of this.conns.values()) {
       const c = ws.getUserData();
-      if (c.user !== user || !c.rooms.has(room) || c.closed) continue;
+      if (c.user !== user || !roomsHas(c.rooms, room) || c.closed) continue;
       if (!link.writeFrame(c.id, null, leave, 0)) throw new EngineError('SHARDCHAT_OVERLOADED', 'shard queue full; retry');
-      c.rooms.delete(room);
+      c.rooms = roomsDelete(c.rooms, room);
       n++;
     }
     return n;
@@ -295,7 +296,7 @@ export class ConnectionRouter {
     for (const ws of this.conns.values()) {
       const c = ws.getUserData();
       // The identity's info now (a refresh may have changed it since the join: the replay shows the newer one).
-      for (const room of c.rooms) if (this.host.shardOf(room) === link.index) link.replay(c.id, c.user, room, c.anon, c.identity?.infoBytes ?? null);
+      for (const room of roomsOf(c.rooms)) if (this.host.shardOf(room) === link.index) link.replay(c.id, c.user, room, c.anon, c.identity?.infoBytes ?? null);
     }
   }
 
@@ -312,7 +313,7 @@ export class ConnectionRouter {
     // The main thread forgot the room when it queued this leave; the shard never handled
     // it, so the socket is still subscribed: keep the room, so the replay below rejoins it
     // and the client's retried leave works.
-    if (f.error === 0 && f.type === T_LEAVE) ws.getUserData().rooms.add(asciiString(b, f.roomStart, f.roomEnd));
+    if (f.error === 0 && f.type === T_LEAVE) { const c = ws.getUserData(); c.rooms = roomsAdd(c.rooms, asciiString(b, f.roomStart, f.roomEnd)); }
     if (storeFailed) this.sendErr(ws, E_UNAVAILABLE, 'the store could not commit this request (nothing of it was kept); retry', f.ref, STORE_RETRY_MS);
     else this.sendErr(ws, E_INTERNAL, 'shard restarted before handling this request; retry', f.ref);
   }

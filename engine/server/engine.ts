@@ -35,6 +35,7 @@ import { RingReader } from '../ring/index.js';
 import { S_UP } from '../metrics/shard-stats.js';
 import { ShardLink } from './link.js';
 import { ShardSupervisor } from './supervisor.js';
+import { roomsAdd, roomsDelete } from './room-set.js';
 import { ConnectionRouter } from './connections.js';
 import type { Conn, ConnCounters } from './conn.js';
 import { OutboundDispatcher } from './outbound.js';
@@ -153,8 +154,8 @@ export class Engine {
       send: (ws, frame) => this.router.send(ws, frame),
       chargeReply: (ws, bytes) => this.router.chargeReply(ws, bytes),
       member: (ws, room, joined) => {
-        const rooms = ws.getUserData().rooms;
-        if (joined) rooms.add(room); else rooms.delete(room);
+        const c = ws.getUserData();
+        c.rooms = joined ? roomsAdd(c.rooms, room) : roomsDelete(c.rooms, room);
       },
       serverAck: (req, seq, epoch, dup) => {
         const p = this.pending.get(req);

@@ -21,9 +21,14 @@
  * reply, and the first sweep after it passes maxBufferBytes closes it (docs/LIMITS.md).
  */
 import type { WebSocket } from './uws.js';
+import { type RoomSet, roomsAdd, roomsDelete, roomsHas, roomsOf } from './room-set.js';
 
-/** What a socket's user data must carry for the guard: the topics it is subscribed to. */
-export interface Subscribed { topics: Set<string> }
+/**
+ * What a socket's user data must carry for the guard: the topics it is subscribed to, kept as a
+ * RoomSet (null while none, the topic itself for one, a Set from two on: an idle connection in
+ * one room carries no Set).
+ */
+export interface Subscribed { topics: RoomSet }
 
 /** WebSocket frame header of a server message (no mask): at most 10 bytes. */
 const FRAME_HEADER = 10;
@@ -46,9 +51,9 @@ export class SlowConsumerGuard<C extends Subscribed> {
 
   /** Call right after ws.subscribe(topic). */
   subscribed(ws: WebSocket<C>, topic: string): void {
-    const topics = ws.getUserData().topics;
-    if (topics.has(topic)) return;
-    topics.add(topic);
+    const c = ws.getUserData();
+    if (roomsHas(c.topics, topic)) return;
+    c.topics = roomsAdd(c.topics, topic);
     let m = this.members.get(topic);
     if (m === undefined) { m = new Set(); this.members.set(topic, m); }
     m.add(ws);
@@ -56,15 +61,17 @@ export class SlowConsumerGuard<C extends Subscribed> {
 
   /** Call right after ws.unsubscribe(topic). */
   unsubscribed(ws: WebSocket<C>, topic: string): void {
-    if (!ws.getUserData().topics.delete(topic)) return;
+    const c = ws.getUserData();
+    if (!roomsHas(c.topics, topic)) return;
+    c.topics = roomsDelete(c.topics, topic);
     this.forget(ws, topic);
   }
 
   /** Call from the close handler: uWS has unsubscribed the socket from everything. */
   closed(ws: WebSocket<C>): void {
-    const topics = ws.getUserData().topics;
-    for (const topic of topics) this.forget(ws, topic);
-    topics.clear();
+    const c = ws.getUserData();
+    for (const topic of roomsOf(c.topics)) this.forget(ws, topic);
+    c.topics = null;
   }
 
   /** Call before app.publish(topic, a message of `bytes` bytes). */

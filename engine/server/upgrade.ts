@@ -26,8 +26,8 @@ export interface UpgradeHost {
   /** Token auth, or null when off. */
   gate(): AuthGate | null;
   draining(): boolean;
-  /** A new connection's full frame-rate bucket. */
-  newBucket(): BucketState;
+  /** The frame-rate policy: a new connection starts with a full bucket. */
+  readonly rate: TokenBucketPolicy;
 }
 
 export class UpgradePath {
@@ -154,10 +154,11 @@ export class UpgradePath {
     const id = this.nextConn++;
     if (this.nextConn > 0xffffffff) this.nextConn = 1;
     const connStr = `c${id.toString(36)}`;
+    const full = this.host.rate.full();
     const data: Conn = {
       id, connStr, user: user ?? `anon-${connStr}`, anon: user === null, identity, expiryTimer: null,
-      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: new Set(), topics: new Set(),
-      bucket: this.host.newBucket(), closed: false, lastLimitLog: -Infinity,
+      addr: addrHash(Buffer.from(res.getRemoteAddressAsText()).toString('latin1')), rooms: null, topics: null,
+      tokens: full.tokens, last: full.last, closed: false, lastLimitLog: -Infinity,
     };
     res.upgrade(data, key, protocol, extensions, ctx as never);
   }
