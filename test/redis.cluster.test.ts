@@ -178,3 +178,26 @@ test('a node keeps the keys of every room it follows alive past roomTtlMs (more 
   assert.equal(Number(await admin.call(['EXISTS', ...rooms.slice(0, 150).map((r) => `sc:{${r}}:m`)], 'exists')), 0, 'left rooms expired');
   assert.equal(Number(await admin.call(['EXISTS', ...rooms.slice(150).map((r) => `sc:{${r}}:m`)], 'exists')), 150, 'followed rooms did not');
 });
+
+test('rooms: names and connection counts are one snapshot: a leave queued right behind the listing never shows its room with 0 connections', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const n = await node(t, [redis.url], 'rl');
+  const other = await node(t, [redis.url], 'rm');
+  const raw = await connectRedis(t, redis.url);
+  await n.store.join('rl-a', 'c1', 'ann', null, null);
+  await n.store.join('rl-b', 'c2', 'bob', null, null);
+  await other.store.join('rl-b', 'c3', 'bea', null, null);
+  assert.deepEqual(await other.store.rooms('', 10), { rooms: [{ room: 'rl-a', connections: 1 }, { room: 'rl-b', connections: 2 }], more: false });
+  // The listing and the leave go out in one tick on the store's one command connection, so Redis
+  // runs them in that order. Reading the names, then the counts (the old rooms()) put the leave
+  // between the two reads: rl-a listed with 0 connections. One script sees the state before the leave.
+  const [page, left] = await Promise.all([n.store.rooms('', 10), n.store.leave('rl-a', 'c1', 'ann')]);
+  assert.equal(left, 0);
+  assert.deepEqual(page, { rooms: [{ room: 'rl-a', connections: 1 }, { room: 'rl-b', connections: 2 }], more: false }, 'the page before the leave, whole');
+  assert.deepEqual(await n.store.rooms('', 10), { rooms: [{ room: 'rl-b', connections: 2 }], more: false }, 'after the leave: gone');
+  // A name without presence entries (only a hand-edited Redis has one) is skipped and does not use up the page.
+  await raw.call(['ZADD', 'sc:rooms', '0', 'rl-0', '0', 'rl-a'], 'test');
+  assert.deepEqual(await n.store.rooms('', 1), { rooms: [{ room: 'rl-b', connections: 2 }], more: false });
+  assert.deepEqual(await n.store.rooms('rl-a', 1), { rooms: [{ room: 'rl-b', connections: 2 }], more: false }, 'after a cursor');
+});

@@ -8,10 +8,10 @@
  */
 import { RedisConnection, type RedisConnectionOptions } from './connection.js';
 import { RedisCursors } from './cursors.js';
-import { RedisUnavailableError } from './errors.js';
+import { RedisProtocolError, RedisUnavailableError } from './errors.js';
 import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
-import { CONTROL_CHANNEL, ROOMS_KEY, cursorKey, metaKey, partitionIndex, presenceKey, redactKey, roomChannel, streamKey } from './keys.js';
-import { REDACT, TOUCH } from './scripts.js';
+import { CONTROL_CHANNEL, KEY_PREFIX, ROOMS_KEY, cursorKey, metaKey, partitionIndex, presenceKey, redactKey, roomChannel, streamKey } from './keys.js';
+import { REDACT, ROOMS, TOUCH } from './scripts.js';
 import { validateClusterOptions } from './options.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
@@ -305,16 +305,20 @@ export class ClusterStore {
 
   /**
    * The `limit` smallest names past `after` of the rooms with presence on any node (every
-   * instance's `sc:rooms`), sorted, with their connections over all nodes; `more` when names
-   * past the page's last exist.
+   * instance's `sc:rooms`), sorted, with their connections over all nodes (always >= 1); `more`
+   * when names past the page's last exist. Each instance's names and counts are one snapshot
+   * (the ROOMS script): a room is listed exactly while some connection is present in it.
    */
   async rooms(after: string, limit: number): Promise<{ rooms: { room: string; connections: number }[]; more: boolean }> {
-    const lists = await Promise.all(this.parts.map((p) => p.conn.call(['ZRANGEBYLEX', ROOMS_KEY, after === '' ? '-' : `(${after}`, '+', 'LIMIT', '0', String(limit + 1)], 'list the rooms')));
-    const names = [...new Set(lists.flatMap((l) => (Array.isArray(l) ? l : []).map((b) => (b as Buffer).toString('utf8'))))].sort();
-    const more = names.length > limit;
-    const page = names.slice(0, limit);
-    const counts = await Promise.all(page.map((n) => this.connections(n)));
-    return { rooms: page.map((room, i) => ({ room, connections: counts[i]! })), more };
+    const lists = await Promise.all(this.parts.map((p) => ROOMS.run(p.conn, [ROOMS_KEY], [KEY_PREFIX, after, String(limit + 1)], 'list the rooms')));
+    const all: { room: string; connections: number }[] = [];
+    for (const l of lists) {
+      if (!Array.isArray(l) || l.length % 2 !== 0) throw new RedisProtocolError('rooms script: bad reply');
+      for (let i = 0; i < l.length; i += 2) all.push({ room: (l[i] as Buffer).toString('utf8'), connections: Number(l[i + 1]) });
+    }
+    // A room's keys live on one instance, so the lists are disjoint: merge them by name.
+    all.sort((x, y) => (x.room < y.room ? -1 : x.room > y.room ? 1 : 0));
+    return { rooms: all.slice(0, limit), more: all.length > limit };
   }
 
   /** Connections present in the room over all nodes. */
