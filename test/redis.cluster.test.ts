@@ -201,3 +201,33 @@ test('rooms: names and connection counts are one snapshot: a leave queued right 
   assert.deepEqual(await n.store.rooms('', 1), { rooms: [{ room: 'rl-b', connections: 2 }], more: false });
   assert.deepEqual(await n.store.rooms('rl-a', 1), { rooms: [{ room: 'rl-b', connections: 2 }], more: false }, 'after a cursor');
 });
+
+test('a join that times out after its presence call was sent leaves no ghost: the store takes the entry out behind it', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const raw = await connectRedis(t, redis.url);
+  // Another node's member sees the room's presence events.
+  const obs = await node(t, [redis.url], 'go');
+  await obs.store.join('gh', 'c0', 'obs', null, null);
+  const store = new ClusterStore({ urls: [redis.url], node: 'gj', heartbeatTtlMs: 3000, connection: { commandTimeoutMs: 200 } }, {
+    message() { /* no messages here */ }, epoch() { /* one epoch */ }, lost(room) { assert.fail(`lost in ${room}`); }, health() { /* not checked */ },
+    presence() { /* the observer's are checked */ },
+  });
+  t.after(() => store.close());
+  await store.start();
+  // Redis holds every write command (scripts included) for 600 ms: the join's READ and PRESENCE
+  // calls are sent, time out after 200 ms (the join is refused), and run when the pause ends.
+  await raw.call(['CLIENT', 'PAUSE', '600', 'WRITE'], 'test');
+  await assert.rejects(store.join('gh', 'c1', 'ann', null, null), (err: Error) => err.name === 'RedisUnavailableError');
+  // A write of this connection waits for the pause's end; the store's calls queued before it on
+  // its own connection: its `who` below runs after the join and whatever followed it there.
+  await raw.call(['SET', 'gh-after-pause', '1'], 'test');
+  assert.deepEqual(await store.who('gh'), ['obs'], 'the refused join is not a member');
+  assert.equal(await raw.call(['HLEN', 'sc:{gh}:p'], 'test'), 1, 'only the observer\'s presence entry');
+  const ann = (): string[] => obs.presence.filter((p) => p.includes(' ann '));
+  await waitFor(() => ann().length === 2, 'the join and the leave event');
+  assert.deepEqual(ann(), ['gh ann join', 'gh ann leave'], 'the join that ran is balanced by a leave');
+  // The undo itself was sent in the pause and timed out too: kept, and retried by the next tick (a no-op now).
+  await waitFor(() => store.pendingLeaveCount === 0, 'the retried leave done', 3000);
+  assert.deepEqual(await store.who('gh'), ['obs']);
+});
