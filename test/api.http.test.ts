@@ -82,8 +82,8 @@ test('publish reaches a joined client; history, presence, rooms and broadcast an
   const who = await post(engine.port, 'presence', { room: 'api-room' });
   assert.deepEqual(who.body.users, ['alice']);
   matchesDoc('presence', who.body);
-  // A second room, so the page of one has a next page (the cursor is null only on the last).
-  assert.equal((await post(engine.port, 'publish', { room: 'api-room-2', body: 1 })).status, 200);
+  // A second room with a member, so the page of one has a next page (the cursor is null only on the last).
+  await joinRoom(alice, 'api-room-2');
   const rooms = await post(engine.port, 'rooms', { limit: 1 });
   assert.ok((rooms.body.rooms as { room: string }[]).some((r) => r.room === 'api-room'));
   matchesDoc('rooms', rooms.body);
@@ -93,18 +93,25 @@ test('publish reaches a joined client; history, presence, rooms and broadcast an
   matchesDoc('broadcast', many.body);
 });
 
-test('rooms pages through every shard with a cursor', async (t) => {
+test('rooms pages through every shard with a cursor; only rooms with a connection are listed, as in cluster mode', async (t) => {
   const engine = await startEngine(t, { apiKey: KEY });
-  for (let i = 0; i < 5; i++) assert.equal((await post(engine.port, 'publish', { room: `page-${i}`, body: i })).status, 200);
-  const seen: string[] = [];
+  const ann = await openClient(t, engine, 'ann');
+  const bob = await openClient(t, engine, 'bob');
+  for (let i = 0; i < 5; i++) await joinRoom(ann, `page-${i}`);
+  await joinRoom(bob, 'page-2');
+  // Held by their shards but with nobody in them: a room only published to, a room everyone left.
+  assert.equal((await post(engine.port, 'publish', { room: 'page-1b', body: 1 })).status, 200);
+  await joinRoom(bob, 'page-3b');
+  assert.equal((await bob.request({ t: 'leave', room: 'page-3b' })).t, 'left');
+  const seen: { room: string; connections: number }[] = [];
   let cursor: string | null = null;
   for (let i = 0; i < 10; i++) {
     const r = await post(engine.port, 'rooms', { limit: 2, cursor });
-    seen.push(...(r.body.rooms as { room: string }[]).map((x) => x.room));
+    seen.push(...(r.body.rooms as { room: string; connections: number }[]));
     cursor = r.body.cursor as string | null;
     if (cursor === null) break;
   }
-  assert.deepEqual(seen, ['page-0', 'page-1', 'page-2', 'page-3', 'page-4']);
+  assert.deepEqual(seen, [0, 1, 2, 3, 4].map((i) => ({ room: `page-${i}`, connections: i === 2 ? 2 : 1 })));
 });
 
 test('kick with a ban removes the user and blocks the rejoin with forbidden; disconnect closes with the code', async (t) => {
@@ -248,13 +255,11 @@ test('presence pages through a room\'s users with a cursor, each page within max
 });
 
 test('rooms pages stay within maxHistBytes per shard, so a page of long names fits a 64 KiB ring; the cursor still finds every room once', async (t) => {
-  const engine = await startEngine(t, { apiKey: KEY, ringBytes: 1 << 16, maxHistBytes: 4096, maxFrameBytes: 4096 });
+  const engine = await startEngine(t, { apiKey: KEY, ringBytes: 1 << 16, maxHistBytes: 4096, maxFrameBytes: 4096, maxRoomsPerConn: 600 });
   // 600 rooms of 100-byte names: all of a shard's in one reply would be ~35 KB, more than a ring record (32 KiB).
   const names = Array.from({ length: 600 }, (_, i) => `r${String(i).padStart(4, '0')}-${'n'.repeat(94)}`);
-  for (let i = 0; i < names.length; i += 100) {
-    const r = await post(engine.port, 'broadcast', { rooms: names.slice(i, i + 100), body: 1 });
-    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
-  }
+  const member = await openClient(t, engine, 'member');
+  for (const n of names) await joinRoom(member, n);
   const seen: string[] = [];
   let cursor: string | null = null;
   let pages = 0;

@@ -178,3 +178,56 @@ test('a node keeps the keys of every room it follows alive past roomTtlMs (more 
   assert.equal(Number(await admin.call(['EXISTS', ...rooms.slice(0, 150).map((r) => `sc:{${r}}:m`)], 'exists')), 0, 'left rooms expired');
   assert.equal(Number(await admin.call(['EXISTS', ...rooms.slice(150).map((r) => `sc:{${r}}:m`)], 'exists')), 150, 'followed rooms did not');
 });
+
+test('rooms: names and connection counts are one snapshot: a leave queued right behind the listing never shows its room with 0 connections', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const n = await node(t, [redis.url], 'rl');
+  const other = await node(t, [redis.url], 'rm');
+  const raw = await connectRedis(t, redis.url);
+  await n.store.join('rl-a', 'c1', 'ann', null, null);
+  await n.store.join('rl-b', 'c2', 'bob', null, null);
+  await other.store.join('rl-b', 'c3', 'bea', null, null);
+  assert.deepEqual(await other.store.rooms('', 10), { rooms: [{ room: 'rl-a', connections: 1 }, { room: 'rl-b', connections: 2 }], more: false });
+  // The listing and the leave go out in one tick on the store's one command connection, so Redis
+  // runs them in that order. Reading the names, then the counts (the old rooms()) put the leave
+  // between the two reads: rl-a listed with 0 connections. One script sees the state before the leave.
+  const [page, left] = await Promise.all([n.store.rooms('', 10), n.store.leave('rl-a', 'c1', 'ann')]);
+  assert.equal(left, 0);
+  assert.deepEqual(page, { rooms: [{ room: 'rl-a', connections: 1 }, { room: 'rl-b', connections: 2 }], more: false }, 'the page before the leave, whole');
+  assert.deepEqual(await n.store.rooms('', 10), { rooms: [{ room: 'rl-b', connections: 2 }], more: false }, 'after the leave: gone');
+  // A name without presence entries (only a hand-edited Redis has one) is skipped and does not use up the page.
+  await raw.call(['ZADD', 'sc:rooms', '0', 'rl-0', '0', 'rl-a'], 'test');
+  assert.deepEqual(await n.store.rooms('', 1), { rooms: [{ room: 'rl-b', connections: 2 }], more: false });
+  assert.deepEqual(await n.store.rooms('rl-a', 1), { rooms: [{ room: 'rl-b', connections: 2 }], more: false }, 'after a cursor');
+});
+
+test('a join that times out after its presence call was sent leaves no ghost: the store takes the entry out behind it', async (t) => {
+  const redis = await startRedis(t);
+  if (redis === null) return;
+  const raw = await connectRedis(t, redis.url);
+  // Another node's member sees the room's presence events.
+  const obs = await node(t, [redis.url], 'go');
+  await obs.store.join('gh', 'c0', 'obs', null, null);
+  const store = new ClusterStore({ urls: [redis.url], node: 'gj', heartbeatTtlMs: 3000, connection: { commandTimeoutMs: 200 } }, {
+    message() { /* no messages here */ }, epoch() { /* one epoch */ }, lost(room) { assert.fail(`lost in ${room}`); }, health() { /* not checked */ },
+    presence() { /* the observer's are checked */ },
+  });
+  t.after(() => store.close());
+  await store.start();
+  // Redis holds every write command (scripts included) for 600 ms: the join's READ and PRESENCE
+  // calls are sent, time out after 200 ms (the join is refused), and run when the pause ends.
+  await raw.call(['CLIENT', 'PAUSE', '600', 'WRITE'], 'test');
+  await assert.rejects(store.join('gh', 'c1', 'ann', null, null), (err: Error) => err.name === 'RedisUnavailableError');
+  // A write of this connection waits for the pause's end; the store's calls queued before it on
+  // its own connection: its `who` below runs after the join and whatever followed it there.
+  await raw.call(['SET', 'gh-after-pause', '1'], 'test');
+  assert.deepEqual(await store.who('gh'), ['obs'], 'the refused join is not a member');
+  assert.equal(await raw.call(['HLEN', 'sc:{gh}:p'], 'test'), 1, 'only the observer\'s presence entry');
+  const ann = (): string[] => obs.presence.filter((p) => p.includes(' ann '));
+  await waitFor(() => ann().length === 2, 'the join and the leave event');
+  assert.deepEqual(ann(), ['gh ann join', 'gh ann leave'], 'the join that ran is balanced by a leave');
+  // The undo itself was sent in the pause and timed out too: kept, and retried by the next tick (a no-op now).
+  await waitFor(() => store.pendingLeaveCount === 0, 'the retried leave done', 3000);
+  assert.deepEqual(await store.who('gh'), ['obs']);
+});

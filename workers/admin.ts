@@ -208,7 +208,16 @@ function presence(out: RingWriter, req: number, r: Room | undefined, args: Admin
 }
 
 /**
- * `rooms`: the shard's `limit` smallest room names past `after` with their connection counts,
+ * The names of the shard's rooms with at least one connection: what `rooms` lists, in both modes
+ * (cluster mode's Redis knows only rooms with presence; a room the shard merely still holds,
+ * nobody in it, is not listed).
+ */
+function* occupied(rooms: Rooms): Generator<string> {
+  for (const [name, r] of rooms.rooms) if (r.members.size > 0) yield name;
+}
+
+/**
+ * `rooms`: the shard's `limit` smallest names past `after` of rooms with connections, with their counts,
  * cut to maxHistBytes of names (at least one) so the reply always fits the ring; `more` when
  * the shard holds names past the page's last (the API merges the shards' pages up to the
  * smallest such last name).
@@ -220,7 +229,7 @@ function listRooms(out: RingWriter, rooms: Rooms, req: number, args: AdminArgs, 
   names.length = 0;
   // The `limit` + 1 smallest names past `after` (one more tells whether more follow): a page
   // costs the shard no sort of all its rooms.
-  smallestPast(rooms.rooms.keys(), after, limit + 1, names);
+  smallestPast(occupied(rooms), after, limit + 1, names);
   let more = names.length > limit;
   if (more) names.length = limit;
   const n = fitCount(names.length, (i) => names[i]!.length + 32, maxBytes); // the name, its map and the count

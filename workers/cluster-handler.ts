@@ -610,20 +610,29 @@ export class ClusterHandler {
     const r = this.rooms.get(room);
     const user = r === undefined ? null : this.removeLocal(c, r);
     if (user === null) { this.sendErr(c.id, E_NOT_JOINED, `not joined to room ${room}`, ref); return; }
-    // `left` at once: the main thread unsubscribes before sending it, so no msg follows it.
-    this.aim(room);
-    this.out.emit(OUT_LEFT, c.id, room, (m) => writeLeft(m, this.nb, this.nbLen, ref));
-    await this.leaveStore(room, c.id, user, r!.epoch);
+    // `left` once Redis dropped the presence entry (as `joined` follows the join's), so what the
+    // member sees next (`who`, the API's `presence` and `rooms` on any node) no longer lists it;
+    // also when Redis failed (the store retries the entry's removal). The main thread unsubscribes
+    // before sending `left`, so no msg follows it.
+    await this.leaveStore(room, c.id, user, r!.epoch, () => {
+      this.aim(room);
+      this.out.emit(OUT_LEFT, c.id, room, (m) => writeLeft(m, this.nb, this.nbLen, ref));
+    });
   }
 
-  /** The Redis half of a leave (presence); a failure leaves the entry to the node's sweep or to the next reconnect. */
-  private async leaveStore(room: string, conn: number, user: string, epoch: string): Promise<void> {
+  /**
+   * The Redis half of a leave (presence), then `done`; a failure leaves the entry to the store,
+   * which retries its removal every housekeeping tick (ClusterStore.pendingLeaves).
+   */
+  private async leaveStore(room: string, conn: number, user: string, epoch: string, done?: () => void): Promise<void> {
     let left: number;
     try {
       left = await this.store.leave(room, String(conn), user);
     } catch {
+      done?.();
       return;
     }
+    done?.();
     if (this.opts.events === true && left === 0) {
       const users = await this.store.who(room).catch(() => null);
       this.events?.presence({ name: room, epoch, users: { size: users?.length ?? 1 } }, user, 'leave', conn);

@@ -371,7 +371,7 @@ export function guaranteesSuite(name: string, start: StartTarget): void {
       await waitFor(async () => {
         last = await o.request({ t: 'who', room: 'ghost' });
         return JSON.stringify(last.users) === JSON.stringify(['obs']);
-      }, `who to list only obs (last: ${JSON.stringify(last.users)})`, 5000);
+      }, 'who to list only obs', 5000).catch((err: Error) => { throw new Error(`${err.message} (last: ${JSON.stringify(last.users)})`); });
       const connections = target.connections;
       if (connections) await waitFor(() => connections() === 1, 'only obs connected');
       const w = await o.request({ t: 'who', room: 'ghost' });

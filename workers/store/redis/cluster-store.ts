@@ -8,10 +8,10 @@
  */
 import { RedisConnection, type RedisConnectionOptions } from './connection.js';
 import { RedisCursors } from './cursors.js';
-import { RedisUnavailableError } from './errors.js';
+import { RedisProtocolError, RedisUnavailableError } from './errors.js';
 import { RedisHistory, type RedisMessage, type RoomRead } from './history.js';
-import { CONTROL_CHANNEL, ROOMS_KEY, cursorKey, metaKey, partitionIndex, presenceKey, redactKey, roomChannel, streamKey } from './keys.js';
-import { REDACT, TOUCH } from './scripts.js';
+import { CONTROL_CHANNEL, KEY_PREFIX, ROOMS_KEY, cursorKey, metaKey, partitionIndex, presenceKey, redactKey, roomChannel, streamKey } from './keys.js';
+import { REDACT, ROOMS, TOUCH } from './scripts.js';
 import { validateClusterOptions } from './options.js';
 import { RedisPresence } from './presence.js';
 import { DEFAULT_SEQUENCER_LIMITS, RedisSequencer, type PublishInput, type PublishResult, type SequencerLimits } from './sequencer.js';
@@ -24,6 +24,15 @@ import { RedisSubscriber, type SubscriberEvents, type SubscriberOptions } from '
  */
 export const MAX_TTL_REFRESH_PER_TICK = 10_000;
 export const TTL_REFRESH_ROOMS_PER_CALL = 128;
+
+/**
+ * Presence entries this node still has to remove (a join that failed, a leave that could not be
+ * sent), retried every housekeeping tick; past the bound the oldest is dropped (the entry then
+ * stays until the node stops). docs/LIMITS.md.
+ */
+export const MAX_PENDING_LEAVES = 10_000;
+/** Pending leaves one housekeeping tick retries at most (oldest first; a failed one goes to the back). */
+export const PENDING_LEAVES_PER_TICK = 1000;
 
 export interface ClusterStoreOptions {
   /** One or more Redis URLs; every node must list the same set (any order). */
@@ -86,6 +95,15 @@ export class ClusterStore {
    * too), oldest first: a refresh re-inserts the room at the end. One entry per followed room.
    */
   private readonly touched = new Map<string, number>();
+  /**
+   * `room \0 conn` -> user: presence entries to remove that are not (or no longer) local members:
+   * a join that failed after its PRESENCE call was sent (it may still run: a timed-out call is not
+   * a refused one), a leave that failed. Without this a live node kept them for good: the sweep
+   * only removes dead nodes' entries. At most MAX_PENDING_LEAVES, oldest first.
+   */
+  private readonly pendingLeaves = new Map<string, { room: string; conn: string; user: string }>();
+  /** Pending leaves dropped at the bound (their entries stay until the node stops). */
+  pendingLeavesDropped = 0;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   /** The last failure of the background heartbeat/sweep (retried on the next tick), for logs. */
@@ -193,14 +211,22 @@ export class ClusterStore {
       ready.catch(() => undefined);
       this.following.set(room, ready);
     }
+    const rejoin = this.local.get(room)?.has(conn) === true;
+    // A retried leave of this connection must not go out behind this join (it would remove the entry).
+    this.pendingLeaves.delete(`${room}\0${conn}`);
+    const entered = p.presence.join(room, conn, user);
     try {
-      const [r, count] = await Promise.all([firstRead ?? ready.then(() => p.history.read(room, opts)), p.presence.join(room, conn, user)]);
+      const [r, count] = await Promise.all([firstRead ?? ready.then(() => p.history.read(room, opts)), entered]);
       const conns = this.local.get(room) ?? new Map<string, string>();
       if (!this.local.has(room)) this.touched.set(room, Date.now());
       this.local.set(room, conns);
       conns.set(conn, user);
       return { ...await this.answer(p, room, r, since), first: count === 1 };
     } catch (err) {
+      // The PRESENCE call may have run (sent, then timed out), or may still run: the connection
+      // is not a member, so take its entry out again. The leave goes out behind the join on the
+      // same connection, so Redis runs it after the join whenever that runs.
+      if (!rejoin) void this.leavePresence(p, room, conn, user);
       if (firstRead !== null && (this.local.get(room)?.size ?? 0) === 0) {
         this.following.delete(room);
         this.local.delete(room);
@@ -257,9 +283,37 @@ export class ClusterStore {
         .catch((err: unknown) => { this.lastHousekeepingError = err as Error; }) : Promise.resolve();
       unsubscribed = Promise.all([p.sub.remove(room), touch]).then(() => undefined);
     }
-    const [, left] = await Promise.all([unsubscribed, p.presence.leave(room, conn, user)]);
+    const leaving = p.presence.leave(room, conn, user);
+    // Not a local member any more: if Redis cannot be told now, the tick retries until it is.
+    leaving.catch(() => { this.pendLeave(room, conn, user); });
+    const [, left] = await Promise.all([unsubscribed, leaving]);
     return left;
   }
+
+  /** Removes a presence entry that is not a local member; on failure, the housekeeping tick retries. */
+  private async leavePresence(p: Partition, room: string, conn: string, user: string): Promise<void> {
+    try {
+      await p.presence.leave(room, conn, user);
+      this.pendingLeaves.delete(`${room}\0${conn}`);
+    } catch (err) {
+      this.lastHousekeepingError = err as Error;
+      this.pendLeave(room, conn, user);
+    }
+  }
+
+  private pendLeave(room: string, conn: string, user: string): void {
+    if (this.closed || this.local.get(room)?.has(conn) === true) return;
+    const key = `${room}\0${conn}`;
+    this.pendingLeaves.delete(key);
+    this.pendingLeaves.set(key, { room, conn, user });
+    while (this.pendingLeaves.size > MAX_PENDING_LEAVES) {
+      this.pendingLeaves.delete(this.pendingLeaves.keys().next().value!);
+      this.pendingLeavesDropped++;
+    }
+  }
+
+  /** Presence entries still to remove (failed joins and leaves, retried every housekeeping tick). */
+  get pendingLeaveCount(): number { return this.pendingLeaves.size; }
 
   /** The room's epoch and latest seq as Redis has them now (epoch null: no such room). Creates nothing. */
   async meta(room: string): Promise<{ epoch: string | null; seq: number }> {
@@ -305,16 +359,20 @@ export class ClusterStore {
 
   /**
    * The `limit` smallest names past `after` of the rooms with presence on any node (every
-   * instance's `sc:rooms`), sorted, with their connections over all nodes; `more` when names
-   * past the page's last exist.
+   * instance's `sc:rooms`), sorted, with their connections over all nodes (always >= 1); `more`
+   * when names past the page's last exist. Each instance's names and counts are one snapshot
+   * (the ROOMS script): a room is listed exactly while some connection is present in it.
    */
   async rooms(after: string, limit: number): Promise<{ rooms: { room: string; connections: number }[]; more: boolean }> {
-    const lists = await Promise.all(this.parts.map((p) => p.conn.call(['ZRANGEBYLEX', ROOMS_KEY, after === '' ? '-' : `(${after}`, '+', 'LIMIT', '0', String(limit + 1)], 'list the rooms')));
-    const names = [...new Set(lists.flatMap((l) => (Array.isArray(l) ? l : []).map((b) => (b as Buffer).toString('utf8'))))].sort();
-    const more = names.length > limit;
-    const page = names.slice(0, limit);
-    const counts = await Promise.all(page.map((n) => this.connections(n)));
-    return { rooms: page.map((room, i) => ({ room, connections: counts[i]! })), more };
+    const lists = await Promise.all(this.parts.map((p) => ROOMS.run(p.conn, [ROOMS_KEY], [KEY_PREFIX, after, String(limit + 1)], 'list the rooms')));
+    const all: { room: string; connections: number }[] = [];
+    for (const l of lists) {
+      if (!Array.isArray(l) || l.length % 2 !== 0) throw new RedisProtocolError('rooms script: bad reply');
+      for (let i = 0; i < l.length; i += 2) all.push({ room: (l[i] as Buffer).toString('utf8'), connections: Number(l[i + 1]) });
+    }
+    // A room's keys live on one instance, so the lists are disjoint: merge them by name.
+    all.sort((x, y) => (x.room < y.room ? -1 : x.room > y.room ? 1 : 0));
+    return { rooms: all.slice(0, limit), more: all.length > limit };
   }
 
   /** Connections present in the room over all nodes. */
@@ -367,6 +425,12 @@ export class ClusterStore {
    */
   private async housekeeping(): Promise<void> {
     const touched = this.refreshTtls(Date.now());
+    let retries = 0;
+    for (const { room, conn, user } of [...this.pendingLeaves.values()]) {
+      if (retries++ >= PENDING_LEAVES_PER_TICK) break;
+      const p = this.part(room);
+      if (p.conn.healthy && this.local.get(room)?.has(conn) !== true) void this.leavePresence(p, room, conn, user);
+    }
     await Promise.all(this.parts.map(async (p) => {
       if (!p.conn.healthy) return;
       try {
@@ -395,12 +459,14 @@ export class ClusterStore {
       for (const [room, conns] of this.local) {
         for (const [conn, user] of conns) leaves.push(this.part(room).presence.leave(room, conn, user));
       }
+      for (const { room, conn, user } of this.pendingLeaves.values()) leaves.push(this.part(room).presence.leave(room, conn, user));
       await Promise.allSettled(leaves);
       await Promise.allSettled(this.parts.map((p) => p.presence.retire()));
     }
     this.local.clear();
     this.following.clear();
     this.touched.clear();
+    this.pendingLeaves.clear();
     for (const p of this.parts) {
       p.sub.close();
       p.conn.close();

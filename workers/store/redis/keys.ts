@@ -7,7 +7,9 @@
  * (docs/PROTOCOL.md), so they never contain the braces that would cut the tag short.
  */
 
-const PREFIX = 'sc:';
+/** The prefix of every key and channel (scripts that compute key names get it as an argument). */
+export const KEY_PREFIX = 'sc:';
+const PREFIX = KEY_PREFIX;
 
 /** Hash `e` = epoch, `s` = latest seq of the room. */
 export function metaKey(room: string): string { return `${PREFIX}{${room}}:m`; }

@@ -307,3 +307,30 @@ for _, node in ipairs(redis.call('smembers', KEYS[1])) do
 end
 return {removed, 0}
 `);
+
+/**
+ * A page of the rooms with presence (the \`rooms\` API), names and connection counts read in one
+ * step, so a page is one snapshot: PRESENCE and SWEEP add and remove a room's name in the same
+ * script that fills or empties its presence hash, so every name listed here has connections >= 1.
+ * (Reading the names and then the counts let a leave fall between them: the room was listed with
+ * 0 connections.) A name whose hash is empty anyway (only a hand-edited Redis) is skipped.
+ * KEYS: the rooms sorted set. ARGV: key prefix ('sc:'), after ('' = from the first), max names.
+ * Computes room keys itself, like SWEEP: for a standalone Redis (all keys on one instance).
+ * Returns: per room, in name order, at most max: name, connections.
+ */
+export const ROOMS = new Script('rooms', `
+local prefix, max = ARGV[1], tonumber(ARGV[3])
+local from = '-'
+if ARGV[2] ~= '' then from = '(' .. ARGV[2] end
+local out, n = {}, 0
+while n < max do
+  local names = redis.call('zrangebylex', KEYS[1], from, '+', 'LIMIT', 0, max - n)
+  if #names == 0 then break end
+  for _, room in ipairs(names) do
+    local c = redis.call('hlen', prefix .. '{' .. room .. '}:p')
+    if c > 0 then out[#out + 1] = room; out[#out + 1] = c; n = n + 1 end
+  end
+  from = '(' .. names[#names]
+end
+return out
+`);
