@@ -18,7 +18,7 @@ import { tempDir } from './helpers/tmpdir.js';
 import { frameOf, sameBytes } from './helpers/store-frames.js';
 import { dbPath } from '../engine/store-dir.js';
 import { SqliteStore } from '../workers/store/index.js';
-import { migrate, SCHEMA_VERSION } from '../workers/store/schema.js';
+import { LOG_CURSOR, LOG_MSG, LOG_MSG_CURSOR, logTableSql, migrate, SCHEMA_VERSION } from '../workers/store/schema.js';
 import { LOG_PER_ROOM, LOG_ROOMS, LOG_TS } from './fixtures/store-log-writer.js';
 import type { RoomDump, StoreWorkerInput, StoreWorkerOutput } from './fixtures/store-worker.js';
 
@@ -57,10 +57,11 @@ test('kill -9 with every committed row still in the log: after a restart seqs, m
   const [, signal] = await exited as [number | null, string | null];
   assert.equal(signal, 'SIGKILL', `the writer ended before the kill: ${out} ${err}`);
   const [, unmoved, batches, moves] = out.trim().split(' ').map(Number);
-  // 12 messages, 12 sender cursors and 6 or 12 reader cursors per batch, none moved.
+  // Per batch 12 messages, each carrying its sender's cursor (schema v5: one row), and 6 or 12
+  // reader cursors, none moved.
   assert.equal(batches, LOG_PER_ROOM);
   assert.equal(moves, 0);
-  assert.equal(unmoved, LOG_ROOMS * LOG_PER_ROOM * 2 + LOG_ROOMS * Math.ceil(LOG_PER_ROOM / 2));
+  assert.equal(unmoved, LOG_ROOMS * LOG_PER_ROOM + LOG_ROOMS * Math.ceil(LOG_PER_ROOM / 2));
   assert.equal(logRows(dir).log_3, unmoved, 'at the kill, every committed row was in the log');
 
   const s = new SqliteStore({ dir, shard: 0, historyLimit: 1_000_000, cidWindowMs: 1 << 30 });
@@ -186,7 +187,7 @@ test('re-sharding with unmoved logs: 5 shards leave rows in log_0..log_4, then 2
   assert.ok(Object.values(logRows(dir)).every((n) => n === 0));
 });
 
-test('a v3 directory migrates to v4: its data is read, the shard gets its log, and the version is 4', (t) => {
+test('a v3 directory migrates to the current version: its data is read, the shard gets its log', (t) => {
   const dir = tempDir(t);
   const file = dbPath(dir);
   const db = new Database(file);
@@ -199,10 +200,10 @@ test('a v3 directory migrates to v4: its data is read, the shard gets its log, a
   db.prepare("INSERT INTO cursors(room, user, seq) VALUES (1, 'bob', 2)").run();
   db.close();
 
-  assert.equal(SCHEMA_VERSION, 4);
+  assert.equal(SCHEMA_VERSION, 5);
   const s = new SqliteStore({ dir, shard: 2 });
   t.after(() => s.close());
-  assert.equal(s.schemaVersion, 4);
+  assert.equal(s.schemaVersion, 5);
   assert.deepEqual(s.room('v3room'), { name: 'v3room', epoch: 'epoch-v3', seq: 4 });
   assert.equal(s.range('v3room', 1, 4, 1 << 20).length, 4);
   assert.equal(s.cursor('v3room', 'bob'), 2);
@@ -211,11 +212,61 @@ test('a v3 directory migrates to v4: its data is read, the shard gets its log, a
   assert.equal(s.room('v3room').seq, 5);
   const check = new Database(file, { readonly: true });
   try {
-    assert.equal(check.pragma('user_version', { simple: true }), 4);
-    assert.equal(check.prepare('SELECT count(*) FROM log_2').pluck().get(), 2, 'the new message and its cursor went to the shard\'s log');
+    assert.equal(check.pragma('user_version', { simple: true }), 5);
+    assert.deepEqual(check.prepare('SELECT kind, seq, user FROM log_2').raw().all(), [[LOG_MSG_CURSOR, 5, 'alice']],
+      'the new message went to the shard\'s log, its sender\'s cursor on the same row');
   } finally {
     check.close();
   }
+});
+
+test('a v4 directory (messages keyed WITHOUT ROWID, v4 log rows of kinds 0 and 1 left by a kill) migrates to v5: every message, cursor and cid is found', (t) => {
+  const dir = tempDir(t);
+  const file = dbPath(dir);
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  assert.equal(migrate(db, file, 4), 4);
+  db.exec(logTableSql('log_1'));
+  db.prepare("INSERT INTO rooms(id, name, epoch, seq) VALUES (1, 'r4', 'epoch-v4', 0), (2, 'other', 'epoch-o', 0)").run();
+  const now = Date.now();
+  const ins = db.prepare('INSERT INTO messages(room, seq, user, ts, cid, frame) VALUES (?, ?, ?, ?, ?, ?)');
+  // Inserted out of key order: the rebuild puts them in (room, seq) order.
+  for (let seq = 6; seq >= 1; seq--) ins.run(1, seq, 'alice', now + seq, seq === 3 ? 'c3' : null, frameOf('r4', seq));
+  ins.run(2, 1, 'bob', now, null, frameOf('other', 1));
+  db.prepare("INSERT INTO cids(room, user, cid, seq, ts) VALUES (1, 'alice', 'c3', 3, ?)").run(now + 3);
+  db.prepare("INSERT INTO cursors(room, user, seq) VALUES (1, 'bob', 2)").run();
+  // A v4 shard killed with rows in its log: messages 7..8 with their senders' cursor as separate rows.
+  const log = db.prepare('INSERT INTO log_1(kind, room, seq, user, ts, cid, frame) VALUES (?, ?, ?, ?, ?, ?, ?)');
+  for (const seq of [7, 8]) {
+    log.run(LOG_MSG, 1, seq, 'alice', now + seq, `c${seq}`, frameOf('r4', seq));
+    log.run(LOG_CURSOR, 1, seq, 'alice', 0, null, null);
+  }
+  log.run(LOG_CURSOR, 1, 5, 'bob', 0, null, null);
+  db.close();
+
+  const s = new SqliteStore({ dir, shard: 0, historyLimit: 1000, cidWindowMs: 1 << 30 });
+  t.after(() => s.close());
+  assert.equal(s.schemaVersion, 5);
+  assert.deepEqual(s.room('r4'), { name: 'r4', epoch: 'epoch-v4', seq: 8 });
+  const msgs = s.range('r4', 1, 8, 1 << 20);
+  assert.deepEqual(msgs.map((m) => m.seq), [1, 2, 3, 4, 5, 6, 7, 8]);
+  assert.ok(msgs.every((m) => sameBytes(m.frame, frameOf('r4', m.seq)) && m.ts === now + m.seq));
+  assert.deepEqual(s.latest('other', 10, 1 << 20).map((m) => [m.seq, m.from]), [[1, 'bob']]);
+  assert.equal(s.cursor('r4', 'alice'), 8);
+  assert.equal(s.cursor('r4', 'bob'), 5);
+  assert.equal(s.findCid('r4', 'alice', 'c3', now), 3);
+  assert.equal(s.findCid('r4', 'alice', 'c8', now), 8);
+  // The new layout: a rowid table in (room, seq) order with its unique index, and appends go on.
+  const check = new Database(file, { readonly: true });
+  try {
+    assert.deepEqual(check.prepare('SELECT room, seq FROM messages ORDER BY id').raw().all(),
+      [[1, 1], [1, 2], [1, 3], [1, 4], [1, 5], [1, 6], [2, 1], [1, 7], [1, 8]], 'the rebuild in key order, then the moved log appended');
+    assert.equal(check.prepare("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'messages_by_room'").pluck().get(), 1);
+  } finally {
+    check.close();
+  }
+  appendBatch(s, 'r4', 2);
+  assert.deepEqual(s.range('r4', 7, 10, 1 << 20).map((m) => m.seq), [7, 8, 9, 10]);
 });
 
 test('the move bound: maintain() keeps the log under logMoveRows + a batch, a commit under twice it; logMoveMs moves by age; bad options are TypeErrors', (t) => {
@@ -224,7 +275,7 @@ test('the move bound: maintain() keeps the log under logMoveRows + a batch, a co
   t.after(() => s.close());
   let most = 0;
   for (let b = 0; b < 40; b++) {
-    appendBatch(s, `r${b % 7}`, 9); // 10 rows a commit
+    appendBatch(s, `r${b % 7}`, 9); // 9 rows a commit: the cursor rides on the last message's row
     most = Math.max(most, s.unmovedRows);
     s.maintain();
     assert.ok(s.unmovedRows < 100, `after maintain(): ${s.unmovedRows}`);
@@ -239,7 +290,7 @@ test('the move bound: maintain() keeps the log under logMoveRows + a batch, a co
   const aged = new SqliteStore({ dir, shard: 1, logMoveRows: 65536, logMoveMs: 0 });
   t.after(() => aged.close());
   appendBatch(aged, 'x', 1);
-  assert.equal(aged.unmovedRows, 2);
+  assert.equal(aged.unmovedRows, 1);
   aged.maintain();
   assert.equal(aged.unmovedRows, 0, 'logMoveMs 0: the next maintain() moves');
   aged.maintain(); // nothing to move: no transaction

@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { dbPath, prepareDataDir } from '../../engine/store-dir.js';
 import { BufferedStore, cidKey, type CidHit, type PendingCursor, type RoomEntry } from './buffered.js';
-import { LATEST_SEQ, LIST_LOGS, LOG_CURSOR, LOG_MSG, checkSchema, logTable, logTableSql, migrate, moveLogSql } from './schema.js';
+import { IS_MSG, LATEST_SEQ, LIST_LOGS, LOG_CURSOR, LOG_MSG, LOG_MSG_CURSOR, checkSchema, logTable, logTableSql, migrate, moveLogSql } from './schema.js';
 import { sqliteError } from './sqlite-errors.js';
 import { trimStep, type TrimState, newTrimState, type TrimStatements, prepareTrim } from './sqlite-trim.js';
 import type { StoredMessage, StoreLimits, TrimResult } from './types.js';
@@ -139,6 +139,15 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
   protected flush(rooms: Iterable<RoomEntry<SqlRoom>>, cursors: Iterable<PendingCursor<SqlRoom>>): void {
     const created: RoomEntry<SqlRoom>[] = [];
     const s = this.s;
+    // A cursor the batch sets to the seq of its user's own message in it (every pub of a named
+    // user) rides on that message's row (LOG_MSG_CURSOR): one log row per message, not two.
+    const implied = new Set<StoredMessage>();
+    const explicit: PendingCursor<SqlRoom>[] = [];
+    for (const c of cursors) {
+      const p = c.room.pending;
+      const m = p.length > 0 ? p[c.seq - p[0]!.seq] : undefined;
+      if (m !== undefined && m.seq === c.seq && m.from === c.user) implied.add(m); else explicit.push(c);
+    }
     try {
       s.begin.run();
       for (const r of rooms) {
@@ -151,9 +160,9 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
         }
         // Into the shard's log, in commit order: a few pages per commit whatever the rooms
         // (moveLog() sorts them into messages / cids later).
-        for (const m of r.pending) s.logMsg.run(r.data.id, m.seq, m.from, m.ts, m.cid, m.frame);
+        for (const m of r.pending) (implied.has(m) ? s.logMsgCursor : s.logMsg).run(r.data.id, m.seq, m.from, m.ts, m.cid, m.frame);
       }
-      for (const c of cursors) s.logCursor.run(c.room.data.id, c.seq, c.user);
+      for (const c of explicit) s.logCursor.run(c.room.data.id, c.seq, c.user);
       s.commit.run();
     } catch (e) {
       for (const r of created) r.data.id = 0;
@@ -172,7 +181,8 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
       for (const m of r.pending) if (m.cid !== null) this.logCids.set(r.name + '\u0000' + cidKey(m.from, m.cid), { seq: m.seq, ts: m.ts });
       this.logRows += r.pending.length;
     }
-    for (const [key, c] of this.pendingCursors) { this.logCursors.set(key, c.seq); this.logRows++; }
+    for (const [key, c] of this.pendingCursors) this.logCursors.set(key, c.seq);
+    this.logRows += explicit.length;
   }
 
   /**
@@ -345,6 +355,7 @@ function prepare(db: BetterSqlite3.Database, log: string) {
   const [moveMsgs, moveCids, moveCursors, clearLog] = moveLogSql(log).map((sql) => db.prepare(sql));
   return {
     logMsg: db.prepare(`INSERT INTO ${log}(kind, room, seq, user, ts, cid, frame) VALUES (${LOG_MSG}, ?, ?, ?, ?, ?, ?)`),
+    logMsgCursor: db.prepare(`INSERT INTO ${log}(kind, room, seq, user, ts, cid, frame) VALUES (${LOG_MSG_CURSOR}, ?, ?, ?, ?, ?, ?)`),
     logCursor: db.prepare(`INSERT INTO ${log}(kind, room, seq, user, ts) VALUES (${LOG_CURSOR}, ?, ?, ?, 0)`),
     moveMsgs: moveMsgs!, moveCids: moveCids!, moveCursors: moveCursors!, clearLog: clearLog!,
     begin: db.prepare('BEGIN IMMEDIATE'),
@@ -356,9 +367,9 @@ function prepare(db: BetterSqlite3.Database, log: string) {
     rangeAsc: db.prepare('SELECT seq, user, ts, cid, frame FROM messages WHERE room = ? AND seq BETWEEN ? AND ? ORDER BY seq').raw(),
     rangeDesc: db.prepare('SELECT seq, user, ts, cid, frame FROM messages WHERE room = ? AND seq BETWEEN ? AND ? ORDER BY seq DESC').raw(),
     rangeAscLog: db.prepare(`SELECT seq, user, ts, cid, frame FROM messages WHERE room = ? AND seq BETWEEN ? AND ?
-      UNION ALL SELECT seq, user, ts, cid, frame FROM ${log} WHERE kind = ${LOG_MSG} AND room = ? AND seq BETWEEN ? AND ? ORDER BY seq`).raw(),
+      UNION ALL SELECT seq, user, ts, cid, frame FROM ${log} WHERE ${IS_MSG} AND room = ? AND seq BETWEEN ? AND ? ORDER BY seq`).raw(),
     rangeDescLog: db.prepare(`SELECT seq, user, ts, cid, frame FROM messages WHERE room = ? AND seq BETWEEN ? AND ?
-      UNION ALL SELECT seq, user, ts, cid, frame FROM ${log} WHERE kind = ${LOG_MSG} AND room = ? AND seq BETWEEN ? AND ? ORDER BY seq DESC`).raw(),
+      UNION ALL SELECT seq, user, ts, cid, frame FROM ${log} WHERE ${IS_MSG} AND room = ? AND seq BETWEEN ? AND ? ORDER BY seq DESC`).raw(),
     firstSeq: db.prepare('SELECT min(seq) FROM messages WHERE room = ?').pluck(),
     cursor: db.prepare('SELECT seq FROM cursors WHERE room = ? AND user = ?').pluck(),
     cid: db.prepare('SELECT seq, ts FROM cids WHERE room = ? AND user = ? AND cid = ?').raw(),
