@@ -13,6 +13,7 @@ import { chmodSync, closeSync, existsSync, openSync, readdirSync, readFileSync, 
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import type BetterSqlite3 from 'better-sqlite3';
 import { guardHandles } from './helpers/leaks.js';
 import { tempDir } from './helpers/tmpdir.js';
@@ -294,6 +295,41 @@ test('a write lock held too long by another connection: commit throws STORE_BUSY
   s.append('r', { seq: 2, from: 'u', ts: 1, cid: null, frame: frameOf('r', 2) });
   s.commit();
   assert.equal(s.range('r', 1, 2, 1 << 20).length, 2);
+});
+
+test('opening waits for a write lock past busyTimeoutMs (a sibling shard migrating), up to openTimeoutMs; bad openTimeoutMs is a TypeError', async (t) => {
+  const dir = withData(t);
+  // Another thread holds the write lock for 400 ms, as a shard rebuilding messages (v4 -> v5) does.
+  const holder = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads');
+    const Database = require(workerData.module);
+    const db = new Database(workerData.file);
+    db.exec('BEGIN IMMEDIATE');
+    parentPort.postMessage('locked');
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 400);
+    db.exec('ROLLBACK');
+    db.close();
+  `, { eval: true, workerData: { file: dbPath(dir), module: createRequire(import.meta.url).resolve('better-sqlite3') } });
+  const exited = once(holder, 'exit');
+  await once(holder, 'message');
+  const t0 = Date.now();
+  const s = new SqliteStore({ dir, busyTimeoutMs: 20 });
+  const waited = Date.now() - t0;
+  t.after(() => s.close());
+  assert.ok(waited >= 300, `opened after ${waited} ms: it waited for the lock, past busyTimeoutMs`);
+  assert.equal(s.room('r').seq, 1, 'and then reads the data');
+  await exited;
+
+  // A lock that outlasts openTimeoutMs: STORE_BUSY, after about that long.
+  const other = new Database(dbPath(dir));
+  t.after(() => other.close());
+  other.exec('BEGIN IMMEDIATE');
+  const t1 = Date.now();
+  assert.throws(() => new SqliteStore({ dir, busyTimeoutMs: 20, openTimeoutMs: 150 }), code('STORE_BUSY'));
+  const gave = Date.now() - t1;
+  assert.ok(gave >= 140 && gave < 2000, `gave up after ${gave} ms`);
+  other.exec('ROLLBACK');
+  for (const bad of [-1, 1.5]) assert.throws(() => new SqliteStore({ dir, openTimeoutMs: bad }), /openTimeoutMs/);
 });
 
 test('damage inside the history (not the schema): open works, the read that meets it throws STORE_CORRUPT', (t) => {

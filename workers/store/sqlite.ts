@@ -27,6 +27,12 @@ export interface SqliteStoreOptions extends Partial<StoreLimits> {
   /** How long a writer waits for another shard's write transaction. */
   busyTimeoutMs?: number;
   /**
+   * How long opening waits for other connections' locks in all (default 120000 ms, at least
+   * busyTimeoutMs): a shard that opens while another migrates the file (the v4 -> v5 rebuild
+   * takes ~1.6 s per million stored messages) waits for it instead of failing the start.
+   */
+  openTimeoutMs?: number;
+  /**
    * WAL pages after which a commit also checkpoints (SQLite's wal_autocheckpoint, default 1000).
    * A checkpoint inside a commit makes that batch late by milliseconds; with a Checkpointer
    * thread running (checkpointer.ts), set this high (e.g. 16384) as a backstop only.
@@ -41,6 +47,7 @@ export interface SqliteStoreOptions extends Partial<StoreLimits> {
 }
 
 export const DEFAULT_LOG_MOVE_ROWS = 16384;
+export const DEFAULT_OPEN_TIMEOUT_MS = 120_000;
 export const DEFAULT_LOG_MOVE_MS = 500;
 /** A commit itself moves the log past this many times logMoveRows (a caller that never calls maintain()). */
 export const LOG_HARD_FACTOR = 2;
@@ -91,17 +98,22 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
     if (!(Number.isInteger(this.logMoveMs) && this.logMoveMs >= 0 && this.logMoveMs <= 60_000)) {
       throw new TypeError(`store option logMoveMs must be an integer 0..60000, got ${String(opts.logMoveMs)}`);
     }
+    if (opts.openTimeoutMs !== undefined && !(Number.isInteger(opts.openTimeoutMs) && opts.openTimeoutMs >= 0)) {
+      throw new TypeError(`store option openTimeoutMs must be an integer >= 0, got ${String(opts.openTimeoutMs)}`);
+    }
     prepareDataDir(opts.dir);
     this.file = dbPath(opts.dir);
     // Several shards open a new data dir at once: one of them switching it to WAL (or recovering
     // it) makes the others' first reads fail with SQLITE_BUSY at once, without SQLite's busy
     // handler (seen in CI: "database is locked" 94 ms into a 3-shard open). Opening is retried
-    // within busyTimeoutMs; any other error, or a lock held that long, is the StoreError.
-    const deadline = performance.now() + (opts.busyTimeoutMs ?? 5000);
+    // within openTimeoutMs (a sibling's migration may hold the write lock for seconds); any other
+    // error, or a lock held that long, is the StoreError.
+    const busy = opts.busyTimeoutMs ?? 5000;
+    const deadline = performance.now() + (opts.openTimeoutMs ?? Math.max(busy, DEFAULT_OPEN_TIMEOUT_MS));
     for (let attempt = 1; ; attempt++) {
       let db: BetterSqlite3.Database | null = null;
       try {
-        db = new Database(this.file, { timeout: opts.busyTimeoutMs ?? 5000 });
+        db = new Database(this.file, { timeout: Math.min(busy, Math.max(0, Math.ceil(deadline - performance.now()))) });
         // Read-only checks first (a damaged header shows here: the first read of the file); only
         // then the pragmas that write, so a file that is not ours is left exactly as it was.
         checkSchema(db, this.file);
@@ -115,6 +127,7 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
         this.db = db;
         this.s = prepare(db, this.logName);
         this.trimSql = prepareTrim(db);
+        db.pragma(`busy_timeout = ${busy}`);
         return;
       } catch (e) {
         db?.close();
