@@ -57,6 +57,14 @@ export abstract class BufferedStore<D> implements Store {
   /** Called after a commit; a backend may drop clean cache entries beyond its bound. */
   protected afterCommit(): void {}
 
+  /**
+   * A pending message's own copy of its frame (the caller's bytes may be reused after append()).
+   * A backend that keeps frames only until the commit may copy into a per-batch arena instead.
+   */
+  protected copyFrame(frame: Uint8Array): Uint8Array {
+    return Uint8Array.prototype.slice.call(frame);
+  }
+
   get inBatch(): boolean {
     return this.batch;
   }
@@ -96,7 +104,7 @@ export abstract class BufferedStore<D> implements Store {
     this.needBatch('append()');
     const r = this.entry(room);
     if (m.seq !== r.seq + 1) throw new StoreError('STORE_MISUSE', `append to ${room}: seq ${m.seq}, expected ${r.seq + 1}`);
-    r.pending.push({ seq: m.seq, from: m.from, ts: m.ts, cid: m.cid, frame: Uint8Array.prototype.slice.call(m.frame) });
+    r.pending.push({ seq: m.seq, from: m.from, ts: m.ts, cid: m.cid, frame: this.copyFrame(m.frame) });
     r.seq = m.seq;
     this.dirty.add(r);
     if (m.cid !== null) this.pendingCids.set(room + '\u0000' + cidKey(m.from, m.cid), m.seq);

@@ -48,6 +48,8 @@ export interface SqliteStoreOptions extends Partial<StoreLimits> {
 
 export const DEFAULT_LOG_MOVE_ROWS = 16384;
 export const DEFAULT_OPEN_TIMEOUT_MS = 120_000;
+/** Bytes of one frame arena (copyFrame); frames over a quarter of it get their own copy. */
+const ARENA_BYTES = 256 * 1024;
 export const DEFAULT_LOG_MOVE_MS = 500;
 /** A commit itself moves the log past this many times logMoveRows (a caller that never calls maintain()). */
 export const LOG_HARD_FACTOR = 2;
@@ -78,6 +80,14 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
   private readonly logCids = new Map<string, CidHit>();
   /** Moves of the log so far (for tests and metrics). */
   moves = 0;
+  /**
+   * Pending frames, copied end to end (copyFrame): one allocation per ARENA_BYTES of frames
+   * instead of an ArrayBuffer per message. Bytes of an arena are written once and never reused:
+   * a full arena is left to the GC, which frees it once the last view (a pending message, until
+   * its commit; a read's result) is gone.
+   */
+  private arena: Uint8Array = new Uint8Array(0);
+  private arenaAt = 0;
 
   constructor(opts: SqliteStoreOptions) {
     super(checkLimits({ ...DEFAULT_STORE_LIMITS, ...opts }));
@@ -135,6 +145,16 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
         throw sqliteError(e, `cannot open ${this.file}`);
       }
     }
+  }
+
+  protected override copyFrame(frame: Uint8Array): Uint8Array {
+    const n = frame.byteLength;
+    if (n > ARENA_BYTES >>> 2) return Uint8Array.prototype.slice.call(frame);
+    if (this.arenaAt + n > this.arena.byteLength) { this.arena = new Uint8Array(ARENA_BYTES); this.arenaAt = 0; }
+    const copy = this.arena.subarray(this.arenaAt, this.arenaAt + n);
+    copy.set(frame);
+    this.arenaAt += n;
+    return copy;
   }
 
   protected load(name: string): { epoch: string; seq: number; data: SqlRoom } | null {
