@@ -191,7 +191,9 @@ export class ShardLink {
     const b = this.scratch;
     b[0] = IN_CLOSE;
     putU32(b, 1, conn);
-    this.control(b.subarray(0, 5));
+    // Woken at the end of the turn like a frame's: connection churn closed one socket per
+    // callback, and an immediate notify per close handed the core to the shard each time.
+    this.control(b.subarray(0, 5), true);
   }
 
   replay(conn: number, user: string, room: string, anon: boolean, info: Uint8Array | null = null): void {
@@ -208,10 +210,19 @@ export class ShardLink {
     this.control(b.subarray(0, e + 5 + info.byteLength));
   }
 
-  /** A control record: written now if possible, else kept (copied) and written in order once there is room. */
-  control(rec: Uint8Array): void {
+  /**
+   * A control record: written now if possible, else kept (copied) and written in order once there
+   * is room. `deferWake`: a parked shard is woken at the end of this event-loop turn (owe()), not
+   * at once.
+   */
+  control(rec: Uint8Array, deferWake = false): void {
     if (this.stopped) return; // the engine stopped, or the shard failed for good: nobody reads this ring
-    if (this.backlog.length === 0 && this.writer.write(rec)) { this.noteInboundDepth(); return; }
+    if (this.backlog.length === 0 && this.writer.push(rec)) {
+      if (!deferWake) this.writer.publish();
+      else if (this.writer.publishDeferred()) this.owe();
+      this.noteInboundDepth();
+      return;
+    }
     this.backlog.push(rec.slice());
     if (!this.flushing) void this.flush();
   }
