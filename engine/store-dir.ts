@@ -31,6 +31,13 @@ export type StoreErrorCode =
   /** The store was used against its contract (a seq out of order, a batch not begun, closed). */
   | 'STORE_MISUSE';
 
+/**
+ * How long a shard's store open may wait for other connections' locks in all, 120 s: a sibling
+ * shard's schema migration holds the write lock (the v4 -> v5 rebuild: ~1.6 s per million stored
+ * messages). The engine's start waits this much longer for shards on a durable store.
+ */
+export const DEFAULT_OPEN_TIMEOUT_MS = 120_000;
+
 export class StoreError extends Error {
   constructor(readonly code: StoreErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);

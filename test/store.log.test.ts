@@ -269,6 +269,24 @@ test('a v4 directory (messages keyed WITHOUT ROWID, v4 log rows of kinds 0 and 1
   assert.deepEqual(s.range('r4', 7, 10, 1 << 20).map((m) => m.seq), [7, 8, 9, 10]);
 });
 
+test('a pending message redacted in its own batch keeps its sender\'s cursor on its row: read from the log, and after another shard\'s open moved it', (t) => {
+  const dir = tempDir(t);
+  const s = new SqliteStore({ dir, historyLimit: 1000, logMoveRows: 65536, logMoveMs: 60_000 });
+  t.after(() => s.close());
+  s.beginBatch();
+  s.append('red', { seq: 1, from: 'alice', ts: LOG_TS, cid: null, frame: frameOf('red', 1) });
+  s.setCursor('red', 'alice', 1);
+  assert.equal(s.replace('red', 1, frameOf('red', 100)), true, 'the pending message is redacted before the commit');
+  s.commit();
+  assert.equal(s.unmovedRows, 1, 'one row: the message, its cursor on it');
+  assert.equal(s.cursor('red', 'alice'), 1);
+  assert.ok(sameBytes(s.range('red', 1, 1, 1 << 20)[0]!.frame, frameOf('red', 100)));
+  const other = new SqliteStore({ dir, shard: 1 }); // its open moves every log, log_0 too
+  t.after(() => other.close());
+  assert.equal(other.cursor('red', 'alice'), 1, 'the cursor, from the moved row');
+  assert.ok(sameBytes(other.range('red', 1, 1, 1 << 20)[0]!.frame, frameOf('red', 100)), 'the redacted frame');
+});
+
 test('the move bound: maintain() keeps the log under logMoveRows + a batch, a commit under twice it; logMoveMs moves by age; bad options are TypeErrors', (t) => {
   const dir = tempDir(t);
   const s = new SqliteStore({ dir, logMoveRows: 100, logMoveMs: 60_000 });

@@ -41,7 +41,7 @@ import type { Conn, ConnCounters } from './conn.js';
 import { OutboundDispatcher } from './outbound.js';
 import { SlowConsumerGuard } from './slow-consumers.js';
 import { monotonicMs } from './token-bucket.js';
-import { type DataDirLock, StoreError, type StoreErrorCode, lockDataDir } from '../store-dir.js';
+import { DEFAULT_OPEN_TIMEOUT_MS, type DataDirLock, StoreError, type StoreErrorCode, lockDataDir } from '../store-dir.js';
 import { type EngineStats, errorCounts, metricsShard, shardStats } from './stats.js';
 import { routeStatic } from './static.js';
 import { HttpSideRoutes } from './http.js';
@@ -50,6 +50,9 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { EngineMetrics, type MetricsSnapshot } from '../metrics/prometheus.js';
 import { loadUws, type TemplatedApp, type us_listen_socket } from './uws.js';
 
+
+/** How long the start waits for every shard to run (plus the store's open budget on a durable store). */
+const SHARD_START_MS = 10_000;
 
 /** `dup`: the cid was published before (within the window); `seq` is that message's, and nothing new was stored. */
 export interface PublishResult { seq: number; epoch: string; dup: boolean }
@@ -227,7 +230,16 @@ export class Engine {
   }
 
   private async waitShardsUp(): Promise<void> {
-    for (let i = 0; i < 2000; i++) {
+    // A durable store's first open may migrate the data directory (schema v4 -> v5 rebuilds
+    // messages, ~1.6 s per million) while the sibling shards wait for its lock: shards on one
+    // get the store's open budget on top of the 10 s. A migration that was cut short is rolled
+    // back and would run again at every start, never finishing.
+    const o = this.options;
+    const durable = o.store === 'sqlite' && o.cluster === null;
+    const limitMs = SHARD_START_MS + (durable ? DEFAULT_OPEN_TIMEOUT_MS : 0);
+    const t0 = performance.now();
+    let told = false;
+    for (;;) {
       if (this.startError !== null) throw this.startError;
       if (this.links.every((l) => l.stats[S_UP] === 1)) {
         this.shardsUp = true;
@@ -235,9 +247,15 @@ export class Engine {
         for (const l of this.links) this.log.info({ event: 'shard_started', shard: l.index }, 'shard started');
         return;
       }
+      const waited = performance.now() - t0;
+      if (waited > limitMs) throw new EngineError('SHARDCHAT_LISTEN_FAILED', `shards did not start within ${Math.round(limitMs / 1000)} s`);
+      if (durable && !told && waited > SHARD_START_MS) {
+        told = true;
+        this.log.warn({ event: 'shards_opening', dataDir: o.dataDir, waitedMs: Math.round(waited) },
+          `shards are still opening ${o.dataDir} (a schema migration may be running: about 1.6 s per million stored messages); waiting up to ${Math.round(limitMs / 1000)} s`);
+      }
       await new Promise((r) => setTimeout(r, 5));
     }
-    throw new EngineError('SHARDCHAT_LISTEN_FAILED', 'shards did not start within 10 s');
   }
 
   // ---- shards -------------------------------------------------------------------------------

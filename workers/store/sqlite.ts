@@ -8,7 +8,7 @@
  */
 import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
-import { dbPath, prepareDataDir } from '../../engine/store-dir.js';
+import { DEFAULT_OPEN_TIMEOUT_MS, dbPath, prepareDataDir } from '../../engine/store-dir.js';
 import { BufferedStore, cidKey, type CidHit, type PendingCursor, type RoomEntry } from './buffered.js';
 import { IS_MSG, LATEST_SEQ, LIST_LOGS, LOG_CURSOR, LOG_MSG, LOG_MSG_CURSOR, checkSchema, logTable, logTableSql, migrate, moveLogSql } from './schema.js';
 import { sqliteError } from './sqlite-errors.js';
@@ -47,7 +47,7 @@ export interface SqliteStoreOptions extends Partial<StoreLimits> {
 }
 
 export const DEFAULT_LOG_MOVE_ROWS = 16384;
-export const DEFAULT_OPEN_TIMEOUT_MS = 120_000;
+export { DEFAULT_OPEN_TIMEOUT_MS };
 /** Bytes of one frame arena (copyFrame); frames over a quarter of it get their own copy. */
 const ARENA_BYTES = 256 * 1024;
 export const DEFAULT_LOG_MOVE_MS = 500;
@@ -119,11 +119,11 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
     // within openTimeoutMs (a sibling's migration may hold the write lock for seconds); any other
     // error, or a lock held that long, is the StoreError.
     const busy = opts.busyTimeoutMs ?? 5000;
-    const deadline = performance.now() + (opts.openTimeoutMs ?? Math.max(busy, DEFAULT_OPEN_TIMEOUT_MS));
+    const deadline = performance.now() + Math.max(busy, opts.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS);
     for (let attempt = 1; ; attempt++) {
       let db: BetterSqlite3.Database | null = null;
       try {
-        db = new Database(this.file, { timeout: Math.min(busy, Math.max(0, Math.ceil(deadline - performance.now()))) });
+        db = new Database(this.file, { timeout: busy });
         // Read-only checks first (a damaged header shows here: the first read of the file); only
         // then the pragmas that write, so a file that is not ours is left exactly as it was.
         checkSchema(db, this.file);
@@ -137,7 +137,6 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
         this.db = db;
         this.s = prepare(db, this.logName);
         this.trimSql = prepareTrim(db);
-        db.pragma(`busy_timeout = ${busy}`);
         return;
       } catch (e) {
         db?.close();
