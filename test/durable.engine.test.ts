@@ -10,13 +10,11 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { once } from 'node:events';
-import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
 import { createEngine, type Engine, type EngineOptions } from '../engine/index.js';
 import { StoreError } from '../engine/store-dir.js';
 import { guardHandles } from './helpers/leaks.js';
 import { tempDir } from './helpers/tmpdir.js';
+import { holdWriteLock } from './helpers/lock-holder.js';
 import { joinRoom, openClient, pubTo, roomsPerShard, startEngine } from './helpers/engine.js';
 import { type Frame, TestClient, waitFor } from './helpers/client.js';
 
@@ -367,24 +365,13 @@ test('a start that waits past 10 s for the write lock (a sibling shard migrating
   // Another thread holds the database's write lock for 10.5 s, as a shard whose open rebuilds
   // messages (schema v4 -> v5, ~1.6 s per million) holds it from its siblings. Before, the start
   // gave up after 10 s and the rolled-back migration ran again at every start.
-  const holder = new Worker(`
-    const { parentPort, workerData } = require('node:worker_threads');
-    const Database = require(workerData.module);
-    const db = new Database(workerData.file);
-    db.exec('BEGIN IMMEDIATE');
-    parentPort.postMessage('locked');
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10_500);
-    db.exec('ROLLBACK');
-    db.close();
-  `, { eval: true, workerData: { file: path.join(dir, 'shardchat.db'), module: createRequire(import.meta.url).resolve('better-sqlite3') } });
-  const exited = once(holder, 'exit');
-  t.after(() => holder.terminate());
-  await once(holder, 'message');
+  const holder = await holdWriteLock(path.join(dir, 'shardchat.db'), 10_500);
+  t.after(() => holder.stop());
   const t0 = Date.now();
   const e = await startEngine(t, durable(dir));
   const took = Date.now() - t0;
   assert.ok(took >= 10_000, `started after ${took} ms: it waited for the lock`);
-  await exited;
+  await holder.released;
   const c = await openClient(t, e, 'reader');
   const joined = await joinRoom(c, 'kept');
   assert.equal(joined.seq, 3, 'the stored room is there');

@@ -13,10 +13,10 @@ import { chmodSync, closeSync, existsSync, openSync, readdirSync, readFileSync, 
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
 import type BetterSqlite3 from 'better-sqlite3';
 import { guardHandles } from './helpers/leaks.js';
 import { tempDir } from './helpers/tmpdir.js';
+import { holdWriteLock } from './helpers/lock-holder.js';
 import { requireTool } from './helpers/tools.js';
 import { frameOf, sameBytes } from './helpers/store-frames.js';
 import { dbPath, lockDataDir, LOCK_FILE } from '../engine/store-dir.js';
@@ -300,25 +300,15 @@ test('a write lock held too long by another connection: commit throws STORE_BUSY
 test('opening waits for a write lock past busyTimeoutMs (a sibling shard migrating), up to openTimeoutMs; bad openTimeoutMs is a TypeError', async (t) => {
   const dir = withData(t);
   // Another thread holds the write lock for 400 ms, as a shard rebuilding messages (v4 -> v5) does.
-  const holder = new Worker(`
-    const { parentPort, workerData } = require('node:worker_threads');
-    const Database = require(workerData.module);
-    const db = new Database(workerData.file);
-    db.exec('BEGIN IMMEDIATE');
-    parentPort.postMessage('locked');
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 400);
-    db.exec('ROLLBACK');
-    db.close();
-  `, { eval: true, workerData: { file: dbPath(dir), module: createRequire(import.meta.url).resolve('better-sqlite3') } });
-  const exited = once(holder, 'exit');
-  await once(holder, 'message');
+  const holder = await holdWriteLock(dbPath(dir), 400);
+  t.after(() => holder.stop());
   const t0 = Date.now();
   const s = new SqliteStore({ dir, busyTimeoutMs: 20 });
   const waited = Date.now() - t0;
   t.after(() => s.close());
   assert.ok(waited >= 300, `opened after ${waited} ms: it waited for the lock, past busyTimeoutMs`);
   assert.equal(s.room('r').seq, 1, 'and then reads the data');
-  await exited;
+  await holder.released;
 
   // A lock that outlasts openTimeoutMs: STORE_BUSY, after about that long.
   const other = new Database(dbPath(dir));
