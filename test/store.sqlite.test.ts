@@ -15,6 +15,7 @@ import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { SqliteStore, StoreError } from '../workers/store/index.js';
 import { Checkpointer } from '../workers/store/checkpointer.js';
+import { IS_MSG } from '../workers/store/schema.js';
 
 guardHandles();
 
@@ -35,7 +36,7 @@ function fill(s: SqliteStore, rooms: number, perRoom: number, ts = Date.now()): 
 function logMessages(db: BetterSqlite3.Database): number {
   let n = 0;
   for (const name of db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'log_[0-9]*'").pluck().all() as string[]) {
-    n += db.prepare(`SELECT count(*) FROM ${name} WHERE kind IN (0, 2)`).pluck().get() as number;
+    n += db.prepare(`SELECT count(*) FROM ${name} WHERE ${IS_MSG}`).pluck().get() as number;
   }
   return n;
 }

@@ -59,7 +59,7 @@ export abstract class BufferedStore<D> implements Store {
 
   /**
    * A pending message's own copy of its frame (the caller's bytes may be reused after append()).
-   * A backend that keeps frames only until the commit may copy into a per-batch arena instead.
+   * A backend that keeps frames only until the commit may copy into arenas instead (sqlite.ts).
    */
   protected copyFrame(frame: Uint8Array): Uint8Array {
     return Uint8Array.prototype.slice.call(frame);

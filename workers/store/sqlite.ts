@@ -47,12 +47,11 @@ export interface SqliteStoreOptions extends Partial<StoreLimits> {
 }
 
 export const DEFAULT_LOG_MOVE_ROWS = 16384;
-export { DEFAULT_OPEN_TIMEOUT_MS };
-/** Bytes of one frame arena (copyFrame); frames over a quarter of it get their own copy. */
-const ARENA_BYTES = 256 * 1024;
 export const DEFAULT_LOG_MOVE_MS = 500;
 /** A commit itself moves the log past this many times logMoveRows (a caller that never calls maintain()). */
 export const LOG_HARD_FACTOR = 2;
+/** Bytes of one frame arena (copyFrame); frames over a quarter of it get their own copy. */
+const ARENA_BYTES = 256 * 1024;
 
 interface SqlRoom { id: number }
 type Row = [number, string, number, string | null, Uint8Array];
@@ -192,7 +191,7 @@ export class SqliteStore extends BufferedStore<SqlRoom> {
         }
         // Into the shard's log, in commit order: a few pages per commit whatever the rooms
         // (moveLog() sorts them into messages / cids later).
-        for (const m of r.pending) (implied.has(m) ? s.logMsgCursor : s.logMsg).run(r.data.id, m.seq, m.from, m.ts, m.cid, m.frame);
+        for (const m of r.pending) s.logMsg.run(implied.has(m) ? LOG_MSG_CURSOR : LOG_MSG, r.data.id, m.seq, m.from, m.ts, m.cid, m.frame);
       }
       for (const c of explicit) s.logCursor.run(c.room.data.id, c.seq, c.user);
       s.commit.run();
@@ -386,8 +385,8 @@ function moveAllLogs(db: BetterSqlite3.Database, own: string): void {
 function prepare(db: BetterSqlite3.Database, log: string) {
   const [moveMsgs, moveCids, moveCursors, clearLog] = moveLogSql(log).map((sql) => db.prepare(sql));
   return {
-    logMsg: db.prepare(`INSERT INTO ${log}(kind, room, seq, user, ts, cid, frame) VALUES (${LOG_MSG}, ?, ?, ?, ?, ?, ?)`),
-    logMsgCursor: db.prepare(`INSERT INTO ${log}(kind, room, seq, user, ts, cid, frame) VALUES (${LOG_MSG_CURSOR}, ?, ?, ?, ?, ?, ?)`),
+    /** kind: LOG_MSG, or LOG_MSG_CURSOR when the row also sets its sender's cursor. */
+    logMsg: db.prepare(`INSERT INTO ${log}(kind, room, seq, user, ts, cid, frame) VALUES (?, ?, ?, ?, ?, ?, ?)`),
     logCursor: db.prepare(`INSERT INTO ${log}(kind, room, seq, user, ts) VALUES (${LOG_CURSOR}, ?, ?, ?, 0)`),
     moveMsgs: moveMsgs!, moveCids: moveCids!, moveCursors: moveCursors!, clearLog: clearLog!,
     begin: db.prepare('BEGIN IMMEDIATE'),
